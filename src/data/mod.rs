@@ -1,0 +1,5 @@
+//! Data: the built-in sequence-to-sequence tasks.
+
+mod tasks;
+
+pub use tasks::*;

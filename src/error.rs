@@ -1,0 +1,83 @@
+//! The library's one error type.
+//!
+//! Shape contracts that the types can express never reach this enum: they fail to compile.
+//! What remains are facts known only at run time (sequence lengths, token ids, files).
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong at run time, with what was expected and what was found.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A sequence does not fit the positional table.
+    #[error("sequence of {len} positions (starting at offset {offset}) does not fit the positional table of {max} positions")]
+    SequenceTooLong {
+        /// Length of the sequence.
+        len: usize,
+        /// First position of the sequence (non-zero during incremental decoding).
+        offset: usize,
+        /// Number of rows in the positional table (`P`).
+        max: usize,
+    },
+    /// A token id outside the vocabulary.
+    #[error("token id {token} at batch item {item}, position {position} is outside the vocabulary of {vocab} tokens")]
+    TokenOutOfRange {
+        /// The offending id.
+        token: usize,
+        /// Which sequence of the batch.
+        item: usize,
+        /// Which position in that sequence.
+        position: usize,
+        /// Vocabulary size (`V`).
+        vocab: usize,
+    },
+    /// Two run-time dimensions that must agree do not.
+    #[error("{what}: expected {expected}, found {found}")]
+    DimMismatch {
+        /// Which dimension.
+        what: &'static str,
+        /// The value required.
+        expected: usize,
+        /// The value given.
+        found: usize,
+    },
+    /// A configuration that cannot work (empty batch, zero steps, probabilities out of range, ...).
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// A checkpoint does not match the model it is loaded into.
+    #[error("checkpoint {path} does not match the model:\n{problems}")]
+    CheckpointMismatch {
+        /// The file.
+        path: PathBuf,
+        /// One line per missing, unexpected or mis-shaped tensor.
+        problems: String,
+    },
+    /// A file that is not a valid safetensors file.
+    #[error("cannot read {path}: {reason}")]
+    BadFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An I/O error, with the path it concerns.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The optimizer found a parameter without a gradient, or another training-time failure.
+    #[error("training: {0}")]
+    Training(String),
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { path, source }
+    }
+}

@@ -1,0 +1,5 @@
+//! Decoding: turning a trained model's logits into sequences.
+
+mod greedy;
+
+pub use greedy::*;

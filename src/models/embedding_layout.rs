@@ -1,0 +1,171 @@
+//! Which embedding tables an encoder-decoder model has, chosen by type (section 3.4).
+
+use crate::nn::init::{embedding_init, uniform_fan_in};
+use crate::nn::TokenEmbedding;
+use crate::shape::{Hidden, Logits};
+use crate::FloatDtype;
+use dfdx::nn::modules::Linear;
+use dfdx::prelude::*;
+use std::marker::PhantomData;
+
+/// Whether the target embedding is its own table and whether the output projection is.
+pub trait LayoutFlags: 'static + Copy + Default + std::fmt::Debug + Send + Sync {
+    /// Source and target share one table.
+    const SHARED: bool;
+    /// The output projection is the target embedding, transposed.
+    const TIED: bool;
+    /// Short name, for summaries.
+    const NAME: &'static str;
+}
+
+/// An embedding layout valid for a source vocabulary `SV`, target vocabulary `TV` and width `D`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an embedding layout for a source vocabulary of {SV} tokens and a target vocabulary of {TV}",
+    label = "source and target embeddings can be shared only when SV == TV",
+    note = "use `SeparateTied` or `Separate` for two vocabularies"
+)]
+pub trait EmbeddingLayout<const SV: usize, const TV: usize, const D: usize>: LayoutFlags {
+    /// The table that embeds target tokens.
+    fn target<'a, E: FloatDtype, Dev: Device<E>>(
+        src: &'a TokenEmbedding<SV, D, E, Dev>,
+        tgt: &'a TargetEmbedding<TV, D, Self, E, Dev>,
+    ) -> &'a TokenEmbedding<TV, D, E, Dev>;
+}
+
+/// One table for source tokens, target tokens and the output projection: the paper's choice
+/// ("we share the same weight matrix between the two embedding layers and the pre-softmax linear
+/// transformation"). Needs `SV == TV`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SharedTied;
+/// Separate source and target tables; the output projection is the target table.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SeparateTied;
+/// Separate source and target tables and a separate output projection (with bias).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Separate;
+
+impl LayoutFlags for SharedTied {
+    const SHARED: bool = true;
+    const TIED: bool = true;
+    const NAME: &'static str = "shared, tied";
+}
+impl LayoutFlags for SeparateTied {
+    const SHARED: bool = false;
+    const TIED: bool = true;
+    const NAME: &'static str = "separate, tied";
+}
+impl LayoutFlags for Separate {
+    const SHARED: bool = false;
+    const TIED: bool = false;
+    const NAME: &'static str = "separate, untied";
+}
+
+const PRESENT: &str = "the layout says this table exists";
+
+impl<const V: usize, const D: usize> EmbeddingLayout<V, V, D> for SharedTied {
+    fn target<'a, E: FloatDtype, Dev: Device<E>>(
+        src: &'a TokenEmbedding<V, D, E, Dev>,
+        _: &'a TargetEmbedding<V, D, Self, E, Dev>,
+    ) -> &'a TokenEmbedding<V, D, E, Dev> {
+        src
+    }
+}
+impl<const SV: usize, const TV: usize, const D: usize> EmbeddingLayout<SV, TV, D> for SeparateTied {
+    fn target<'a, E: FloatDtype, Dev: Device<E>>(
+        _: &'a TokenEmbedding<SV, D, E, Dev>,
+        tgt: &'a TargetEmbedding<TV, D, Self, E, Dev>,
+    ) -> &'a TokenEmbedding<TV, D, E, Dev> {
+        tgt.table.as_ref().expect(PRESENT)
+    }
+}
+impl<const SV: usize, const TV: usize, const D: usize> EmbeddingLayout<SV, TV, D> for Separate {
+    fn target<'a, E: FloatDtype, Dev: Device<E>>(
+        _: &'a TokenEmbedding<SV, D, E, Dev>,
+        tgt: &'a TargetEmbedding<TV, D, Self, E, Dev>,
+    ) -> &'a TokenEmbedding<TV, D, E, Dev> {
+        tgt.table.as_ref().expect(PRESENT)
+    }
+}
+
+/// The target embedding table, present unless the layout shares the source one.
+#[derive(Debug, Clone)]
+pub struct TargetEmbedding<const TV: usize, const D: usize, L, E: Dtype, Dev: Storage<E>> {
+    /// The table, `None` when shared with the source.
+    pub table: Option<TokenEmbedding<TV, D, E, Dev>>,
+    layout: PhantomData<L>,
+}
+
+impl<const TV: usize, const D: usize, L: LayoutFlags, E: FloatDtype, Dev: Device<E>> TensorCollection<E, Dev>
+    for TargetEmbedding<TV, D, L, E, Dev>
+{
+    type To<E2: Dtype, D2: Device<E2>> = TargetEmbedding<TV, D, L, E2, D2>;
+
+    fn iter_tensors<V: ModuleVisitor<Self, E, Dev>>(visitor: &mut V) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        if L::SHARED {
+            visitor.visit_fields((), |()| TargetEmbedding { table: None, layout: PhantomData })
+        } else {
+            // Visited in place: the tensor is `tgt_embed.weight`, as for the source table.
+            visitor.visit_fields(
+                Self::tensor(
+                    "weight",
+                    |s| &s.table.as_ref().expect(PRESENT).weight,
+                    |s| &mut s.table.as_mut().expect(PRESENT).weight,
+                    embedding_init::<_, _, _, D>(),
+                ),
+                |weight| TargetEmbedding { table: Some(TokenEmbedding { weight }), layout: PhantomData },
+            )
+        }
+    }
+}
+
+/// The pre-softmax projection, present unless the layout ties it to the target embedding.
+#[derive(Debug, Clone)]
+pub struct Generator<const D: usize, const TV: usize, L, E: Dtype, Dev: Storage<E>> {
+    /// The projection, `None` when tied.
+    pub linear: Option<Linear<D, TV, E, Dev>>,
+    layout: PhantomData<L>,
+}
+
+impl<const D: usize, const TV: usize, L: LayoutFlags, E: FloatDtype, Dev: Device<E>> TensorCollection<E, Dev>
+    for Generator<D, TV, L, E, Dev>
+{
+    type To<E2: Dtype, D2: Device<E2>> = Generator<D, TV, L, E2, D2>;
+
+    fn iter_tensors<V: ModuleVisitor<Self, E, Dev>>(visitor: &mut V) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        if L::TIED {
+            visitor.visit_fields((), |()| Generator { linear: None, layout: PhantomData })
+        } else {
+            visitor.visit_fields(
+                (
+                    Self::tensor(
+                        "weight",
+                        |s| &s.linear.as_ref().expect(PRESENT).weight,
+                        |s| &mut s.linear.as_mut().expect(PRESENT).weight,
+                        uniform_fan_in::<_, _, _, D>(),
+                    ),
+                    Self::tensor(
+                        "bias",
+                        |s| &s.linear.as_ref().expect(PRESENT).bias,
+                        |s| &mut s.linear.as_mut().expect(PRESENT).bias,
+                        uniform_fan_in::<_, _, _, D>(),
+                    ),
+                ),
+                |(weight, bias)| Generator { linear: Some(Linear { weight, bias }), layout: PhantomData },
+            )
+        }
+    }
+}
+
+impl<const D: usize, const TV: usize, L: LayoutFlags, E: FloatDtype, Dev: Device<E>> Generator<D, TV, L, E, Dev> {
+    /// `(B, S, D) -> (B, S, TV)`, through `tied` when the layout ties the projection.
+    pub fn logits<B: Dim, S: Dim, T: Tape<E, Dev>>(
+        &self,
+        h: Hidden<B, S, D, E, Dev, T>,
+        tied: &TokenEmbedding<TV, D, E, Dev>,
+    ) -> Logits<B, S, TV, E, Dev, T> {
+        match &self.linear {
+            Some(linear) => linear.forward(h),
+            None => tied.logits(h),
+        }
+    }
+}

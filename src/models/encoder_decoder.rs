@@ -1,0 +1,274 @@
+//! The encoder-decoder Transformer of "Attention Is All You Need" (arXiv 1706.03762, figure 1).
+
+use super::{EmbeddingLayout, Generator, TargetEmbedding};
+use crate::error::{Error, Result};
+use crate::nn::{
+    dropout_when_training, Activation, Decoder, DecoderMasks, Encoder, MaskSpec, NormPlacement, PositionKind,
+    PositionalEncoding, TokenEmbedding,
+};
+use crate::shape::{Hidden, Logits, Tokens, TrainLogits};
+use crate::train::training_tape;
+use crate::FloatDtype;
+use dfdx::prelude::*;
+
+/// The full Transformer: embeddings and positions, an `LE`-layer encoder, an `LD`-layer decoder
+/// with cross-attention, and the output projection to `TV` target-token logits.
+///
+/// **PyTorch equivalent**: `torch.nn.Transformer(D, H, LE, LD, F, batch_first=True)` plus the
+/// embeddings, positional encodings and generator that the paper wraps around it.
+///
+/// # Generics
+/// - `SV`, `TV`: source and target vocabulary sizes.
+/// - `D`: model width; `H` heads of width `HD`; `F`: feed-forward width.
+/// - `LE`, `LD`: encoder and decoder layers.
+/// - `P`: longest sequence (positional table rows).
+/// - `N`: [`PostNorm`](crate::nn::PostNorm) (the paper) or [`PreNorm`](crate::nn::PreNorm).
+/// - `A`: feed-forward activation; `K`: [`Sinusoidal`](crate::nn::Sinusoidal) or [`Learned`](crate::nn::Learned) positions.
+/// - `L`: [`SharedTied`](super::SharedTied) (the paper; needs `SV == TV`), [`SeparateTied`](super::SeparateTied) or [`Separate`](super::Separate).
+///
+/// ```
+/// use typeformer::prelude::*;
+/// type Tiny = EncoderDecoder<12, 12, 16, 2, 8, 32, 1, 1, 20, PostNorm, Relu, Sinusoidal, SharedTied, f32, Cpu>;
+/// let dev = Cpu::seed_from_u64(0);
+/// let model = dev.build_module::<Tiny, f32>();
+/// let src = Tokens::<12>::from_sequences(&[vec![3, 4, 5], vec![6]]).unwrap();
+/// let tgt = Tokens::<12>::from_sequences(&[vec![1, 5, 4], vec![1, 6]]).unwrap();
+/// let logits = model.forward(&src, &tgt).unwrap();
+/// assert_eq!(logits.shape(), &(2, 3, Const::<12>));
+/// assert_eq!(Tiny::NUM_PARAMS, model.num_trainable_params());
+/// ```
+#[derive(Debug, Clone)]
+pub struct EncoderDecoder<
+    const SV: usize,
+    const TV: usize,
+    const D: usize,
+    const H: usize,
+    const HD: usize,
+    const F: usize,
+    const LE: usize,
+    const LD: usize,
+    const P: usize,
+    N,
+    A,
+    K,
+    L,
+    E: Dtype,
+    Dev: Storage<E>,
+> where
+    L: EmbeddingLayout<SV, TV, D>,
+{
+    /// Source token embedding (also the target one and the output projection under `SharedTied`).
+    pub src_embed: TokenEmbedding<SV, D, E, Dev>,
+    /// Target token embedding, unless shared.
+    pub tgt_embed: TargetEmbedding<TV, D, L, E, Dev>,
+    /// Source positions.
+    pub src_pos: PositionalEncoding<P, D, K, E, Dev>,
+    /// Target positions.
+    pub tgt_pos: PositionalEncoding<P, D, K, E, Dev>,
+    /// The encoder stack.
+    pub encoder: Encoder<D, H, HD, F, LE, N, A, E, Dev>,
+    /// The decoder stack; its width is the encoder's by construction.
+    pub decoder: Decoder<D, H, HD, F, LD, N, A, E, Dev>,
+    /// Output projection, unless tied.
+    pub generator: Generator<D, TV, L, E, Dev>,
+    /// Dropout on embeddings plus positions when training (0.1 in the paper).
+    pub dropout: f64,
+}
+
+impl<
+        const SV: usize,
+        const TV: usize,
+        const D: usize,
+        const H: usize,
+        const HD: usize,
+        const F: usize,
+        const LE: usize,
+        const LD: usize,
+        const P: usize,
+        N,
+        A,
+        K,
+        L,
+        E,
+        Dev,
+    > TensorCollection<E, Dev> for EncoderDecoder<SV, TV, D, H, HD, F, LE, LD, P, N, A, K, L, E, Dev>
+where
+    N: NormPlacement,
+    A: Activation,
+    K: PositionKind,
+    L: EmbeddingLayout<SV, TV, D>,
+    E: FloatDtype,
+    Dev: Device<E>,
+{
+    type To<E2: Dtype, D2: Device<E2>> = EncoderDecoder<SV, TV, D, H, HD, F, LE, LD, P, N, A, K, L, E2, D2>;
+
+    fn iter_tensors<V: ModuleVisitor<Self, E, Dev>>(visitor: &mut V) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        visitor.visit_fields(
+            (
+                (
+                    Self::module("src_embed", |s| &s.src_embed, |s| &mut s.src_embed),
+                    Self::module("tgt_embed", |s| &s.tgt_embed, |s| &mut s.tgt_embed),
+                    Self::module("src_pos", |s| &s.src_pos, |s| &mut s.src_pos),
+                    Self::module("tgt_pos", |s| &s.tgt_pos, |s| &mut s.tgt_pos),
+                ),
+                (
+                    Self::module("encoder", |s| &s.encoder, |s| &mut s.encoder),
+                    Self::module("decoder", |s| &s.decoder, |s| &mut s.decoder),
+                    Self::module("generator", |s| &s.generator, |s| &mut s.generator),
+                    Self::scalar("dropout", |s| &s.dropout, |s| &mut s.dropout, ScalarOptions::from_default(0.1)),
+                ),
+            ),
+            |((src_embed, tgt_embed, src_pos, tgt_pos), (encoder, decoder, generator, dropout))| EncoderDecoder {
+                src_embed,
+                tgt_embed,
+                src_pos,
+                tgt_pos,
+                encoder,
+                decoder,
+                generator,
+                dropout,
+            },
+        )
+    }
+}
+
+impl<
+        const SV: usize,
+        const TV: usize,
+        const D: usize,
+        const H: usize,
+        const HD: usize,
+        const F: usize,
+        const LE: usize,
+        const LD: usize,
+        const P: usize,
+        N,
+        A,
+        K,
+        L,
+        E,
+        Dev,
+    > BuildOnDevice<Dev, E> for EncoderDecoder<SV, TV, D, H, HD, F, LE, LD, P, N, A, K, L, E, Dev>
+where
+    N: NormPlacement,
+    A: Activation,
+    K: PositionKind,
+    L: EmbeddingLayout<SV, TV, D>,
+    E: FloatDtype,
+    Dev: Device<E>,
+{
+    type Built = Self;
+}
+
+impl<
+        const SV: usize,
+        const TV: usize,
+        const D: usize,
+        const H: usize,
+        const HD: usize,
+        const F: usize,
+        const LE: usize,
+        const LD: usize,
+        const P: usize,
+        N,
+        A,
+        K,
+        L,
+        E,
+        Dev,
+    > EncoderDecoder<SV, TV, D, H, HD, F, LE, LD, P, N, A, K, L, E, Dev>
+where
+    N: NormPlacement,
+    A: Activation,
+    K: PositionKind,
+    L: EmbeddingLayout<SV, TV, D>,
+    E: FloatDtype,
+    Dev: Device<E>,
+{
+    /// Trainable parameters, computed from the type alone (no weights are allocated).
+    pub const NUM_PARAMS: usize = {
+        // Q, K, V projections with biases, then the output projection with its bias.
+        let mha = 3 * (H * HD * D + H * HD) + (D * H * HD + D);
+        let ffn = D * F + F + F * D + D;
+        let norm = 2 * D;
+        let final_norm = if N::FINAL_NORM { norm } else { 0 };
+        let encoder = LE * (mha + ffn + 2 * norm) + final_norm;
+        let decoder = LD * (2 * mha + ffn + 3 * norm) + final_norm;
+        let embeddings = SV * D + if L::SHARED { 0 } else { TV * D } + if L::TIED { 0 } else { D * TV + TV };
+        let positions = if K::LEARNED { 2 * P * D } else { 0 };
+        encoder + decoder + embeddings + positions
+    };
+
+    /// The table that embeds target tokens (the source one when shared).
+    pub fn target_embedding(&self) -> &TokenEmbedding<TV, D, E, Dev> {
+        L::target(&self.src_embed, &self.tgt_embed)
+    }
+
+    /// Runs the encoder over `src`: `(B, Ss, D)`. The tape travels on the result.
+    pub fn encode<T: Tape<E, Dev>>(&self, src: &Tokens<SV>, tape: T) -> Result<Hidden<usize, usize, D, E, Dev, T>> {
+        let ids = src.to_tensor(self.src_embed.weight.device()).put_tape(tape);
+        let x = self.src_pos.forward(self.src_embed.forward(ids), 0)?;
+        self.encoder.forward(dropout_when_training(x, self.dropout), &MaskSpec::padding(src.lengths()))
+    }
+
+    /// Runs the decoder over `tgt` given the encoder's `memory` for a source batch whose valid
+    /// lengths are `src_lengths`, and projects to logits `(B, St, TV)`.
+    pub fn decode<T: Tape<E, Dev>>(
+        &self,
+        memory: &Hidden<usize, usize, D, E, Dev>,
+        src_lengths: &[usize],
+        tgt: &Tokens<TV>,
+        tape: T,
+    ) -> Result<Logits<usize, usize, TV, E, Dev, T>> {
+        if tgt.batch() != memory.shape().0 {
+            return Err(Error::DimMismatch {
+                what: "target batch size vs source batch size",
+                expected: memory.shape().0,
+                found: tgt.batch(),
+            });
+        }
+        let embed = self.target_embedding();
+        let ids = tgt.to_tensor(embed.weight.device()).put_tape(tape);
+        let y = self.tgt_pos.forward(embed.forward(ids), 0)?;
+        let masks = DecoderMasks {
+            self_mask: MaskSpec::causal(Some(tgt.lengths())),
+            memory_mask: MaskSpec::padding(src_lengths),
+        };
+        let y = self.decoder.forward(dropout_when_training(y, self.dropout), memory, &masks)?;
+        Ok(self.generator.logits(y, embed))
+    }
+
+    /// Teacher-forced pass with the tape `tape`: logits `(B, St, TV)` for every target position.
+    pub fn forward_with_tape<T: Tape<E, Dev>>(
+        &self,
+        src: &Tokens<SV>,
+        tgt: &Tokens<TV>,
+        tape: T,
+    ) -> Result<Logits<usize, usize, TV, E, Dev, T>> {
+        if src.batch() != tgt.batch() {
+            return Err(Error::DimMismatch {
+                what: "target batch size vs source batch size",
+                expected: src.batch(),
+                found: tgt.batch(),
+            });
+        }
+        let memory = self.encode(src, tape)?;
+        let (memory, tape) = memory.split_tape();
+        self.decode(&memory, src.lengths(), tgt, tape)
+    }
+
+    /// Inference pass (no tape, dropout off): logits `(B, St, TV)`.
+    pub fn forward(&self, src: &Tokens<SV>, tgt: &Tokens<TV>) -> Result<Logits<usize, usize, TV, E, Dev>> {
+        self.forward_with_tape(src, tgt, NoneTape)
+    }
+
+    /// Training pass: records the graph into `grads` (from `model.alloc_grads()`); dropout on.
+    pub fn forward_traced(
+        &self,
+        src: &Tokens<SV>,
+        tgt: &Tokens<TV>,
+        grads: Gradients<E, Dev>,
+    ) -> Result<TrainLogits<TV, E, Dev>> {
+        self.forward_with_tape(src, tgt, training_tape(self.src_embed.weight.device(), grads))
+    }
+}

@@ -1,0 +1,59 @@
+//! Named configurations.
+
+use super::{EncoderDecoder, SharedTied};
+use crate::nn::{PostNorm, Relu, Sinusoidal};
+use dfdx::prelude::Cpu;
+
+/// Vocabulary of the built-in tasks: padding, BOS, EOS and up to 16 symbols.
+pub const TASK_VOCAB: usize = 19;
+/// Positions of the task models: sources and targets of up to 64 tokens.
+pub const TASK_POSITIONS: usize = 65;
+
+/// The model the command-line tool trains by default: d 64, 4 heads of 16, d_ff 256, 2 + 2 layers,
+/// post-LN, ReLU, sinusoidal positions, shared and tied embeddings (the paper's architecture,
+/// scaled down).
+pub type TaskSmall<E = f32, Dev = Cpu> = EncoderDecoder<
+    TASK_VOCAB,
+    TASK_VOCAB,
+    64,
+    4,
+    16,
+    256,
+    2,
+    2,
+    TASK_POSITIONS,
+    PostNorm,
+    Relu,
+    Sinusoidal,
+    SharedTied,
+    E,
+    Dev,
+>;
+
+/// A larger task model: d 128, 8 heads of 16, d_ff 512, 3 + 3 layers.
+pub type TaskMedium<E = f32, Dev = Cpu> = EncoderDecoder<
+    TASK_VOCAB,
+    TASK_VOCAB,
+    128,
+    8,
+    16,
+    512,
+    3,
+    3,
+    TASK_POSITIONS,
+    PostNorm,
+    Relu,
+    Sinusoidal,
+    SharedTied,
+    E,
+    Dev,
+>;
+
+/// Table 3's base model: d 512, 8 heads, d_ff 2048, 6 + 6 layers, a shared 37,000-token vocabulary,
+/// with final norms after both stacks as PyTorch's `nn.Transformer` has.
+pub type PaperBase<E = f32, Dev = Cpu> =
+    EncoderDecoder<37_000, 37_000, 512, 8, 64, 2048, 6, 6, 512, PostNorm<true>, Relu, Sinusoidal, SharedTied, E, Dev>;
+
+/// Table 3's big model: d 1024, 16 heads, d_ff 4096, 6 + 6 layers.
+pub type PaperBig<E = f32, Dev = Cpu> =
+    EncoderDecoder<37_000, 37_000, 1024, 16, 64, 4096, 6, 6, 512, PostNorm<true>, Relu, Sinusoidal, SharedTied, E, Dev>;

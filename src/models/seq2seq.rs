@@ -1,0 +1,87 @@
+//! What training and decoding need from a sequence-to-sequence model.
+
+use super::{EmbeddingLayout, EncoderDecoder};
+use crate::error::Result;
+use crate::nn::{Activation, NormPlacement, PositionKind};
+use crate::shape::{Hidden, Logits, Tokens, TrainLogits};
+use crate::FloatDtype;
+use dfdx::prelude::*;
+
+/// A model that maps source tokens over `SV` to target-token logits over `TV`, with an encoder
+/// whose output can be reused across decoding steps.
+pub trait Seq2Seq<const SV: usize, const TV: usize, E: FloatDtype, Dev: Device<E>>:
+    TensorCollection<E, Dev> + Clone
+{
+    /// The encoder's output.
+    type Memory;
+    /// Model width (the warmup schedule scales with it).
+    const D_MODEL: usize;
+    /// Longest source or target sequence.
+    const MAX_LEN: usize;
+    /// Encodes a source batch.
+    fn encode_source(&self, src: &Tokens<SV>) -> Result<Self::Memory>;
+    /// Logits for every target position, given the memory of a source batch.
+    fn decode_target(
+        &self,
+        memory: &Self::Memory,
+        src_lengths: &[usize],
+        tgt: &Tokens<TV>,
+    ) -> Result<Logits<usize, usize, TV, E, Dev>>;
+    /// A training pass that records into `grads`.
+    fn forward_train(
+        &self,
+        src: &Tokens<SV>,
+        tgt: &Tokens<TV>,
+        grads: Gradients<E, Dev>,
+    ) -> Result<TrainLogits<TV, E, Dev>>;
+}
+
+impl<
+        const SV: usize,
+        const TV: usize,
+        const D: usize,
+        const H: usize,
+        const HD: usize,
+        const F: usize,
+        const LE: usize,
+        const LD: usize,
+        const P: usize,
+        N,
+        A,
+        K,
+        L,
+        E,
+        Dev,
+    > Seq2Seq<SV, TV, E, Dev> for EncoderDecoder<SV, TV, D, H, HD, F, LE, LD, P, N, A, K, L, E, Dev>
+where
+    N: NormPlacement,
+    A: Activation,
+    K: PositionKind,
+    L: EmbeddingLayout<SV, TV, D>,
+    E: FloatDtype,
+    Dev: Device<E>,
+{
+    type Memory = Hidden<usize, usize, D, E, Dev>;
+    const D_MODEL: usize = D;
+    const MAX_LEN: usize = P;
+
+    fn encode_source(&self, src: &Tokens<SV>) -> Result<Self::Memory> {
+        self.encode(src, NoneTape)
+    }
+    fn decode_target(
+        &self,
+        memory: &Self::Memory,
+        src_lengths: &[usize],
+        tgt: &Tokens<TV>,
+    ) -> Result<Logits<usize, usize, TV, E, Dev>> {
+        self.decode(memory, src_lengths, tgt, NoneTape)
+    }
+    fn forward_train(
+        &self,
+        src: &Tokens<SV>,
+        tgt: &Tokens<TV>,
+        grads: Gradients<E, Dev>,
+    ) -> Result<TrainLogits<TV, E, Dev>> {
+        self.forward_traced(src, tgt, grads)
+    }
+}

@@ -1,0 +1,253 @@
+//! Scaled dot-product attention and multi-head attention (section 3.2).
+//!
+//! Heads are carried by the type: a projection typed `(H, HD, D)` turns `(B, S, D)` into
+//! `(B, H, S, HD)`, and the output projection typed `(D, H, HD)` merges them back. Nothing needs
+//! `D == H * HD` (heads and head width are independent, as in T5), and no run-time reshape can
+//! disagree with the model's dimensions.
+
+use super::init::uniform_fan_in;
+use super::{dropout_when_training, MaskSpec};
+use crate::error::{Error, Result};
+use crate::shape::{Heads, Hidden};
+use crate::FloatDtype;
+use dfdx::prelude::*;
+
+/// `softmax(q kᵀ / sqrt(HD) + bias)`: `(B, H, Sq, HD) x (B, H, Sk, HD) -> (B, H, Sq, Sk)`.
+///
+/// `bias` is an additive mask `(B, Sq, Sk)` (see [`MaskSpec::bias`]), shared by all heads.
+pub fn attention_weights<B: Dim, const H: usize, Sq: Dim, Sk: Dim, const HD: usize, E, Dev, T>(
+    q: Heads<B, H, Sq, HD, E, Dev, T>,
+    k: Heads<B, H, Sk, HD, E, Dev, T>,
+    bias: Option<&Tensor<(B, Sq, Sk), E, Dev>>,
+) -> Tensor<(B, Const<H>, Sq, Sk), E, Dev, T>
+where
+    E: FloatDtype,
+    Dev: Device<E>,
+    T: Tape<E, Dev>,
+{
+    let scale = E::from_f64(1.0 / (HD as f64).sqrt()).unwrap();
+    let scores = q.matmul(k.permute::<_, Axes4<0, 1, 3, 2>>()) * scale; // (B, H, Sq, Sk)
+    let scores = match bias {
+        Some(bias) => {
+            let shape = *scores.shape();
+            scores + bias.clone().broadcast_like::<_, Axis<1>>(&shape)
+        }
+        None => scores,
+    };
+    scores.softmax::<Axis<3>>()
+}
+
+/// `Attention(Q, K, V) = softmax(Q Kᵀ / sqrt(d_k)) V` (equation 1), with an optional additive
+/// mask and dropout on the weights when traced. Returns `(B, H, Sq, HD)`.
+pub fn scaled_dot_product_attention<B: Dim, const H: usize, Sq: Dim, Sk: Dim, const HD: usize, E, Dev, T>(
+    q: Heads<B, H, Sq, HD, E, Dev, T>,
+    k: Heads<B, H, Sk, HD, E, Dev, T>,
+    v: Heads<B, H, Sk, HD, E, Dev, T>,
+    bias: Option<&Tensor<(B, Sq, Sk), E, Dev>>,
+    dropout_p: f64,
+) -> Heads<B, H, Sq, HD, E, Dev, T>
+where
+    E: FloatDtype,
+    Dev: Device<E>,
+    T: Tape<E, Dev>,
+{
+    dropout_when_training(attention_weights(q, k, bias), dropout_p).matmul(v) // (B, H, Sq, Sk) x (B, H, Sk, HD)
+}
+
+/// A projection from width `D` into `H` heads of width `HD`: `(B, S, D) -> (B, H, S, HD)`.
+///
+/// The weight `(H, HD, D)` has the memory layout of PyTorch's `[H*HD, D]` Linear weight.
+#[derive(Debug, Clone)]
+pub struct HeadProjection<const D: usize, const H: usize, const HD: usize, E: Dtype, Dev: Storage<E>> {
+    /// `(H, HD, D)`.
+    pub weight: Tensor<Rank3<H, HD, D>, E, Dev>,
+    /// `(H, HD)`.
+    pub bias: Tensor<Rank2<H, HD>, E, Dev>,
+}
+
+impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device<E>> TensorCollection<E, Dev>
+    for HeadProjection<D, H, HD, E, Dev>
+{
+    type To<E2: Dtype, D2: Device<E2>> = HeadProjection<D, H, HD, E2, D2>;
+
+    fn iter_tensors<V: ModuleVisitor<Self, E, Dev>>(visitor: &mut V) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        visitor.visit_fields(
+            (
+                Self::tensor("weight", |s| &s.weight, |s| &mut s.weight, uniform_fan_in::<_, _, _, D>()),
+                Self::tensor("bias", |s| &s.bias, |s| &mut s.bias, uniform_fan_in::<_, _, _, D>()),
+            ),
+            |(weight, bias)| HeadProjection { weight, bias },
+        )
+    }
+}
+
+impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device<E>> HeadProjection<D, H, HD, E, Dev> {
+    /// `(B, S, D) -> (B, H, S, HD)`.
+    pub fn forward<B: Dim, S: Dim, T: Tape<E, Dev>>(
+        &self,
+        x: Hidden<B, S, D, E, Dev, T>,
+    ) -> Heads<B, H, S, HD, E, Dev, T> {
+        let (b, s, _) = *x.shape();
+        let w = self.weight.retaped::<T>().reshape_like(&(H * HD, Const::<D>)); // (H*HD, D)
+        let y = x.matmul(w.permute::<_, Axes2<1, 0>>()); // (B, S, H*HD)
+        let bias = self.bias.retaped::<T>().reshape_like(&(H * HD,)).broadcast_like(&(b, s, H * HD));
+        (y + bias)
+            .reshape_like(&(b, s, Const::<H>, Const::<HD>)) // (B, S, H, HD)
+            .permute::<_, Axes4<0, 2, 1, 3>>() // (B, H, S, HD)
+    }
+}
+
+/// Concatenates `H` heads of width `HD` and projects them to width `D`:
+/// `(B, H, S, HD) -> (B, S, D)`. The weight `(D, H, HD)` is PyTorch's `out_proj.weight [D, H*HD]`.
+#[derive(Debug, Clone)]
+pub struct HeadMerge<const H: usize, const HD: usize, const D: usize, E: Dtype, Dev: Storage<E>> {
+    /// `(D, H, HD)`.
+    pub weight: Tensor<Rank3<D, H, HD>, E, Dev>,
+    /// `(D,)`.
+    pub bias: Tensor<Rank1<D>, E, Dev>,
+}
+
+impl<const H: usize, const HD: usize, const D: usize, E: FloatDtype, Dev: Device<E>> TensorCollection<E, Dev>
+    for HeadMerge<H, HD, D, E, Dev>
+{
+    type To<E2: Dtype, D2: Device<E2>> = HeadMerge<H, HD, D, E2, D2>;
+
+    fn iter_tensors<V: ModuleVisitor<Self, E, Dev>>(visitor: &mut V) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        visitor.visit_fields(
+            (
+                Self::tensor("weight", |s| &s.weight, |s| &mut s.weight, uniform_fan_in::<_, _, _, D>()),
+                Self::tensor("bias", |s| &s.bias, |s| &mut s.bias, TensorOptions::reset_to_zeros()),
+            ),
+            |(weight, bias)| HeadMerge { weight, bias },
+        )
+    }
+}
+
+impl<const H: usize, const HD: usize, const D: usize, E: FloatDtype, Dev: Device<E>> HeadMerge<H, HD, D, E, Dev> {
+    /// `(B, H, S, HD) -> (B, S, D)`.
+    pub fn forward<B: Dim, S: Dim, T: Tape<E, Dev>>(
+        &self,
+        x: Heads<B, H, S, HD, E, Dev, T>,
+    ) -> Hidden<B, S, D, E, Dev, T> {
+        let (b, _, s, _) = *x.shape();
+        let x = x.permute::<_, Axes4<0, 2, 1, 3>>().reshape_like(&(b, s, H * HD)); // (B, S, H*HD)
+        let w = self.weight.retaped::<T>().reshape_like(&(Const::<D>, H * HD)); // (D, H*HD)
+        let y = x.matmul(w.permute::<_, Axes2<1, 0>>()); // (B, S, D)
+        let shape = *y.shape();
+        y + self.bias.retaped::<T>().broadcast_like(&shape)
+    }
+}
+
+/// Multi-head attention (section 3.2.2): `Concat(head_1..head_H) W_O` with
+/// `head_i = Attention(Q W_Q_i, K W_K_i, V W_V_i)`.
+///
+/// **PyTorch equivalent**: `torch.nn.MultiheadAttention(D, H, dropout=0.1, batch_first=True)`
+/// with `HD = D / H`.
+///
+/// # Generics
+/// - `D`: model width (queries, keys and values all have it).
+/// - `H`: number of heads.
+/// - `HD`: width of each head.
+///
+/// ```
+/// use typeformer::prelude::*;
+/// let dev = Cpu::default();
+/// let mha = dev.build_module::<MultiHeadAttention<16, 4, 4, f32, Cpu>, f32>();
+/// let x: Tensor<(usize, usize, Const<16>), f32, _> = dev.sample_normal_like(&(2, 5, Const));
+/// let y = mha.self_attention(x, &MaskSpec::causal(None)).unwrap();
+/// assert_eq!(y.shape(), &(2, 5, Const::<16>));
+/// ```
+#[derive(Debug, Clone)]
+pub struct MultiHeadAttention<const D: usize, const H: usize, const HD: usize, E: Dtype, Dev: Storage<E>> {
+    /// Query projection.
+    pub w_q: HeadProjection<D, H, HD, E, Dev>,
+    /// Key projection.
+    pub w_k: HeadProjection<D, H, HD, E, Dev>,
+    /// Value projection.
+    pub w_v: HeadProjection<D, H, HD, E, Dev>,
+    /// Output projection.
+    pub w_o: HeadMerge<H, HD, D, E, Dev>,
+    /// Dropout on the attention weights when training (0.1 by default, as in PyTorch).
+    pub dropout: f64,
+}
+
+impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device<E>> TensorCollection<E, Dev>
+    for MultiHeadAttention<D, H, HD, E, Dev>
+{
+    type To<E2: Dtype, D2: Device<E2>> = MultiHeadAttention<D, H, HD, E2, D2>;
+
+    fn iter_tensors<V: ModuleVisitor<Self, E, Dev>>(visitor: &mut V) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        visitor.visit_fields(
+            (
+                Self::module("w_q", |s| &s.w_q, |s| &mut s.w_q),
+                Self::module("w_k", |s| &s.w_k, |s| &mut s.w_k),
+                Self::module("w_v", |s| &s.w_v, |s| &mut s.w_v),
+                Self::module("w_o", |s| &s.w_o, |s| &mut s.w_o),
+                Self::scalar("dropout", |s| &s.dropout, |s| &mut s.dropout, ScalarOptions::from_default(0.1)),
+            ),
+            |(w_q, w_k, w_v, w_o, dropout)| MultiHeadAttention { w_q, w_k, w_v, w_o, dropout },
+        )
+    }
+}
+
+impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device<E>>
+    MultiHeadAttention<D, H, HD, E, Dev>
+{
+    /// Self-attention: queries, keys and values all come from `x: (B, S, D)`.
+    pub fn self_attention<B: Dim, S: Dim, T: Tape<E, Dev>>(
+        &self,
+        x: Hidden<B, S, D, E, Dev, T>,
+        mask: &MaskSpec,
+    ) -> Result<Hidden<B, S, D, E, Dev, T>> {
+        let (x, tape) = x.split_tape();
+        self.attend(x.clone().put_tape(tape), &x, mask)
+    }
+
+    /// Cross-attention: queries from `x: (B, Sq, D)`, keys and values from `memory: (B, Sk, D)`
+    /// (the encoder's output). Gradients flow into `memory` too.
+    pub fn cross_attention<B: Dim, Sq: Dim, Sk: Dim, T: Tape<E, Dev>>(
+        &self,
+        x: Hidden<B, Sq, D, E, Dev, T>,
+        memory: &Hidden<B, Sk, D, E, Dev>,
+        mask: &MaskSpec,
+    ) -> Result<Hidden<B, Sq, D, E, Dev, T>> {
+        self.attend(x, memory, mask)
+    }
+
+    fn attend<B: Dim, Sq: Dim, Sk: Dim, T: Tape<E, Dev>>(
+        &self,
+        x: Hidden<B, Sq, D, E, Dev, T>,
+        kv: &Hidden<B, Sk, D, E, Dev>,
+        mask: &MaskSpec,
+    ) -> Result<Hidden<B, Sq, D, E, Dev, T>> {
+        let (b, sq, _) = *x.shape();
+        let sk = kv.shape().1;
+        if kv.shape().0.size() != b.size() {
+            return Err(Error::DimMismatch {
+                what: "batch size of keys/values vs queries",
+                expected: b.size(),
+                found: kv.shape().0.size(),
+            });
+        }
+        if let Some(lengths) = mask.key_lengths {
+            if lengths.len() != b.size() {
+                return Err(Error::DimMismatch {
+                    what: "key lengths in the mask (one per batch item)",
+                    expected: b.size(),
+                    found: lengths.len(),
+                });
+            }
+        }
+        let bias = mask.bias::<B, Sq, Sk, E, Dev>(x.device(), (b, sq, sk));
+        // Keys and values record their ops on a fresh tape that merges into the query's one.
+        let q = self.w_q.forward(x); // (B, H, Sq, HD)
+        let k = self.w_k.forward(kv.retaped::<T>()); // (B, H, Sk, HD)
+        let v = self.w_v.forward(kv.retaped::<T>()); // (B, H, Sk, HD)
+        let heads = scaled_dot_product_attention(q, k, v, bias.as_ref(), self.dropout);
+        Ok(self.w_o.forward(heads)) // (B, Sq, D)
+    }
+}
+
+build_on_device!([const D: usize, const H: usize, const HD: usize] HeadProjection<D, H, HD, E, Dev>);
+build_on_device!([const H: usize, const HD: usize, const D: usize] HeadMerge<H, HD, D, E, Dev>);
+build_on_device!([const D: usize, const H: usize, const HD: usize] MultiHeadAttention<D, H, HD, E, Dev>);

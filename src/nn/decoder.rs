@@ -1,0 +1,201 @@
+//! The decoder (section 3.1): masked self-attention, cross-attention over the encoder's output,
+//! and the feed-forward network, `L` times.
+
+use super::{
+    residual, Activation, FinalNorm, LayerNorm, MaskSpec, MultiHeadAttention, NormPlacement, PositionWiseFeedForward,
+};
+use crate::error::Result;
+use crate::shape::Hidden;
+use crate::FloatDtype;
+use dfdx::prelude::*;
+
+/// One decoder layer.
+///
+/// **PyTorch equivalent**: `torch.nn.TransformerDecoderLayer(D, H, F, batch_first=True,
+/// norm_first=N::PRE, activation=A)`.
+///
+/// # Generics
+/// - `D`: model width, which is also the width of the encoder memory it attends to.
+/// - `H` heads of width `HD`; `F`: feed-forward width; `N`: norm placement; `A`: activation.
+#[derive(Debug, Clone)]
+pub struct DecoderLayer<
+    const D: usize,
+    const H: usize,
+    const HD: usize,
+    const F: usize,
+    N,
+    A,
+    E: Dtype,
+    Dev: Storage<E>,
+> {
+    /// Masked (causal) self-attention.
+    pub self_attn: MultiHeadAttention<D, H, HD, E, Dev>,
+    /// Attention over the encoder's output.
+    pub cross_attn: MultiHeadAttention<D, H, HD, E, Dev>,
+    /// Position-wise feed-forward network.
+    pub ffn: PositionWiseFeedForward<D, F, A, E, Dev>,
+    /// Norm of the self-attention sub-layer.
+    pub norm1: LayerNorm<D, E, Dev>,
+    /// Norm of the cross-attention sub-layer.
+    pub norm2: LayerNorm<D, E, Dev>,
+    /// Norm of the feed-forward sub-layer.
+    pub norm3: LayerNorm<D, E, Dev>,
+    /// Residual dropout when training.
+    pub dropout: f64,
+    placement: std::marker::PhantomData<N>,
+}
+
+impl<
+        const D: usize,
+        const H: usize,
+        const HD: usize,
+        const F: usize,
+        N: NormPlacement,
+        A: Activation,
+        E: FloatDtype,
+        Dev: Device<E>,
+    > TensorCollection<E, Dev> for DecoderLayer<D, H, HD, F, N, A, E, Dev>
+{
+    type To<E2: Dtype, D2: Device<E2>> = DecoderLayer<D, H, HD, F, N, A, E2, D2>;
+
+    fn iter_tensors<V: ModuleVisitor<Self, E, Dev>>(visitor: &mut V) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        visitor.visit_fields(
+            (
+                (
+                    Self::module("self_attn", |s| &s.self_attn, |s| &mut s.self_attn),
+                    Self::module("cross_attn", |s| &s.cross_attn, |s| &mut s.cross_attn),
+                    Self::module("ffn", |s| &s.ffn, |s| &mut s.ffn),
+                ),
+                (
+                    Self::module("norm1", |s| &s.norm1, |s| &mut s.norm1),
+                    Self::module("norm2", |s| &s.norm2, |s| &mut s.norm2),
+                    Self::module("norm3", |s| &s.norm3, |s| &mut s.norm3),
+                    Self::scalar("dropout", |s| &s.dropout, |s| &mut s.dropout, ScalarOptions::from_default(0.1)),
+                ),
+            ),
+            |((self_attn, cross_attn, ffn), (norm1, norm2, norm3, dropout))| DecoderLayer {
+                self_attn,
+                cross_attn,
+                ffn,
+                norm1,
+                norm2,
+                norm3,
+                dropout,
+                placement: Default::default(),
+            },
+        )
+    }
+}
+
+/// The masks of one decoder pass.
+#[derive(Debug, Clone, Copy)]
+pub struct DecoderMasks<'a> {
+    /// Over the target itself: causal, plus target padding.
+    pub self_mask: MaskSpec<'a>,
+    /// Over the encoder memory: source padding.
+    pub memory_mask: MaskSpec<'a>,
+}
+
+impl<
+        const D: usize,
+        const H: usize,
+        const HD: usize,
+        const F: usize,
+        N: NormPlacement,
+        A: Activation,
+        E: FloatDtype,
+        Dev: Device<E>,
+    > DecoderLayer<D, H, HD, F, N, A, E, Dev>
+{
+    /// `x: (B, St, D)` attending to itself and to `memory: (B, Ss, D)`; returns `(B, St, D)`.
+    pub fn forward<B: Dim, St: Dim, Ss: Dim, T: Tape<E, Dev>>(
+        &self,
+        x: Hidden<B, St, D, E, Dev, T>,
+        memory: &Hidden<B, Ss, D, E, Dev>,
+        masks: &DecoderMasks,
+    ) -> Result<Hidden<B, St, D, E, Dev, T>> {
+        let x = residual::<N, _, _, D, _, _, _, _>(x, &self.norm1, self.dropout, |x| {
+            self.self_attn.self_attention(x, &masks.self_mask)
+        })?;
+        let x = residual::<N, _, _, D, _, _, _, _>(x, &self.norm2, self.dropout, |x| {
+            self.cross_attn.cross_attention(x, memory, &masks.memory_mask)
+        })?;
+        residual::<N, _, _, D, _, _, _, _>(x, &self.norm3, self.dropout, |x| Ok(self.ffn.forward(x)))
+    }
+}
+
+/// `L` decoder layers, then a final norm if `N` has one.
+///
+/// **PyTorch equivalent**: `torch.nn.TransformerDecoder(layer, L, norm=...)`.
+#[derive(Debug, Clone)]
+pub struct Decoder<
+    const D: usize,
+    const H: usize,
+    const HD: usize,
+    const F: usize,
+    const L: usize,
+    N,
+    A,
+    E: Dtype,
+    Dev: Storage<E>,
+> {
+    /// The layers, named `layers.0` .. `layers.{L-1}`.
+    pub layers: Repeated<DecoderLayer<D, H, HD, F, N, A, E, Dev>, L>,
+    /// The final norm (present when `N::FINAL_NORM`).
+    pub norm: FinalNorm<D, N, E, Dev>,
+}
+
+impl<
+        const D: usize,
+        const H: usize,
+        const HD: usize,
+        const F: usize,
+        const L: usize,
+        N: NormPlacement,
+        A: Activation,
+        E: FloatDtype,
+        Dev: Device<E>,
+    > TensorCollection<E, Dev> for Decoder<D, H, HD, F, L, N, A, E, Dev>
+{
+    type To<E2: Dtype, D2: Device<E2>> = Decoder<D, H, HD, F, L, N, A, E2, D2>;
+
+    fn iter_tensors<V: ModuleVisitor<Self, E, Dev>>(visitor: &mut V) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        visitor.visit_fields(
+            (
+                Self::module("layers", |s| &s.layers, |s| &mut s.layers),
+                Self::module("norm", |s| &s.norm, |s| &mut s.norm),
+            ),
+            |(layers, norm)| Decoder { layers, norm },
+        )
+    }
+}
+
+impl<
+        const D: usize,
+        const H: usize,
+        const HD: usize,
+        const F: usize,
+        const L: usize,
+        N: NormPlacement,
+        A: Activation,
+        E: FloatDtype,
+        Dev: Device<E>,
+    > Decoder<D, H, HD, F, L, N, A, E, Dev>
+{
+    /// `x: (B, St, D)` over `memory: (B, Ss, D)`; returns `(B, St, D)`. The memory must have the
+    /// decoder's width `D`: stacking a decoder on an encoder of another width does not compile.
+    pub fn forward<B: Dim, St: Dim, Ss: Dim, T: Tape<E, Dev>>(
+        &self,
+        mut x: Hidden<B, St, D, E, Dev, T>,
+        memory: &Hidden<B, Ss, D, E, Dev>,
+        masks: &DecoderMasks,
+    ) -> Result<Hidden<B, St, D, E, Dev, T>> {
+        for layer in &self.layers.modules {
+            x = layer.forward(x, memory, masks)?;
+        }
+        Ok(self.norm.forward(x))
+    }
+}
+
+build_on_device!([const D: usize, const H: usize, const HD: usize, const F: usize, N: NormPlacement, A: Activation] DecoderLayer<D, H, HD, F, N, A, E, Dev>);
+build_on_device!([const D: usize, const H: usize, const HD: usize, const F: usize, const L: usize, N: NormPlacement, A: Activation] Decoder<D, H, HD, F, L, N, A, E, Dev>);

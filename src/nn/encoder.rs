@@ -1,0 +1,175 @@
+//! The encoder (section 3.1): a stack of `L` identical layers of self-attention and feed-forward.
+
+use super::{
+    residual, Activation, FinalNorm, LayerNorm, MaskSpec, MultiHeadAttention, NormPlacement, PositionWiseFeedForward,
+};
+use crate::error::Result;
+use crate::shape::Hidden;
+use crate::FloatDtype;
+use dfdx::prelude::*;
+
+/// One encoder layer: self-attention, then the feed-forward network, each in a residual
+/// connection with layer norm placed as `N` says.
+///
+/// **PyTorch equivalent**: `torch.nn.TransformerEncoderLayer(D, H, F, batch_first=True,
+/// norm_first=N::PRE, activation=A)`.
+///
+/// # Generics
+/// - `D`: model width; `H` heads of width `HD`; `F`: feed-forward width.
+/// - `N`: [`PostNorm`](super::PostNorm) or [`PreNorm`](super::PreNorm).
+/// - `A`: the feed-forward [`Activation`].
+#[derive(Debug, Clone)]
+pub struct EncoderLayer<
+    const D: usize,
+    const H: usize,
+    const HD: usize,
+    const F: usize,
+    N,
+    A,
+    E: Dtype,
+    Dev: Storage<E>,
+> {
+    /// Multi-head self-attention.
+    pub self_attn: MultiHeadAttention<D, H, HD, E, Dev>,
+    /// Position-wise feed-forward network.
+    pub ffn: PositionWiseFeedForward<D, F, A, E, Dev>,
+    /// Norm of the attention sub-layer.
+    pub norm1: LayerNorm<D, E, Dev>,
+    /// Norm of the feed-forward sub-layer.
+    pub norm2: LayerNorm<D, E, Dev>,
+    /// Residual dropout on each sub-layer's output when training (0.1 in the paper).
+    pub dropout: f64,
+    placement: std::marker::PhantomData<N>,
+}
+
+impl<
+        const D: usize,
+        const H: usize,
+        const HD: usize,
+        const F: usize,
+        N: NormPlacement,
+        A: Activation,
+        E: FloatDtype,
+        Dev: Device<E>,
+    > TensorCollection<E, Dev> for EncoderLayer<D, H, HD, F, N, A, E, Dev>
+{
+    type To<E2: Dtype, D2: Device<E2>> = EncoderLayer<D, H, HD, F, N, A, E2, D2>;
+
+    fn iter_tensors<V: ModuleVisitor<Self, E, Dev>>(visitor: &mut V) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        visitor.visit_fields(
+            (
+                Self::module("self_attn", |s| &s.self_attn, |s| &mut s.self_attn),
+                Self::module("ffn", |s| &s.ffn, |s| &mut s.ffn),
+                Self::module("norm1", |s| &s.norm1, |s| &mut s.norm1),
+                Self::module("norm2", |s| &s.norm2, |s| &mut s.norm2),
+                Self::scalar("dropout", |s| &s.dropout, |s| &mut s.dropout, ScalarOptions::from_default(0.1)),
+            ),
+            |(self_attn, ffn, norm1, norm2, dropout)| EncoderLayer {
+                self_attn,
+                ffn,
+                norm1,
+                norm2,
+                dropout,
+                placement: Default::default(),
+            },
+        )
+    }
+}
+
+impl<
+        const D: usize,
+        const H: usize,
+        const HD: usize,
+        const F: usize,
+        N: NormPlacement,
+        A: Activation,
+        E: FloatDtype,
+        Dev: Device<E>,
+    > EncoderLayer<D, H, HD, F, N, A, E, Dev>
+{
+    /// `(B, S, D) -> (B, S, D)`; `mask` says which keys each position may attend to.
+    pub fn forward<B: Dim, S: Dim, T: Tape<E, Dev>>(
+        &self,
+        x: Hidden<B, S, D, E, Dev, T>,
+        mask: &MaskSpec,
+    ) -> Result<Hidden<B, S, D, E, Dev, T>> {
+        let x = residual::<N, _, _, D, _, _, _, _>(x, &self.norm1, self.dropout, |x| {
+            self.self_attn.self_attention(x, mask)
+        })?;
+        residual::<N, _, _, D, _, _, _, _>(x, &self.norm2, self.dropout, |x| Ok(self.ffn.forward(x)))
+    }
+}
+
+/// `L` encoder layers, then a final norm if `N` has one.
+///
+/// **PyTorch equivalent**: `torch.nn.TransformerEncoder(layer, L, norm=...)`.
+#[derive(Debug, Clone)]
+pub struct Encoder<
+    const D: usize,
+    const H: usize,
+    const HD: usize,
+    const F: usize,
+    const L: usize,
+    N,
+    A,
+    E: Dtype,
+    Dev: Storage<E>,
+> {
+    /// The layers, named `layers.0` .. `layers.{L-1}`.
+    pub layers: Repeated<EncoderLayer<D, H, HD, F, N, A, E, Dev>, L>,
+    /// The final norm (present when `N::FINAL_NORM`).
+    pub norm: FinalNorm<D, N, E, Dev>,
+}
+
+impl<
+        const D: usize,
+        const H: usize,
+        const HD: usize,
+        const F: usize,
+        const L: usize,
+        N: NormPlacement,
+        A: Activation,
+        E: FloatDtype,
+        Dev: Device<E>,
+    > TensorCollection<E, Dev> for Encoder<D, H, HD, F, L, N, A, E, Dev>
+{
+    type To<E2: Dtype, D2: Device<E2>> = Encoder<D, H, HD, F, L, N, A, E2, D2>;
+
+    fn iter_tensors<V: ModuleVisitor<Self, E, Dev>>(visitor: &mut V) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        visitor.visit_fields(
+            (
+                Self::module("layers", |s| &s.layers, |s| &mut s.layers),
+                Self::module("norm", |s| &s.norm, |s| &mut s.norm),
+            ),
+            |(layers, norm)| Encoder { layers, norm },
+        )
+    }
+}
+
+impl<
+        const D: usize,
+        const H: usize,
+        const HD: usize,
+        const F: usize,
+        const L: usize,
+        N: NormPlacement,
+        A: Activation,
+        E: FloatDtype,
+        Dev: Device<E>,
+    > Encoder<D, H, HD, F, L, N, A, E, Dev>
+{
+    /// `(B, S, D) -> (B, S, D)`.
+    pub fn forward<B: Dim, S: Dim, T: Tape<E, Dev>>(
+        &self,
+        mut x: Hidden<B, S, D, E, Dev, T>,
+        mask: &MaskSpec,
+    ) -> Result<Hidden<B, S, D, E, Dev, T>> {
+        for layer in &self.layers.modules {
+            x = layer.forward(x, mask)?;
+        }
+        Ok(self.norm.forward(x))
+    }
+}
+
+build_on_device!([const D: usize, const H: usize, const HD: usize, const F: usize, N: NormPlacement, A: Activation] EncoderLayer<D, H, HD, F, N, A, E, Dev>);
+build_on_device!([const D: usize, const H: usize, const HD: usize, const F: usize, const L: usize, N: NormPlacement, A: Activation] Encoder<D, H, HD, F, L, N, A, E, Dev>);

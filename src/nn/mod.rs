@@ -1,0 +1,39 @@
+//! The Transformer's building blocks, one concept per file.
+//!
+//! Every block is generic over its dtype `E` and dfdx device `Dev`, takes its widths as const
+//! generics and accepts any batch and sequence [`Dim`](dfdx::shapes::Dim). A block's `forward`
+//! is generic over the dfdx tape `T`: pass tensors without a tape for inference, traced tensors
+//! for training. Dropout is active exactly when the input is traced.
+
+/// `impl BuildOnDevice for $ty { type Built = Self; }`, so that `dev.build_module::<$ty, E>()`
+/// works for a module whose type already names its dtype and device.
+macro_rules! build_on_device {
+    ([$($generics:tt)*] $ty:ty) => {
+        impl<$($generics)*, E: $crate::FloatDtype, Dev: ::dfdx::tensor_ops::Device<E>> ::dfdx::nn::BuildOnDevice<Dev, E> for $ty {
+            type Built = Self;
+        }
+    };
+}
+
+mod attention;
+mod decoder;
+mod dropout;
+mod embedding;
+mod encoder;
+mod feed_forward;
+pub(crate) mod init;
+mod mask;
+mod norm;
+mod positional;
+mod residual;
+
+pub use attention::*;
+pub use decoder::*;
+pub use dropout::*;
+pub use embedding::*;
+pub use encoder::*;
+pub use feed_forward::*;
+pub use mask::*;
+pub use norm::*;
+pub use positional::*;
+pub use residual::*;

@@ -1,0 +1,51 @@
+//! Layer normalization (Ba et al., 2016), over the model width.
+
+use crate::shape::Hidden;
+use crate::FloatDtype;
+use dfdx::prelude::*;
+
+/// `y = (x - mean) / sqrt(var + eps) * weight + bias`, over the last axis of width `D`.
+///
+/// **PyTorch equivalent**: `torch.nn.LayerNorm(D, eps=1e-5)`.
+///
+/// # Generics
+/// - `D`: the normalized width.
+#[derive(Debug, Clone)]
+pub struct LayerNorm<const D: usize, E: Dtype, Dev: Storage<E>> {
+    /// Scale, initialised to ones.
+    pub weight: Tensor<Rank1<D>, E, Dev>,
+    /// Shift, initialised to zeros.
+    pub bias: Tensor<Rank1<D>, E, Dev>,
+    /// Added to the variance; 1e-5 by default, as in PyTorch.
+    pub eps: f64,
+}
+
+impl<const D: usize, E: FloatDtype, Dev: Device<E>> TensorCollection<E, Dev> for LayerNorm<D, E, Dev> {
+    type To<E2: Dtype, D2: Device<E2>> = LayerNorm<D, E2, D2>;
+
+    fn iter_tensors<V: ModuleVisitor<Self, E, Dev>>(visitor: &mut V) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        visitor.visit_fields(
+            (
+                Self::tensor("weight", |s| &s.weight, |s| &mut s.weight, TensorOptions::reset_to_ones()),
+                Self::tensor("bias", |s| &s.bias, |s| &mut s.bias, TensorOptions::reset_to_zeros()),
+                Self::scalar("eps", |s| &s.eps, |s| &mut s.eps, ScalarOptions::from_default(1e-5)),
+            ),
+            |(weight, bias, eps)| LayerNorm { weight, bias, eps },
+        )
+    }
+}
+
+impl<const D: usize, E: FloatDtype, Dev: Device<E>> LayerNorm<D, E, Dev> {
+    /// Normalizes each position of `x: (B, S, D)`.
+    pub fn forward<B: Dim, S: Dim, T: Tape<E, Dev>>(
+        &self,
+        x: Hidden<B, S, D, E, Dev, T>,
+    ) -> Hidden<B, S, D, E, Dev, T> {
+        let shape = *x.shape();
+        let w = self.weight.retaped::<T>().broadcast_like(&shape);
+        let b = self.bias.retaped::<T>().broadcast_like(&shape);
+        x.normalize::<Axis<2>>(self.eps) * w + b
+    }
+}
+
+build_on_device!([const D: usize] LayerNorm<D, E, Dev>);

@@ -1,0 +1,16 @@
+//! Training: label-smoothed cross-entropy, the paper's warmup schedule, Adam with gradient
+//! clipping, and the sequence-to-sequence training loop.
+
+mod loss;
+mod optimizer;
+mod schedule;
+mod seq2seq;
+
+pub use loss::*;
+pub use optimizer::*;
+pub use schedule::*;
+pub use seq2seq::*;
+mod task_run;
+pub use task_run::*;
+mod tape;
+pub use tape::*;

@@ -1,0 +1,163 @@
+//! Adam (Kingma & Ba, 2015) with the paper's settings and gradient clipping by global norm.
+//!
+//! Written on dfdx's tensor visitors rather than using `dfdx::optim::Adam`, because clipping needs
+//! to scale gradients before the update and because resuming needs the moments and step count,
+//! which dfdx keeps private.
+
+use crate::error::{Error, Result};
+use crate::{scalar, FloatDtype};
+use dfdx::nn::tensor_collection::{
+    RecursiveWalker, TensorCollection, TensorOptions, TensorVisitor, ViewTensorMut, ViewTensorRef,
+};
+use dfdx::prelude::*;
+
+/// Adam's hyperparameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamConfig {
+    /// First-moment decay (0.9 in the paper).
+    pub beta1: f64,
+    /// Second-moment decay (0.98 in the paper).
+    pub beta2: f64,
+    /// Denominator fuzz (1e-9 in the paper).
+    pub eps: f64,
+    /// Rescale gradients whose global L2 norm exceeds this; `None` disables clipping.
+    pub clip_norm: Option<f64>,
+}
+
+impl Default for AdamConfig {
+    /// Section 5.3: β1 = 0.9, β2 = 0.98, ε = 1e-9; clipping at 1.0.
+    fn default() -> Self {
+        Self { beta1: 0.9, beta2: 0.98, eps: 1e-9, clip_norm: Some(1.0) }
+    }
+}
+
+/// First and second moments of one tensor, flattened.
+type Moments<E, Dev> = (Tensor<(usize,), E, Dev>, Tensor<(usize,), E, Dev>);
+
+/// Adam's state: the step count and one pair of moments per trainable tensor, in the order the
+/// model visits them.
+#[derive(Debug, Clone)]
+pub struct Adam<E: Dtype, Dev: Storage<E>> {
+    /// Hyperparameters.
+    pub cfg: AdamConfig,
+    /// Updates done so far.
+    pub step: usize,
+    moments: Vec<Moments<E, Dev>>,
+}
+
+/// What one update saw.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UpdateStats {
+    /// Global L2 norm of the gradients before clipping.
+    pub grad_norm: f64,
+}
+
+impl<E: FloatDtype, Dev: Device<E>> Adam<E, Dev> {
+    /// A fresh optimizer.
+    pub fn new(cfg: AdamConfig) -> Result<Self> {
+        let valid = (0.0..1.0).contains(&cfg.beta1) && (0.0..1.0).contains(&cfg.beta2) && cfg.eps > 0.0;
+        if !valid || cfg.clip_norm.is_some_and(|c| c.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)) {
+            return Err(Error::InvalidConfig(format!(
+                "Adam needs betas in [0, 1), eps > 0 and a positive clip norm; got {cfg:?}"
+            )));
+        }
+        Ok(Self { cfg, step: 0, moments: Vec::new() })
+    }
+
+    /// One update of `model` with learning rate `lr` from `grads`, which must come from
+    /// `model.alloc_grads()` (so every trainable tensor has a gradient).
+    pub fn update<M: TensorCollection<E, Dev>>(
+        &mut self,
+        model: &mut M,
+        grads: &Gradients<E, Dev>,
+        lr: f64,
+    ) -> Result<UpdateStats> {
+        if !lr.is_finite() || lr < 0.0 {
+            return Err(Error::InvalidConfig(format!("learning rate must be finite and >= 0, got {lr}")));
+        }
+        let mut norm = GradNorm { grads, sum_sq: 0.0 };
+        M::iter_tensors(&mut RecursiveWalker { m: &*model, f: &mut norm }).map_err(device)?;
+        let grad_norm = norm.sum_sq.sqrt();
+        if !grad_norm.is_finite() {
+            return Err(Error::Training(format!("gradient norm is {grad_norm}: the loss diverged")));
+        }
+        let scale = match self.cfg.clip_norm {
+            Some(max) if grad_norm > max => max / grad_norm,
+            _ => 1.0,
+        };
+        self.step += 1;
+        let mut op = AdamStep { adam: self, grads, scale, lr, index: 0 };
+        M::iter_tensors(&mut RecursiveWalker { m: model, f: &mut op }).map_err(device)?;
+        Ok(UpdateStats { grad_norm })
+    }
+}
+
+fn device<X: std::fmt::Debug>(e: X) -> Error {
+    Error::Training(format!("device error: {e:?}"))
+}
+
+struct GradNorm<'a, E: Dtype, Dev: Storage<E>> {
+    grads: &'a Gradients<E, Dev>,
+    sum_sq: f64,
+}
+
+impl<E: FloatDtype, Dev: Device<E>> TensorVisitor<E, Dev> for GradNorm<'_, E, Dev> {
+    type Viewer = ViewTensorRef;
+    type Err = Dev::Err;
+    type E2 = E;
+    type D2 = Dev;
+
+    fn visit<S: Shape>(
+        &mut self,
+        opts: TensorOptions<S, E, Dev>,
+        t: &Tensor<S, E, Dev>,
+    ) -> Result<Option<Tensor<S, E, Dev>>, Self::Err> {
+        if opts.do_gradient_update {
+            let g = self.grads.get(t);
+            self.sum_sq += g.square().sum::<Rank0, _>().as_vec()[0].to_f64().unwrap_or(f64::NAN);
+        }
+        Ok(None)
+    }
+}
+
+struct AdamStep<'a, E: Dtype, Dev: Storage<E>> {
+    adam: &'a mut Adam<E, Dev>,
+    grads: &'a Gradients<E, Dev>,
+    scale: f64,
+    lr: f64,
+    index: usize,
+}
+
+impl<E: FloatDtype, Dev: Device<E>> TensorVisitor<E, Dev> for AdamStep<'_, E, Dev> {
+    type Viewer = ViewTensorMut;
+    type Err = Dev::Err;
+    type E2 = E;
+    type D2 = Dev;
+
+    fn visit<S: Shape>(
+        &mut self,
+        opts: TensorOptions<S, E, Dev>,
+        t: &mut Tensor<S, E, Dev>,
+    ) -> Result<Option<Tensor<S, E, Dev>>, Self::Err> {
+        if !opts.do_gradient_update {
+            return Ok(None);
+        }
+        let cfg = self.adam.cfg;
+        let n = t.shape().num_elements();
+        let g = self.grads.get(t).reshape_like(&(n,)) * scalar::<E>(self.scale); // (N,)
+        if self.index == self.adam.moments.len() {
+            let dev = t.device();
+            self.adam.moments.push((dev.zeros_like(&(n,)), dev.zeros_like(&(n,))));
+        }
+        let (m, v) = &mut self.adam.moments[self.index];
+        self.index += 1;
+        m.axpy(cfg.beta1, &g, 1.0 - cfg.beta1);
+        v.axpy(cfg.beta2, &g.square(), 1.0 - cfg.beta2);
+        let step = self.adam.step as i32;
+        let m_hat = m.clone() / scalar::<E>(1.0 - cfg.beta1.powi(step));
+        let v_hat = v.clone() / scalar::<E>(1.0 - cfg.beta2.powi(step));
+        let update = m_hat / (v_hat.sqrt() + scalar::<E>(cfg.eps)); // (N,)
+        t.axpy(1.0, &update.reshape_like(t.shape()), -self.lr);
+        Ok(None)
+    }
+}

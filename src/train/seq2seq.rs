@@ -1,0 +1,140 @@
+//! The training loop for sequence-to-sequence tasks, and exact-match evaluation.
+
+use super::{label_smoothed_cross_entropy, Adam, AdamConfig, WarmupSchedule};
+use crate::data::{Example, Seq2SeqBatch, TaskData, BOS, EOS};
+use crate::error::{Error, Result};
+use crate::generate::greedy_decode;
+use crate::models::Seq2Seq;
+use crate::shape::Tokens;
+use crate::FloatDtype;
+use dfdx::prelude::*;
+use std::time::Instant;
+
+/// How long and how hard to train.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrainConfig {
+    /// Optimizer updates.
+    pub steps: usize,
+    /// Sequences per update.
+    pub batch_size: usize,
+    /// Label smoothing ε (0.1 in the paper).
+    pub label_smoothing: f64,
+    /// Learning-rate schedule (its `d_model` is taken from the model).
+    pub warmup: usize,
+    /// Scale of the schedule.
+    pub lr_factor: f64,
+    /// Adam's settings.
+    pub adam: AdamConfig,
+}
+
+impl TrainConfig {
+    /// Rejects configurations that cannot train.
+    pub fn validate(&self) -> Result<()> {
+        if self.steps == 0 || self.batch_size == 0 {
+            return Err(Error::InvalidConfig(format!(
+                "--steps and --batch-size must be positive, got {} and {}",
+                self.steps, self.batch_size
+            )));
+        }
+        if self.warmup == 0 || !(self.lr_factor > 0.0 && self.lr_factor.is_finite()) {
+            return Err(Error::InvalidConfig(format!(
+                "--warmup must be positive and --lr-factor a positive number, got {} and {}",
+                self.warmup, self.lr_factor
+            )));
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return Err(Error::InvalidConfig(format!(
+                "--label-smoothing must be in [0, 1), got {}",
+                self.label_smoothing
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What one training step did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepLog {
+    /// 1-based step.
+    pub step: usize,
+    /// Label-smoothed loss of the batch.
+    pub loss: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Source plus target tokens per second in this step.
+    pub tokens_per_sec: f64,
+}
+
+/// Trains `model` on `data` for `cfg.steps` updates, calling `on_step` after each.
+pub fn train_seq2seq<M, const SV: usize, const TV: usize, E, Dev>(
+    model: &mut M,
+    data: &mut TaskData,
+    cfg: &TrainConfig,
+    mut on_step: impl FnMut(&StepLog),
+) -> Result<Vec<StepLog>>
+where
+    M: Seq2Seq<SV, TV, E, Dev>,
+    E: FloatDtype,
+    Dev: Device<E>,
+{
+    cfg.validate()?;
+    let schedule = WarmupSchedule { d_model: M::D_MODEL, warmup: cfg.warmup, factor: cfg.lr_factor };
+    let mut opt = Adam::<E, Dev>::new(cfg.adam)?;
+    let mut grads = model.alloc_grads();
+    let mut logs = Vec::with_capacity(cfg.steps);
+    for step in 1..=cfg.steps {
+        let start = Instant::now();
+        let batch = Seq2SeqBatch::<SV, TV>::new(&data.train_examples(cfg.batch_size))?;
+        let logits = model.forward_train(&batch.src, &batch.tgt_in, grads)?;
+        let loss = label_smoothed_cross_entropy(logits, &batch.labels, cfg.label_smoothing)?;
+        let loss_value = loss.as_vec()[0].to_f64().unwrap_or(f64::NAN);
+        if !loss_value.is_finite() {
+            return Err(Error::Training(format!("loss is {loss_value} at step {step}; lower --lr-factor")));
+        }
+        grads = loss.backward();
+        let lr = schedule.lr(step);
+        let stats = opt.update(model, &grads, lr)?;
+        model.zero_grads(&mut grads);
+        let tokens = batch.src.num_tokens() + batch.labels.num_tokens();
+        let log = StepLog {
+            step,
+            loss: loss_value,
+            lr,
+            grad_norm: stats.grad_norm,
+            tokens_per_sec: tokens as f64 / start.elapsed().as_secs_f64(),
+        };
+        on_step(&log);
+        logs.push(log);
+    }
+    Ok(logs)
+}
+
+/// Greedy-decodes every example's source (in batches of `batch_size`) and returns the fraction
+/// whose output equals the target exactly, with the decoded outputs.
+pub fn exact_match<M, const SV: usize, const TV: usize, E, Dev>(
+    model: &M,
+    examples: &[Example],
+    batch_size: usize,
+) -> Result<(f64, Vec<Vec<usize>>)>
+where
+    M: Seq2Seq<SV, TV, E, Dev>,
+    E: FloatDtype,
+    Dev: Device<E>,
+{
+    if examples.is_empty() || batch_size == 0 {
+        return Err(Error::InvalidConfig("evaluation needs at least one example and a positive batch size".into()));
+    }
+    let mut outputs = Vec::with_capacity(examples.len());
+    for chunk in examples.chunks(batch_size) {
+        let sources: Vec<Vec<usize>> = chunk.iter().map(|e| e.source.clone()).collect();
+        let src = Tokens::<SV>::from_sequences(&sources)?;
+        let longest = chunk.iter().map(|e| e.target.len()).max().unwrap_or(0);
+        // Room for the target plus EOS, within the positional table.
+        let max_len = (longest + 1).min(M::MAX_LEN - 1);
+        outputs.extend(greedy_decode::<M, SV, TV, E, Dev>(model, &src, BOS, EOS, max_len)?);
+    }
+    let correct = examples.iter().zip(&outputs).filter(|(e, o)| &e.target == *o).count();
+    Ok((correct as f64 / examples.len() as f64, outputs))
+}

@@ -1,0 +1,313 @@
+//! The mathematics of the building blocks, stated as properties over random sizes and inputs.
+
+use proptest::prelude::*;
+use typeformer::prelude::*;
+
+const D: usize = 8;
+const H: usize = 2;
+const HD: usize = 4;
+
+fn cases() -> ProptestConfig {
+    ProptestConfig { cases: 24, ..ProptestConfig::default() }
+}
+
+fn normal(dev: &Cpu, shape: (usize, usize, usize)) -> Tensor<(usize, usize, Const<D>), f64, Cpu> {
+    dev.sample_normal_like(&(shape.0, shape.1, Const::<D>))
+}
+
+fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+}
+
+/// `lengths[b]` valid keys per batch item, each at least 1.
+fn lengths(batch: usize, max: usize) -> impl Strategy<Value = Vec<usize>> {
+    prop::collection::vec(1..=max, batch)
+}
+
+proptest! {
+    #![proptest_config(cases())]
+
+    #[test]
+    fn attention_rows_sum_to_one(seed in any::<u64>(), b in 1usize..4, sq in 1usize..7, sk in 1usize..7, causal in any::<bool>(), pad in any::<bool>()) {
+        let dev = Cpu::seed_from_u64(seed);
+        let q: Tensor<(usize, Const<H>, usize, Const<HD>), f64, _> = dev.sample_normal_like(&(b, Const, sq, Const));
+        let k: Tensor<(usize, Const<H>, usize, Const<HD>), f64, _> = dev.sample_normal_like(&(b, Const, sk, Const));
+        let lens: Vec<usize> = (0..b).map(|i| 1 + (seed as usize + i) % sk).collect();
+        let spec = MaskSpec { causal, query_offset: 0, key_lengths: pad.then_some(lens.as_slice()) };
+        let bias = spec.bias::<usize, usize, usize, f64, Cpu>(&dev, (b, sq, sk));
+        let w = attention_weights(q, k, bias.as_ref()).as_vec();
+        for row in w.chunks(sk) {
+            prop_assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+            prop_assert!(row.iter().all(|x| x.is_finite() && *x >= 0.0));
+        }
+    }
+
+    #[test]
+    fn a_fully_padded_row_is_finite(seed in any::<u64>(), sq in 1usize..5, sk in 1usize..5) {
+        let dev = Cpu::seed_from_u64(seed);
+        let mha = dev.build_module::<MultiHeadAttention<D, H, HD, f64, Cpu>, f64>();
+        let x = normal(&dev, (1, sq, 0));
+        let memory = normal(&dev, (1, sk, 0));
+        let y = mha.cross_attention(x, &memory, &MaskSpec::padding(&[0])).unwrap();
+        prop_assert!(y.as_vec().iter().all(|v| v.is_finite()));
+    }
+
+    #[test]
+    fn causal_outputs_ignore_later_tokens(seed in any::<u64>(), s in 2usize..8, cut in 0usize..7) {
+        let cut = cut % (s - 1); // positions 0..=cut stay, later ones change
+        let dev = Cpu::seed_from_u64(seed);
+        let mha = dev.build_module::<MultiHeadAttention<D, H, HD, f64, Cpu>, f64>();
+        let x = normal(&dev, (2, s, 0));
+        let mut changed = x.as_vec();
+        for item in 0..2 {
+            for v in &mut changed[(item * s + cut + 1) * D..(item + 1) * s * D] {
+                *v += 3.0;
+            }
+        }
+        let changed = dev.tensor_from_vec(changed, (2, s, Const::<D>));
+        let a = mha.self_attention(x, &MaskSpec::causal(None)).unwrap().as_vec();
+        let b = mha.self_attention(changed, &MaskSpec::causal(None)).unwrap().as_vec();
+        for item in 0..2 {
+            let keep = (item * s) * D..(item * s + cut + 1) * D;
+            prop_assert!(max_abs_diff(&a[keep.clone()], &b[keep]) < 1e-12);
+        }
+    }
+
+    #[test]
+    fn causal_decoder_logits_ignore_later_target_tokens(seed in any::<u64>(), s in 2usize..7, cut in 0usize..6) {
+        let cut = cut % (s - 1);
+        let dev = Cpu::seed_from_u64(seed);
+        let model = dev.build_module::<TaskSmall<f64, Cpu>, f64>();
+        let src = Tokens::<TASK_VOCAB>::from_sequences(&[vec![3, 4, 5], vec![6, 7]]).unwrap();
+        let tgt: Vec<Vec<usize>> = (0..2).map(|i| (0..s).map(|p| 3 + (i + p) % 10).collect()).collect();
+        let mut later = tgt.clone();
+        for seq in &mut later {
+            for t in &mut seq[cut + 1..] {
+                *t = 3 + (*t + 5) % 10;
+            }
+        }
+        let a = model.forward(&src, &Tokens::from_sequences(&tgt).unwrap()).unwrap().as_vec();
+        let b = model.forward(&src, &Tokens::from_sequences(&later).unwrap()).unwrap().as_vec();
+        for item in 0..2 {
+            let keep = (item * s) * TASK_VOCAB..(item * s + cut + 1) * TASK_VOCAB;
+            prop_assert!(max_abs_diff(&a[keep.clone()], &b[keep]) < 1e-10);
+        }
+    }
+
+    #[test]
+    fn padded_keys_change_nothing(seed in any::<u64>(), b in 1usize..4, s in 2usize..7, lens in lengths(3, 6)) {
+        let lens: Vec<usize> = lens.into_iter().take(b).map(|l| l.min(s)).collect();
+        let dev = Cpu::seed_from_u64(seed);
+        let encoder = dev.build_module::<Encoder<D, H, HD, 16, 2, PreNorm, Gelu, f64, Cpu>, f64>();
+        let x = normal(&dev, (b, s, 0));
+        let mut noisy = x.as_vec();
+        for (item, &len) in lens.iter().enumerate() {
+            for v in &mut noisy[(item * s + len) * D..(item + 1) * s * D] {
+                *v = 100.0;
+            }
+        }
+        let noisy = dev.tensor_from_vec(noisy, (b, s, Const::<D>));
+        let a = encoder.forward(x.clone(), &MaskSpec::padding(&lens)).unwrap().as_vec();
+        let c = encoder.forward(noisy, &MaskSpec::padding(&lens)).unwrap().as_vec();
+        let xs = x.as_vec();
+        for (item, &len) in lens.iter().enumerate() {
+            let valid = item * s * D..(item * s + len) * D;
+            prop_assert!(max_abs_diff(&a[valid.clone()], &c[valid.clone()]) < 1e-10);
+            // The same as running the unpadded sequence alone.
+            let alone = dev.tensor_from_vec(xs[valid.clone()].to_vec(), (1, len, Const::<D>));
+            let alone = encoder.forward(alone, &MaskSpec::none()).unwrap().as_vec();
+            prop_assert!(max_abs_diff(&a[valid], &alone) < 1e-10);
+        }
+    }
+
+    #[test]
+    fn encoder_without_positions_is_permutation_equivariant(seed in any::<u64>(), s in 1usize..7, shift in 0usize..7) {
+        let dev = Cpu::seed_from_u64(seed);
+        let encoder = dev.build_module::<Encoder<D, H, HD, 16, 2, PostNorm, Relu, f64, Cpu>, f64>();
+        let x = normal(&dev, (1, s, 0)).as_vec();
+        // A rotation followed by a reversal: every permutation is a product of such moves.
+        let perm: Vec<usize> = (0..s).map(|i| (s - 1 - i + shift) % s).collect();
+        let permuted: Vec<f64> = perm.iter().flat_map(|&p| x[p * D..(p + 1) * D].to_vec()).collect();
+        let y = encoder.forward(dev.tensor_from_vec(x, (1, s, Const::<D>)), &MaskSpec::none()).unwrap().as_vec();
+        let yp = encoder.forward(dev.tensor_from_vec(permuted, (1, s, Const::<D>)), &MaskSpec::none()).unwrap().as_vec();
+        for (i, &p) in perm.iter().enumerate() {
+            prop_assert!(max_abs_diff(&yp[i * D..(i + 1) * D], &y[p * D..(p + 1) * D]) < 1e-10);
+        }
+    }
+
+    #[test]
+    fn layer_norm_has_mean_zero_and_variance_one(seed in any::<u64>(), b in 1usize..4, s in 1usize..6, scale in 0.1f64..100.0) {
+        let dev = Cpu::seed_from_u64(seed);
+        let norm = dev.build_module::<LayerNorm<D, f64, Cpu>, f64>();
+        let x = normal(&dev, (b, s, 0)) * scale + 3.0;
+        let y = norm.forward(x).as_vec();
+        for row in y.chunks(D) {
+            let mean = row.iter().sum::<f64>() / D as f64;
+            let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / D as f64;
+            prop_assert!(mean.abs() < 1e-9);
+            // eps = 1e-5 shrinks the variance slightly below 1 for inputs of small variance.
+            prop_assert!((var - 1.0).abs() < 1e-3, "variance {}", var);
+        }
+    }
+
+    #[test]
+    fn sinusoidal_encoding_is_the_papers_formula(offset in 0usize..10, s in 1usize..10) {
+        let dev = Cpu::default();
+        const P: usize = 20;
+        const W: usize = 6;
+        let pe = dev.build_module::<PositionalEncoding<P, W, Sinusoidal, f64, Cpu>, f64>();
+        let zeros: Tensor<(usize, usize, Const<W>), f64, _> = dev.zeros_like(&(1, s, Const));
+        let result = pe.forward(zeros, offset);
+        if offset + s > P {
+            prop_assert!(result.is_err());
+        } else {
+            let table = result.unwrap().as_vec();
+            for pos in 0..s {
+                for i in 0..W / 2 {
+                    let angle = (offset + pos) as f64 / 10000f64.powf(2.0 * i as f64 / W as f64);
+                    prop_assert!((table[pos * W + 2 * i] - angle.sin()).abs() < 1e-12);
+                    prop_assert!((table[pos * W + 2 * i + 1] - angle.cos()).abs() < 1e-12);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_sequence_longer_than_the_table_is_an_error() {
+    let dev = Cpu::default();
+    let pe = dev.build_module::<PositionalEncoding<4, 8, Learned, f32, Cpu>, f32>();
+    let x: Tensor<(usize, usize, Const<8>), f32, _> = dev.zeros_like(&(1, 5, Const));
+    let err = pe.forward(x, 0).unwrap_err().to_string();
+    assert!(err.contains("5 positions") && err.contains("table of 4 positions"), "{err}");
+}
+
+/// Central finite differences of `loss` at `values[index]`.
+fn numeric_grad(values: &[f64], index: usize, loss: impl Fn(Vec<f64>) -> f64) -> f64 {
+    let h = 1e-6;
+    let mut plus = values.to_vec();
+    plus[index] += h;
+    let mut minus = values.to_vec();
+    minus[index] -= h;
+    (loss(plus) - loss(minus)) / (2.0 * h)
+}
+
+fn assert_close(analytic: f64, numeric: f64, what: &str) {
+    let tol = 1e-6 * (1.0 + numeric.abs());
+    assert!((analytic - numeric).abs() < tol, "{what}: analytic {analytic} vs numeric {numeric}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
+
+    #[test]
+    fn attention_gradients_match_finite_differences(seed in any::<u64>(), s in 1usize..5, causal in any::<bool>()) {
+        let dev = Cpu::seed_from_u64(seed);
+        let mut mha = dev.build_module::<MultiHeadAttention<D, H, HD, f64, Cpu>, f64>();
+        mha.dropout = 0.0;
+        let x = normal(&dev, (2, s, 0));
+        let probe = normal(&dev, (2, s, 0));
+        let lens = [s, 1.max(s / 2)];
+        let mask = MaskSpec { causal, query_offset: 0, key_lengths: Some(&lens) };
+        let loss_of = |mha: &MultiHeadAttention<D, H, HD, f64, Cpu>, x: Tensor<(usize, usize, Const<D>), f64, Cpu>| {
+            (mha.self_attention(x, &mask).unwrap() * probe.clone()).sum::<Rank0, _>().as_vec()[0]
+        };
+        let y = mha.self_attention(x.leaky_trace(), &mask).unwrap();
+        let grads = (y * probe.clone()).sum::<Rank0, _>().backward();
+        let xs = x.as_vec();
+        let dx = grads.get(&x).as_vec();
+        for i in (0..xs.len()).step_by(5) {
+            let num = numeric_grad(&xs, i, |v| loss_of(&mha, dev.tensor_from_vec(v, (2, s, Const::<D>))));
+            assert_close(dx[i], num, "d loss / d x");
+        }
+        let wq = mha.w_q.weight.as_vec();
+        let dwq = grads.get(&mha.w_q.weight).as_vec();
+        for i in (0..wq.len()).step_by(7) {
+            let num = numeric_grad(&wq, i, |v| {
+                let mut m = mha.clone();
+                m.w_q.weight.copy_from(&v);
+                loss_of(&m, x.clone())
+            });
+            assert_close(dwq[i], num, "d loss / d w_q");
+        }
+    }
+
+    #[test]
+    fn decoder_layer_gradients_match_finite_differences(seed in any::<u64>(), st in 1usize..4, ss in 1usize..4) {
+        let dev = Cpu::seed_from_u64(seed);
+        let mut layer = dev.build_module::<DecoderLayer<D, H, HD, 16, PostNorm, Gelu, f64, Cpu>, f64>();
+        typeformer::nn::set_dropout(&mut layer, 0.0).unwrap();
+        let x = normal(&dev, (1, st, 0));
+        let memory = normal(&dev, (1, ss, 0));
+        let probe = normal(&dev, (1, st, 0));
+        let masks = DecoderMasks { self_mask: MaskSpec::causal(None), memory_mask: MaskSpec::none() };
+        let loss_of = |layer: &DecoderLayer<D, H, HD, 16, PostNorm, Gelu, f64, Cpu>, x: Tensor<(usize, usize, Const<D>), f64, Cpu>, memory: &Tensor<(usize, usize, Const<D>), f64, Cpu>| {
+            (layer.forward(x, memory, &masks).unwrap() * probe.clone()).sum::<Rank0, _>().as_vec()[0]
+        };
+        let y = layer.forward(x.leaky_trace(), &memory, &masks).unwrap();
+        let grads = (y * probe.clone()).sum::<Rank0, _>().backward();
+        let (xs, ms) = (x.as_vec(), memory.as_vec());
+        let (dx, dm) = (grads.get(&x).as_vec(), grads.get(&memory).as_vec());
+        for (i, &analytic) in dx.iter().enumerate() {
+            let num = numeric_grad(&xs, i, |v| loss_of(&layer, dev.tensor_from_vec(v, (1, st, Const::<D>)), &memory));
+            assert_close(analytic, num, "d loss / d x");
+        }
+        for (i, &analytic) in dm.iter().enumerate() {
+            let num = numeric_grad(&ms, i, |v| loss_of(&layer, x.clone(), &dev.tensor_from_vec(v, (1, ss, Const::<D>))));
+            assert_close(analytic, num, "d loss / d memory");
+        }
+        let w1 = layer.ffn.linear1.weight.as_vec();
+        let dw1 = grads.get(&layer.ffn.linear1.weight).as_vec();
+        for i in (0..w1.len()).step_by(11) {
+            let num = numeric_grad(&w1, i, |v| {
+                let mut l = layer.clone();
+                l.ffn.linear1.weight.copy_from(&v);
+                loss_of(&l, x.clone(), &memory)
+            });
+            assert_close(dw1[i], num, "d loss / d ffn.linear1.weight");
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
+
+    /// Each activation's gradient, and layer norm's, against central differences (this caught
+    /// dfdx 0.13's wrong `accurate_gelu` derivative, which `Gelu` corrects).
+    #[test]
+    fn activation_and_norm_gradients_match_finite_differences(seed in any::<u64>(), s in 1usize..4) {
+        let dev = Cpu::seed_from_u64(seed);
+        let norm = dev.build_module::<LayerNorm<D, f64, Cpu>, f64>();
+        let x = normal(&dev, (1, s, 0)) * 2.0;
+        let probe = normal(&dev, (1, s, 0));
+        let xs = x.as_vec();
+        type F = fn(&LayerNorm<D, f64, Cpu>, Tensor<(usize, usize, Const<D>), f64, Cpu, OwnedTape<f64, Cpu>>) -> Tensor<(usize, usize, Const<D>), f64, Cpu, OwnedTape<f64, Cpu>>;
+        type G = fn(&LayerNorm<D, f64, Cpu>, Tensor<(usize, usize, Const<D>), f64, Cpu>) -> Tensor<(usize, usize, Const<D>), f64, Cpu>;
+        let cases: [(&str, F, G); 4] = [
+            ("relu", |_, x| Relu::apply(x), |_, x| Relu::apply(x)),
+            ("gelu", |_, x| Gelu::apply(x), |_, x| Gelu::apply(x)),
+            ("gelu_tanh", |_, x| GeluTanh::apply(x), |_, x| GeluTanh::apply(x)),
+            ("layer_norm", |n, x| n.forward(x), |n, x| n.forward(x)),
+        ];
+        for (name, traced, plain) in cases {
+            let grads = (traced(&norm, x.leaky_trace()) * probe.clone()).sum::<Rank0, _>().backward();
+            let dx = grads.get(&x).as_vec();
+            for (i, &analytic) in dx.iter().enumerate() {
+                let num = numeric_grad(&xs, i, |v| (plain(&norm, dev.tensor_from_vec(v, (1, s, Const::<D>))) * probe.clone()).sum::<Rank0, _>().as_vec()[0]);
+                assert_close(analytic, num, name);
+            }
+        }
+    }
+}
+
+#[test]
+fn gelu_is_the_exact_gelu() {
+    // Reference values of x·Φ(x) = 0.5·x·(1 + erf(x/√2)), computed with Python's math.erf.
+    let dev = Cpu::default();
+    let x: Tensor<Rank1<4>, f64, _> = dev.tensor([-2.0, -0.5, 0.5, 3.0]);
+    let expected = [-0.04550026389635842, -0.15426876936299344, 0.34573123063700656, 2.99595030590511];
+    for (y, e) in Gelu::apply(x).as_vec().iter().zip(expected) {
+        assert!((y - e).abs() < 1e-12, "{y} vs {e}");
+    }
+}

@@ -1,0 +1,162 @@
+//! Training end to end on a tiny budget, checkpoints, and the loss.
+
+use std::collections::HashMap;
+use typeformer::data::{Task, TaskData, TaskSpec};
+use typeformer::io::{load_checkpoint, parameter_shapes, save_checkpoint};
+use typeformer::prelude::*;
+use typeformer::train::{exact_match, label_smoothed_cross_entropy, run_task, AdamConfig, TaskRun, TrainConfig};
+
+/// A model small enough to learn a short task in seconds in the test profile.
+type Tiny<E = f32> =
+    EncoderDecoder<TASK_VOCAB, TASK_VOCAB, 32, 4, 8, 64, 1, 1, 16, PostNorm, Relu, Sinusoidal, SharedTied, E, Cpu>;
+
+fn spec(task: Task) -> TaskSpec {
+    TaskSpec { task, symbols: 5, min_len: 1, max_len: 5 }
+}
+
+#[test]
+fn the_model_learns_the_reverse_task() {
+    let dev = Cpu::seed_from_u64(1);
+    let run = TaskRun {
+        spec: spec(Task::Reverse),
+        train: TrainConfig {
+            steps: 400,
+            batch_size: 32,
+            label_smoothing: 0.1,
+            warmup: 60,
+            lr_factor: 0.5,
+            adam: AdamConfig::default(),
+        },
+        dropout: 0.0,
+        eval_size: 200,
+        seed: 3,
+        out_dir: None,
+        model_name: "tiny".into(),
+    };
+    // Before training: how well does an untrained model of the same seed do?
+    let untrained = dev.build_module::<Tiny, f32>();
+    let data = TaskData::new(run.spec, run.eval_size, run.seed).unwrap();
+    let (before, _) = exact_match::<Tiny, TASK_VOCAB, TASK_VOCAB, f32, Cpu>(&untrained, data.held_out(), 100).unwrap();
+
+    let (_, report) = run_task::<Tiny, TASK_VOCAB, f32, Cpu>(&run, &dev, |_| {}).unwrap();
+    let first: f64 = report.logs[..20].iter().map(|l| l.loss).sum::<f64>() / 20.0;
+    let last: f64 = report.logs[report.logs.len() - 20..].iter().map(|l| l.loss).sum::<f64>() / 20.0;
+    assert!(last < 0.5 * first, "loss fell from {first:.3} to only {last:.3}");
+    assert!(
+        report.exact_match > 0.5 && report.exact_match > before + 0.4,
+        "exact match {:.3} (untrained {before:.3})",
+        report.exact_match
+    );
+}
+
+#[test]
+fn checkpoints_round_trip_exactly_and_are_written_atomically() {
+    let dir = std::env::temp_dir().join(format!("typeformer-ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("model.safetensors");
+    let dev = Cpu::seed_from_u64(5);
+    let model = dev.build_module::<TaskSmall<f32, Cpu>, f32>();
+    save_checkpoint(&model, &path, HashMap::from([("task".to_string(), "copy".to_string())])).unwrap();
+    // No temporary file is left beside it.
+    let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("model.safetensors")]);
+
+    let mut other = Cpu::seed_from_u64(6).build_module::<TaskSmall<f32, Cpu>, f32>();
+    assert_ne!(other.src_embed.weight.as_vec(), model.src_embed.weight.as_vec());
+    let metadata = load_checkpoint(&mut other, &path).unwrap();
+    assert_eq!(metadata["task"], "copy");
+    let src = Tokens::<TASK_VOCAB>::from_sequences(&[vec![3, 4, 5, 6]]).unwrap();
+    let tgt = Tokens::<TASK_VOCAB>::from_sequences(&[vec![1, 6, 5]]).unwrap();
+    assert_eq!(model.forward(&src, &tgt).unwrap().as_vec(), other.forward(&src, &tgt).unwrap().as_vec());
+
+    // Names are the stable dotted paths; the sinusoidal table is not stored.
+    let names: Vec<String> = parameter_shapes(&model).unwrap().into_iter().map(|(n, _)| n).collect();
+    assert!(names.contains(&"encoder.layers.0.self_attn.w_q.weight".to_string()), "{names:?}");
+    assert!(names.contains(&"decoder.layers.1.cross_attn.w_o.bias".to_string()));
+    assert!(!names.iter().any(|n| n.contains("pos")));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_mismatched_or_corrupt_checkpoint_is_an_error_and_leaves_the_model_unchanged() {
+    let dir = std::env::temp_dir().join(format!("typeformer-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("small.safetensors");
+    let dev = Cpu::seed_from_u64(7);
+    save_checkpoint(&dev.build_module::<TaskSmall<f32, Cpu>, f32>(), &path, HashMap::new()).unwrap();
+
+    let mut medium = dev.build_module::<TaskMedium<f32, Cpu>, f32>();
+    let before = medium.src_embed.weight.as_vec();
+    let err = load_checkpoint(&mut medium, &path).unwrap_err().to_string();
+    assert!(err.contains("wrong shape: src_embed.weight is [19, 64] in the file, the model needs [19, 128]"), "{err}");
+    assert!(err.contains("missing: encoder.layers.2.self_attn.w_q.weight"), "{err}");
+    assert_eq!(medium.src_embed.weight.as_vec(), before);
+
+    let bytes = std::fs::read(&path).unwrap();
+    let truncated = dir.join("truncated.safetensors");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let mut small = dev.build_module::<TaskSmall<f32, Cpu>, f32>();
+    let err = load_checkpoint(&mut small, &truncated).unwrap_err().to_string();
+    assert!(err.contains("not a valid safetensors file"), "{err}");
+    std::fs::write(&truncated, b"garbage").unwrap();
+    assert!(load_checkpoint(&mut small, &truncated).is_err());
+    let missing = load_checkpoint(&mut small, &dir.join("nope.safetensors")).unwrap_err().to_string();
+    assert!(missing.contains("nope.safetensors"), "{missing}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn label_smoothing_matches_its_definition() {
+    // Reference values computed by hand from the definition (and equal to PyTorch's
+    // F.cross_entropy(..., label_smoothing=0.1, ignore_index=0)): with logits [0, ln 2, ln 5]
+    // over 3 classes, log_softmax = [ln 1/8, ln 2/8, ln 5/8].
+    let dev = Cpu::default();
+    let (l1, l2, l5) = ((1.0f64 / 8.0).ln(), (2.0f64 / 8.0).ln(), (5.0f64 / 8.0).ln());
+    let row = [0.0, 2f64.ln(), 5f64.ln()];
+    // Batch of 1, two positions, the second one padding.
+    let logits: Tensor<(usize, usize, Const<3>), f64, _> = dev.tensor_from_vec([row, row].concat(), (1, 2, Const));
+    let labels = Tokens::<3>::new(vec![2, 0], 1, 2, vec![1]).unwrap();
+    let loss = label_smoothed_cross_entropy(logits.clone(), &labels, 0.1).unwrap().as_vec()[0];
+    let expected = -(0.9 * l5 + 0.1 / 3.0 * (l1 + l2 + l5));
+    assert!((loss - expected).abs() < 1e-12, "{loss} vs {expected}");
+    let plain = label_smoothed_cross_entropy(logits, &labels, 0.0).unwrap().as_vec()[0];
+    assert!((plain + l5).abs() < 1e-12);
+}
+
+#[test]
+fn bad_inputs_are_clear_errors() {
+    assert!(Tokens::<5>::from_sequences(&[vec![1, 7]])
+        .unwrap_err()
+        .to_string()
+        .contains("token id 7 at batch item 0, position 1 is outside the vocabulary of 5 tokens"));
+    assert!(Tokens::<5>::from_sequences(&[]).is_err());
+    let dev = Cpu::default();
+    let model = dev.build_module::<TaskSmall<f32, Cpu>, f32>();
+    let src = Tokens::<TASK_VOCAB>::from_sequences(&[vec![3], vec![4]]).unwrap();
+    let tgt = Tokens::<TASK_VOCAB>::from_sequences(&[vec![1]]).unwrap();
+    let err = model.forward(&src, &tgt).unwrap_err().to_string();
+    assert!(err.contains("target batch size vs source batch size: expected 2, found 1"), "{err}");
+    let long = Tokens::<TASK_VOCAB>::from_sequences(&[vec![3; TASK_POSITIONS + 1]]).unwrap();
+    let err = model.forward(&long, &tgt).unwrap_err().to_string();
+    assert!(err.contains("does not fit the positional table of 65 positions"), "{err}");
+    let mut bad_dropout = model.clone();
+    assert!(typeformer::nn::set_dropout(&mut bad_dropout, 1.5).is_err());
+}
+
+#[test]
+fn parameter_counts_are_known_from_the_type() {
+    let dev = Cpu::default();
+    let model = dev.build_module::<TaskSmall<f32, Cpu>, f32>();
+    assert_eq!(TaskSmall::<f32, Cpu>::NUM_PARAMS, model.num_trainable_params());
+    let untied = dev
+        .build_module::<EncoderDecoder<10, 12, 16, 2, 8, 32, 1, 2, 8, PreNorm, Gelu, Learned, Separate, f32, Cpu>, f32>(
+        );
+    assert_eq!(
+        EncoderDecoder::<10, 12, 16, 2, 8, 32, 1, 2, 8, PreNorm, Gelu, Learned, Separate, f32, Cpu>::NUM_PARAMS,
+        untied.num_trainable_params()
+    );
+    // PyTorch's nn.Transformer(512, 8, 6, 6, 2048) has 44,140,544 parameters; with the shared
+    // 37,000 x 512 embedding, the paper's base model.
+    assert_eq!(PaperBase::<f32, Cpu>::NUM_PARAMS, 44_140_544 + 37_000 * 512);
+    assert_eq!(PaperBig::<f32, Cpu>::NUM_PARAMS, 176_361_472 + 37_000 * 1024);
+}

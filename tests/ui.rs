@@ -1,0 +1,9 @@
+//! Compile-fail tests: every shape contract of the library is a compile error, checked against
+//! the message in the `.stderr` beside each case. Regenerate with `TRYBUILD=overwrite` and
+//! review the diff.
+
+#[test]
+fn shape_contracts_fail_to_compile() {
+    let t = trybuild::TestCases::new();
+    t.compile_fail("tests/ui/contracts/*.rs");
+}
