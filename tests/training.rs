@@ -160,3 +160,24 @@ fn parameter_counts_are_known_from_the_type() {
     assert_eq!(PaperBase::<f32, Cpu>::NUM_PARAMS, 44_140_544 + 37_000 * 512);
     assert_eq!(PaperBig::<f32, Cpu>::NUM_PARAMS, 176_361_472 + 37_000 * 1024);
 }
+
+#[test]
+fn dropout_is_on_in_training_and_off_in_inference() {
+    let dev = Cpu::seed_from_u64(9);
+    let mut model = dev.build_module::<TaskSmall<f32, Cpu>, f32>();
+    typeformer::nn::set_dropout(&mut model, 0.3).unwrap();
+    let src = Tokens::<TASK_VOCAB>::from_sequences(&[vec![3, 4, 5, 6], vec![7, 8]]).unwrap();
+    let tgt = Tokens::<TASK_VOCAB>::from_sequences(&[vec![1, 6, 5], vec![1, 8]]).unwrap();
+    let infer = |m: &TaskSmall<f32, Cpu>| m.forward(&src, &tgt).unwrap().as_vec();
+    let train =
+        |m: &TaskSmall<f32, Cpu>| m.forward_traced(&src, &tgt, m.alloc_grads()).unwrap().retaped::<NoneTape>().as_vec();
+    assert_eq!(infer(&model), infer(&model), "inference is deterministic");
+    assert_ne!(train(&model), train(&model), "training passes draw fresh dropout masks");
+    assert_ne!(train(&model), infer(&model));
+    typeformer::nn::set_dropout(&mut model, 0.0).unwrap();
+    let (a, b) = (train(&model), infer(&model));
+    assert!(
+        a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-5),
+        "without dropout, a training pass computes the inference values"
+    );
+}

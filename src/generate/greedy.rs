@@ -9,7 +9,8 @@ use dfdx::prelude::*;
 /// Decodes every source of `src` greedily: the decoder starts from `bos`, and a sequence ends at
 /// `eos` or after `max_len` tokens. Returns the tokens between `bos` and `eos`.
 ///
-/// The encoder runs once; each step re-runs the decoder over the prefix under the causal mask.
+/// The encoder runs once; each step feeds only the newest token, with the keys and values of
+/// earlier positions cached.
 pub fn greedy_decode<M, const SV: usize, const TV: usize, E, Dev>(
     model: &M,
     src: &Tokens<SV>,
@@ -32,15 +33,15 @@ where
     }
     let batch = src.batch();
     let memory = model.encode_source(src)?;
+    let mut state = model.start_decoding(&memory, src.lengths())?;
     let mut prefixes = vec![vec![bos]; batch];
     let mut done = vec![false; batch];
     for _ in 0..max_len {
-        let tgt = Tokens::<TV>::from_sequences(&prefixes)?;
-        let logits = model.decode_target(&memory, src.lengths(), &tgt)?.as_vec(); // (B, St, TV)
-        let steps = tgt.seq_len();
+        // Only the newest token goes in: earlier positions live in the key/value cache.
+        let last: Vec<Vec<usize>> = prefixes.iter().map(|p| vec![p[p.len() - 1]]).collect();
+        let logits = model.decode_step(&mut state, &Tokens::<TV>::from_sequences(&last)?)?.as_vec(); // (B, 1, TV)
         for (item, prefix) in prefixes.iter_mut().enumerate() {
-            let last = &logits[(item * steps + steps - 1) * TV..(item * steps + steps) * TV];
-            let next = if done[item] { eos } else { argmax(last) };
+            let next = if done[item] { eos } else { argmax(&logits[item * TV..(item + 1) * TV]) };
             done[item] |= next == eos;
             prefix.push(next);
         }

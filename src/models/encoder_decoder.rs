@@ -3,8 +3,8 @@
 use super::{EmbeddingLayout, Generator, TargetEmbedding};
 use crate::error::{Error, Result};
 use crate::nn::{
-    dropout_when_training, Activation, Decoder, DecoderMasks, Encoder, MaskSpec, NormPlacement, PositionKind,
-    PositionalEncoding, TokenEmbedding,
+    dropout_when_training, Activation, Decoder, DecoderLayerCache, DecoderMasks, Encoder, MaskSpec, NormPlacement,
+    PositionKind, PositionalEncoding, TokenEmbedding,
 };
 use crate::shape::{Hidden, Logits, Tokens, TrainLogits};
 use crate::train::training_tape;
@@ -238,6 +238,48 @@ where
         Ok(self.generator.logits(y, embed))
     }
 
+    /// The state for incremental decoding over an encoded source batch: the memory's keys and
+    /// values are projected once per layer here.
+    pub fn start_decoding(
+        &self,
+        memory: &Hidden<usize, usize, D, E, Dev>,
+        src_lengths: &[usize],
+    ) -> Result<DecodeState<H, HD, E, Dev>> {
+        if src_lengths.len() != memory.shape().0 {
+            return Err(Error::DimMismatch {
+                what: "source lengths (one per batch item)",
+                expected: memory.shape().0,
+                found: src_lengths.len(),
+            });
+        }
+        let layers = self.decoder.layers.modules.iter().map(|layer| layer.start_cache(memory)).collect();
+        Ok(DecodeState { layers, src_lengths: src_lengths.to_vec(), position: 0 })
+    }
+
+    /// Feeds the next target tokens `tgt: (B, Snew)` (usually one per sequence) and returns their
+    /// logits `(B, Snew, TV)`, reusing the keys and values of every earlier position. The logits
+    /// equal those of [`Self::decode`] over the whole prefix at the same positions.
+    pub fn decode_step(
+        &self,
+        state: &mut DecodeState<H, HD, E, Dev>,
+        tgt: &Tokens<TV>,
+    ) -> Result<Logits<usize, usize, TV, E, Dev>> {
+        if tgt.batch() != state.src_lengths.len() {
+            return Err(Error::DimMismatch {
+                what: "target batch size vs source batch size",
+                expected: state.src_lengths.len(),
+                found: tgt.batch(),
+            });
+        }
+        let embed = self.target_embedding();
+        let mut y = self.tgt_pos.forward(embed.forward(tgt.to_tensor(embed.weight.device())), state.position)?;
+        for (layer, cache) in self.decoder.layers.modules.iter().zip(&mut state.layers) {
+            y = layer.forward_cached(y, cache, &state.src_lengths)?;
+        }
+        state.position += tgt.seq_len();
+        Ok(self.generator.logits(self.decoder.norm.forward(y), embed))
+    }
+
     /// Teacher-forced pass with the tape `tape`: logits `(B, St, TV)` for every target position.
     pub fn forward_with_tape<T: Tape<E, Dev>>(
         &self,
@@ -271,4 +313,16 @@ where
     ) -> Result<TrainLogits<TV, E, Dev>> {
         self.forward_with_tape(src, tgt, training_tape(self.src_embed.weight.device(), grads))
     }
+}
+
+/// What incremental decoding keeps between steps: per decoder layer, the target keys and values
+/// so far and the projected encoder memory.
+#[derive(Debug, Clone)]
+pub struct DecodeState<const H: usize, const HD: usize, E: Dtype, Dev: Storage<E>> {
+    /// One cache per decoder layer.
+    pub layers: Vec<DecoderLayerCache<H, HD, E, Dev>>,
+    /// Valid length of each source.
+    pub src_lengths: Vec<usize>,
+    /// Target positions decoded so far.
+    pub position: usize,
 }

@@ -1,6 +1,6 @@
 //! What training and decoding need from a sequence-to-sequence model.
 
-use super::{EmbeddingLayout, EncoderDecoder};
+use super::{DecodeState, EmbeddingLayout, EncoderDecoder};
 use crate::error::Result;
 use crate::nn::{Activation, NormPlacement, PositionKind};
 use crate::shape::{Hidden, Logits, Tokens, TrainLogits};
@@ -27,6 +27,12 @@ pub trait Seq2Seq<const SV: usize, const TV: usize, E: FloatDtype, Dev: Device<E
         src_lengths: &[usize],
         tgt: &Tokens<TV>,
     ) -> Result<Logits<usize, usize, TV, E, Dev>>;
+    /// What incremental decoding keeps between steps.
+    type State;
+    /// Starts incremental decoding over an encoded source batch.
+    fn start_decoding(&self, memory: &Self::Memory, src_lengths: &[usize]) -> Result<Self::State>;
+    /// Logits `(B, Snew, TV)` of the next target tokens, reusing earlier positions.
+    fn decode_step(&self, state: &mut Self::State, tgt: &Tokens<TV>) -> Result<Logits<usize, usize, TV, E, Dev>>;
     /// A training pass that records into `grads`.
     fn forward_train(
         &self,
@@ -62,6 +68,7 @@ where
     Dev: Device<E>,
 {
     type Memory = Hidden<usize, usize, D, E, Dev>;
+    type State = DecodeState<H, HD, E, Dev>;
     const D_MODEL: usize = D;
     const MAX_LEN: usize = P;
 
@@ -75,6 +82,12 @@ where
         tgt: &Tokens<TV>,
     ) -> Result<Logits<usize, usize, TV, E, Dev>> {
         self.decode(memory, src_lengths, tgt, NoneTape)
+    }
+    fn start_decoding(&self, memory: &Self::Memory, src_lengths: &[usize]) -> Result<Self::State> {
+        EncoderDecoder::start_decoding(self, memory, src_lengths)
+    }
+    fn decode_step(&self, state: &mut Self::State, tgt: &Tokens<TV>) -> Result<Logits<usize, usize, TV, E, Dev>> {
+        EncoderDecoder::decode_step(self, state, tgt)
     }
     fn forward_train(
         &self,

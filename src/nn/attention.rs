@@ -251,3 +251,110 @@ impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device
 build_on_device!([const D: usize, const H: usize, const HD: usize] HeadProjection<D, H, HD, E, Dev>);
 build_on_device!([const H: usize, const HD: usize, const D: usize] HeadMerge<H, HD, D, E, Dev>);
 build_on_device!([const D: usize, const H: usize, const HD: usize] MultiHeadAttention<D, H, HD, E, Dev>);
+
+/// Keys and values an attention layer has already computed, `(B, H, S, HD)` each: the
+/// positions generated so far (self-attention), or the encoder memory (cross-attention).
+///
+/// Incremental decoding appends one position per step instead of recomputing the whole prefix.
+#[derive(Debug, Clone)]
+pub struct KvCache<const H: usize, const HD: usize, E: Dtype, Dev: Storage<E>> {
+    /// `(B, H, S, HD)`.
+    pub keys: Heads<usize, H, usize, HD, E, Dev>,
+    /// `(B, H, S, HD)`.
+    pub values: Heads<usize, H, usize, HD, E, Dev>,
+}
+
+impl<const H: usize, const HD: usize, E: Dtype, Dev: Storage<E>> KvCache<H, HD, E, Dev> {
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.keys.shape().2
+    }
+    /// True when nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device<E>>
+    MultiHeadAttention<D, H, HD, E, Dev>
+{
+    /// Projects `memory: (B, Sk, D)` to the keys and values that cross-attention reads at every
+    /// decoding step.
+    pub fn project_memory(&self, memory: &Hidden<usize, usize, D, E, Dev>) -> KvCache<H, HD, E, Dev> {
+        KvCache { keys: self.w_k.forward(memory.clone()), values: self.w_v.forward(memory.clone()) }
+    }
+
+    /// Causal self-attention of new positions `x: (B, Snew, D)` over the cached ones and
+    /// themselves, appending their keys and values to `cache`. Equals [`Self::self_attention`]
+    /// with a causal mask over the whole sequence, at the new positions.
+    pub fn self_attention_cached(
+        &self,
+        x: Hidden<usize, usize, D, E, Dev>,
+        cache: &mut Option<KvCache<H, HD, E, Dev>>,
+        key_lengths: Option<&[usize]>,
+    ) -> Result<Hidden<usize, usize, D, E, Dev>> {
+        let (b, s_new, _) = *x.shape();
+        let past = cache.as_ref().map_or(0, KvCache::len);
+        if let Some(c) = cache.as_ref() {
+            if c.keys.shape().0 != b {
+                return Err(Error::DimMismatch {
+                    what: "batch size of the new positions vs the cache",
+                    expected: c.keys.shape().0,
+                    found: b,
+                });
+            }
+        }
+        let q = self.w_q.forward(x.clone()); // (B, H, Snew, HD)
+        let k_new = self.w_k.forward(x.clone()); // (B, H, Snew, HD)
+        let v_new = self.w_v.forward(x);
+        let (keys, values) = match cache.take() {
+            // (B, H, Spast + Snew, HD)
+            Some(c) => ((c.keys, k_new).concat_along(Axis::<2>), (c.values, v_new).concat_along(Axis::<2>)),
+            None => (k_new, v_new),
+        };
+        let mask = MaskSpec { causal: true, query_offset: past, key_lengths };
+        let out = self.attend_heads(q, keys.clone(), values.clone(), &mask, (b, s_new, past + s_new))?;
+        *cache = Some(KvCache { keys, values });
+        Ok(out)
+    }
+
+    /// Cross-attention of `x: (B, Sq, D)` over keys and values from [`Self::project_memory`].
+    pub fn cross_attention_cached(
+        &self,
+        x: Hidden<usize, usize, D, E, Dev>,
+        memory: &KvCache<H, HD, E, Dev>,
+        mask: &MaskSpec,
+    ) -> Result<Hidden<usize, usize, D, E, Dev>> {
+        let (b, sq, _) = *x.shape();
+        if memory.keys.shape().0 != b {
+            return Err(Error::DimMismatch {
+                what: "batch size of queries vs cached memory",
+                expected: memory.keys.shape().0,
+                found: b,
+            });
+        }
+        let q = self.w_q.forward(x);
+        self.attend_heads(q, memory.keys.clone(), memory.values.clone(), mask, (b, sq, memory.len()))
+    }
+
+    fn attend_heads(
+        &self,
+        q: Heads<usize, H, usize, HD, E, Dev>,
+        keys: Heads<usize, H, usize, HD, E, Dev>,
+        values: Heads<usize, H, usize, HD, E, Dev>,
+        mask: &MaskSpec,
+        shape: (usize, usize, usize),
+    ) -> Result<Hidden<usize, usize, D, E, Dev>> {
+        if let Some(lengths) = mask.key_lengths {
+            if lengths.len() != shape.0 {
+                return Err(Error::DimMismatch {
+                    what: "key lengths in the mask (one per batch item)",
+                    expected: shape.0,
+                    found: lengths.len(),
+                });
+            }
+        }
+        let bias = mask.bias::<usize, usize, usize, E, Dev>(q.device(), shape);
+        Ok(self.w_o.forward(scaled_dot_product_attention(q, keys, values, bias.as_ref(), 0.0)))
+    }
+}

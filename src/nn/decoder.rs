@@ -1,6 +1,7 @@
 //! The decoder (section 3.1): masked self-attention, cross-attention over the encoder's output,
 //! and the feed-forward network, `L` times.
 
+use super::KvCache;
 use super::{
     residual, Activation, FinalNorm, LayerNorm, MaskSpec, MultiHeadAttention, NormPlacement, PositionWiseFeedForward,
 };
@@ -119,6 +120,51 @@ impl<
         })?;
         let x = residual::<N, _, _, D, _, _, _, _>(x, &self.norm2, self.dropout, |x| {
             self.cross_attn.cross_attention(x, memory, &masks.memory_mask)
+        })?;
+        residual::<N, _, _, D, _, _, _, _>(x, &self.norm3, self.dropout, |x| Ok(self.ffn.forward(x)))
+    }
+}
+
+/// What one decoder layer keeps between incremental decoding steps.
+#[derive(Debug, Clone)]
+pub struct DecoderLayerCache<const H: usize, const HD: usize, E: Dtype, Dev: Storage<E>> {
+    /// Keys and values of the target positions decoded so far.
+    pub self_kv: Option<KvCache<H, HD, E, Dev>>,
+    /// Keys and values of the encoder memory, computed once.
+    pub memory_kv: KvCache<H, HD, E, Dev>,
+}
+
+impl<
+        const D: usize,
+        const H: usize,
+        const HD: usize,
+        const F: usize,
+        N: NormPlacement,
+        A: Activation,
+        E: FloatDtype,
+        Dev: Device<E>,
+    > DecoderLayer<D, H, HD, F, N, A, E, Dev>
+{
+    /// A cache holding the projected `memory: (B, Ss, D)` and no target position yet.
+    pub fn start_cache(&self, memory: &Hidden<usize, usize, D, E, Dev>) -> DecoderLayerCache<H, HD, E, Dev> {
+        DecoderLayerCache { self_kv: None, memory_kv: self.cross_attn.project_memory(memory) }
+    }
+
+    /// New target positions `x: (B, Snew, D)` through the layer, reading and extending `cache`;
+    /// `src_lengths` are the valid lengths of the source batch.
+    pub fn forward_cached(
+        &self,
+        x: Hidden<usize, usize, D, E, Dev>,
+        cache: &mut DecoderLayerCache<H, HD, E, Dev>,
+        src_lengths: &[usize],
+    ) -> Result<Hidden<usize, usize, D, E, Dev>> {
+        let DecoderLayerCache { self_kv, memory_kv } = cache;
+        let x = residual::<N, _, _, D, _, _, _, _>(x, &self.norm1, self.dropout, |x| {
+            self.self_attn.self_attention_cached(x, self_kv, None)
+        })?;
+        let memory_mask = MaskSpec::padding(src_lengths);
+        let x = residual::<N, _, _, D, _, _, _, _>(x, &self.norm2, self.dropout, |x| {
+            self.cross_attn.cross_attention_cached(x, memory_kv, &memory_mask)
         })?;
         residual::<N, _, _, D, _, _, _, _>(x, &self.norm3, self.dropout, |x| Ok(self.ffn.forward(x)))
     }

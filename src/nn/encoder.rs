@@ -1,5 +1,6 @@
 //! The encoder (section 3.1): a stack of `L` identical layers of self-attention and feed-forward.
 
+use super::KvCache;
 use super::{
     residual, Activation, FinalNorm, LayerNorm, MaskSpec, MultiHeadAttention, NormPlacement, PositionWiseFeedForward,
 };
@@ -95,6 +96,31 @@ impl<
     ) -> Result<Hidden<B, S, D, E, Dev, T>> {
         let x = residual::<N, _, _, D, _, _, _, _>(x, &self.norm1, self.dropout, |x| {
             self.self_attn.self_attention(x, mask)
+        })?;
+        residual::<N, _, _, D, _, _, _, _>(x, &self.norm2, self.dropout, |x| Ok(self.ffn.forward(x)))
+    }
+}
+
+impl<
+        const D: usize,
+        const H: usize,
+        const HD: usize,
+        const F: usize,
+        N: NormPlacement,
+        A: Activation,
+        E: FloatDtype,
+        Dev: Device<E>,
+    > EncoderLayer<D, H, HD, F, N, A, E, Dev>
+{
+    /// The layer as a causal (GPT-style) block over new positions `x: (B, Snew, D)`, attending
+    /// to the positions in `cache` and to themselves, and appending their keys and values.
+    pub fn forward_cached(
+        &self,
+        x: Hidden<usize, usize, D, E, Dev>,
+        cache: &mut Option<KvCache<H, HD, E, Dev>>,
+    ) -> Result<Hidden<usize, usize, D, E, Dev>> {
+        let x = residual::<N, _, _, D, _, _, _, _>(x, &self.norm1, self.dropout, |x| {
+            self.self_attn.self_attention_cached(x, cache, None)
         })?;
         residual::<N, _, _, D, _, _, _, _>(x, &self.norm2, self.dropout, |x| Ok(self.ffn.forward(x)))
     }
