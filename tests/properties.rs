@@ -343,3 +343,44 @@ proptest! {
         prop_assert_eq!(state.position, s);
     }
 }
+
+type TinyLm = DecoderOnly<20, D, H, HD, 16, 2, 12, PreNorm, GeluTanh, Learned, TiedOutput, f64, Cpu>;
+
+proptest! {
+    #![proptest_config(cases())]
+
+    #[test]
+    fn language_model_logits_ignore_later_tokens(seed in any::<u64>(), s in 2usize..9, cut in 0usize..8) {
+        let cut = cut % (s - 1);
+        let dev = Cpu::seed_from_u64(seed);
+        let model = dev.build_module::<TinyLm, f64>();
+        let seq: Vec<usize> = (0..s).map(|p| (p * 7 + seed as usize) % 20).collect();
+        let mut later = seq.clone();
+        for t in &mut later[cut + 1..] {
+            *t = (*t + 3) % 20;
+        }
+        let a = model.forward(&Tokens::from_sequences(&[seq]).unwrap()).unwrap().as_vec();
+        let b = model.forward(&Tokens::from_sequences(&[later]).unwrap()).unwrap().as_vec();
+        prop_assert!(max_abs_diff(&a[..(cut + 1) * 20], &b[..(cut + 1) * 20]) < 1e-10);
+    }
+
+    #[test]
+    fn language_model_cached_steps_equal_full_recompute(seed in any::<u64>(), s in 1usize..10, prompt in 1usize..10) {
+        let prompt = prompt.min(s);
+        let dev = Cpu::seed_from_u64(seed);
+        let model = dev.build_module::<TinyLm, f64>();
+        let seqs: Vec<Vec<usize>> = (0..2).map(|b| (0..s).map(|p| (b * 5 + p * 3 + seed as usize) % 20).collect()).collect();
+        let full = model.forward(&Tokens::from_sequences(&seqs).unwrap()).unwrap().as_vec(); // (2, s, V)
+        let mut state = model.start();
+        let mut steps = vec![(0, prompt)];
+        steps.extend((prompt..s).map(|p| (p, p + 1)));
+        for (from, to) in steps {
+            let chunk: Vec<Vec<usize>> = seqs.iter().map(|t| t[from..to].to_vec()).collect();
+            let logits = model.step(&mut state, &Tokens::from_sequences(&chunk).unwrap()).unwrap().as_vec();
+            let n = to - from;
+            for b in 0..2 {
+                prop_assert!(max_abs_diff(&logits[b * n * 20..(b + 1) * n * 20], &full[(b * s + from) * 20..(b * s + to) * 20]) < 1e-10);
+            }
+        }
+    }
+}

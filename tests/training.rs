@@ -181,3 +181,58 @@ fn dropout_is_on_in_training_and_off_in_inference() {
         "without dropout, a training pass computes the inference values"
     );
 }
+
+type TinyLm = DecoderOnly<20, 16, 2, 8, 32, 2, 12, PreNorm, GeluTanh, Learned, TiedOutput, f32, Cpu>;
+
+#[test]
+fn generation_is_seeded_stops_and_rejects_bad_input() {
+    use typeformer::generate::{generate, GenerateConfig, Sampler, SamplingConfig};
+    let dev = Cpu::seed_from_u64(2);
+    let model = dev.build_module::<TinyLm, f32>();
+    let sampling = SamplingConfig { temperature: 1.0, top_k: Some(10), top_p: Some(0.9), seed: 11 };
+    let cfg = GenerateConfig { max_new_tokens: 8, stop_tokens: vec![] };
+    let run = |seed| {
+        let mut sampler = Sampler::new(SamplingConfig { seed, ..sampling }).unwrap();
+        let mut streamed = Vec::new();
+        let out = generate(&model, &[1, 2, 3], &cfg, &mut sampler, |t| streamed.push(t)).unwrap();
+        assert_eq!(out, streamed);
+        out
+    };
+    assert_eq!(run(11), run(11));
+    assert_eq!(run(11).len(), 8);
+    // Greedy generation equals repeated argmax over full passes.
+    let mut greedy = Sampler::new(SamplingConfig::greedy()).unwrap();
+    let out = generate(&model, &[1, 2, 3], &cfg, &mut greedy, |_| {}).unwrap();
+    let mut seq = vec![1, 2, 3];
+    for _ in 0..8 {
+        let logits = model.forward(&Tokens::from_sequences(&[seq.clone()]).unwrap()).unwrap().as_vec();
+        seq.push(typeformer::generate::argmax(&logits[logits.len() - 20..]));
+    }
+    assert_eq!(out, seq[3..]);
+    // A stop token ends generation and is included.
+    let stop = GenerateConfig { max_new_tokens: 8, stop_tokens: vec![out[2]] };
+    let mut greedy = Sampler::new(SamplingConfig::greedy()).unwrap();
+    assert_eq!(
+        generate(&model, &[1, 2, 3], &stop, &mut greedy, |_| {}).unwrap(),
+        out[..=out.iter().position(|&t| t == out[2]).unwrap()]
+    );
+
+    let mut s = Sampler::new(SamplingConfig::greedy()).unwrap();
+    let too_long =
+        generate(&model, &[1; 8], &GenerateConfig { max_new_tokens: 5, stop_tokens: vec![] }, &mut s, |_| {});
+    let err = too_long.unwrap_err().to_string();
+    assert!(err.contains("needs 13 positions, but the model's context is 12: ask for at most 4 new tokens"), "{err}");
+    assert!(generate(&model, &[], &cfg, &mut s, |_| {}).unwrap_err().to_string().contains("prompt is empty"));
+    let err = generate(&model, &[1, 25], &cfg, &mut s, |_| {}).unwrap_err().to_string();
+    assert!(err.contains("token id 25") && err.contains("vocabulary of 20 tokens"), "{err}");
+}
+
+#[test]
+fn language_model_parameter_counts() {
+    let dev = Cpu::default();
+    assert_eq!(TinyLm::NUM_PARAMS, dev.build_module::<TinyLm, f32>().num_trainable_params());
+    type Untied = DecoderOnly<20, 16, 2, 8, 32, 1, 12, PostNorm, Relu, Sinusoidal, UntiedOutput, f32, Cpu>;
+    assert_eq!(Untied::NUM_PARAMS, dev.build_module::<Untied, f32>().num_trainable_params());
+    // Hugging Face's GPT-2 small (tied output) has 124,439,808 parameters.
+    assert_eq!(Gpt2Small::<f32, Cpu>::NUM_PARAMS, 124_439_808);
+}

@@ -60,6 +60,24 @@ impl LayoutFlags for Separate {
     const NAME: &'static str = "separate, untied";
 }
 
+/// A decoder-only model whose output projection is its token embedding, transposed (GPT-2).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TiedOutput;
+/// A decoder-only model with its own output projection (with bias).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UntiedOutput;
+
+impl LayoutFlags for TiedOutput {
+    const SHARED: bool = true;
+    const TIED: bool = true;
+    const NAME: &'static str = "tied";
+}
+impl LayoutFlags for UntiedOutput {
+    const SHARED: bool = true;
+    const TIED: bool = false;
+    const NAME: &'static str = "untied";
+}
+
 const PRESENT: &str = "the layout says this table exists";
 
 impl<const V: usize, const D: usize> EmbeddingLayout<V, V, D> for SharedTied {

@@ -1,8 +1,10 @@
 //! Whole architectures built from the [`nn`](crate::nn) blocks.
 
+mod decoder_only;
 mod embedding_layout;
 mod encoder_decoder;
 
+pub use decoder_only::*;
 pub use embedding_layout::*;
 pub use encoder_decoder::*;
 mod seq2seq;

@@ -1,7 +1,7 @@
 //! Named configurations.
 
-use super::{EncoderDecoder, SharedTied};
-use crate::nn::{PostNorm, Relu, Sinusoidal};
+use super::{DecoderOnly, EncoderDecoder, SharedTied, TiedOutput};
+use crate::nn::{GeluTanh, Learned, PostNorm, PreNorm, Relu, Sinusoidal};
 use dfdx::prelude::Cpu;
 
 /// Vocabulary of the built-in tasks: padding, BOS, EOS and up to 16 symbols.
@@ -57,3 +57,8 @@ pub type PaperBase<E = f32, Dev = Cpu> =
 /// Table 3's big model: d 1024, 16 heads, d_ff 4096, 6 + 6 layers.
 pub type PaperBig<E = f32, Dev = Cpu> =
     EncoderDecoder<37_000, 37_000, 1024, 16, 64, 4096, 6, 6, 512, PostNorm<true>, Relu, Sinusoidal, SharedTied, E, Dev>;
+
+/// GPT-2 small: 50,257 tokens, d 768, 12 heads, d_ff 3072, 12 blocks, 1,024 positions, pre-LN,
+/// tanh GELU, learned positions, tied output (124,439,808 parameters).
+pub type Gpt2Small<E = f32, Dev = Cpu> =
+    DecoderOnly<50_257, 768, 12, 64, 3072, 12, 1024, PreNorm, GeluTanh, Learned, TiedOutput, E, Dev>;

@@ -50,6 +50,15 @@ impl<const V: usize, const D: usize, E: FloatDtype, Dev: Device<E>> TokenEmbeddi
         self.weight.clone().put_tape(tape).gather(ids) * scale // (B, S, D)
     }
 
+    /// Looks up `ids: (B, S)` without scaling, as GPT-2 and BERT do: `(B, S, D)`.
+    pub fn lookup<B: Dim, S: Dim, T: Tape<E, Dev>>(
+        &self,
+        ids: Tensor<(B, S), usize, Dev, T>,
+    ) -> Hidden<B, S, D, E, Dev, T> {
+        let (ids, tape) = ids.split_tape();
+        self.weight.clone().put_tape(tape).gather(ids) // (B, S, D)
+    }
+
     /// The tied output projection: `h @ weightᵀ`, `(B, S, D) -> (B, S, V)`.
     ///
     /// The model width of `h` must equal the embedding width, a type equality:

@@ -1,0 +1,84 @@
+//! Autoregressive generation from a decoder-only language model.
+
+use super::Sampler;
+use crate::error::{Error, Result};
+use crate::models::{DecoderOnly, LayoutFlags, LmState};
+use crate::nn::{Activation, NormPlacement, PositionKind};
+use crate::shape::Tokens;
+use crate::FloatDtype;
+use dfdx::prelude::*;
+
+/// When to stop generating.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenerateConfig {
+    /// At most this many new tokens.
+    pub max_new_tokens: usize,
+    /// Stop after producing any of these (it is included in the output).
+    pub stop_tokens: Vec<usize>,
+}
+
+/// Continues `prompt` one token at a time, calling `on_token` as each is chosen, and returns the
+/// new tokens. The prompt is processed in one pass; each further step feeds one token and reuses
+/// the cached keys and values.
+///
+/// Errors: an empty prompt, a token outside the vocabulary, or a prompt plus `max_new_tokens`
+/// longer than the model's `P` positions.
+#[allow(clippy::type_complexity)]
+pub fn generate<
+    const V: usize,
+    const D: usize,
+    const H: usize,
+    const HD: usize,
+    const F: usize,
+    const L: usize,
+    const P: usize,
+    N,
+    A,
+    K,
+    O,
+    E,
+    Dev,
+>(
+    model: &DecoderOnly<V, D, H, HD, F, L, P, N, A, K, O, E, Dev>,
+    prompt: &[usize],
+    cfg: &GenerateConfig,
+    sampler: &mut Sampler,
+    mut on_token: impl FnMut(usize),
+) -> Result<Vec<usize>>
+where
+    N: NormPlacement,
+    A: Activation,
+    K: PositionKind,
+    O: LayoutFlags,
+    E: FloatDtype,
+    Dev: Device<E>,
+{
+    if prompt.is_empty() {
+        return Err(Error::InvalidConfig("the prompt is empty: generation needs at least one token".into()));
+    }
+    if prompt.len() + cfg.max_new_tokens > P {
+        return Err(Error::InvalidConfig(format!(
+            "a prompt of {} tokens plus {} new tokens needs {} positions, but the model's context is {P}: \
+             ask for at most {} new tokens or shorten the prompt",
+            prompt.len(),
+            cfg.max_new_tokens,
+            prompt.len() + cfg.max_new_tokens,
+            P.saturating_sub(prompt.len())
+        )));
+    }
+    let mut state: LmState<H, HD, E, Dev> = model.start();
+    let mut input = Tokens::<V>::from_sequences(&[prompt.to_vec()])?;
+    let mut out = Vec::with_capacity(cfg.max_new_tokens);
+    while out.len() < cfg.max_new_tokens {
+        let logits = model.step(&mut state, &input)?.as_vec(); // (1, S, V)
+        let last = &logits[logits.len() - V..];
+        let next = sampler.sample(last);
+        out.push(next);
+        on_token(next);
+        if cfg.stop_tokens.contains(&next) {
+            break;
+        }
+        input = Tokens::from_sequences(&[vec![next]])?;
+    }
+    Ok(out)
+}

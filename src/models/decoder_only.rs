@@ -1,0 +1,229 @@
+//! Decoder-only language models (GPT): causal self-attention blocks over one token stream.
+
+use super::{Generator, LayoutFlags};
+use crate::error::{Error, Result};
+use crate::nn::{
+    dropout_when_training, Activation, EncoderLayer, FinalNorm, KvCache, MaskSpec, NormPlacement, PositionKind,
+    PositionalEncoding, TokenEmbedding,
+};
+use crate::shape::{Logits, Tokens, TrainLogits};
+use crate::train::training_tape;
+use crate::FloatDtype;
+use dfdx::prelude::*;
+
+/// A GPT-style language model: token and position embeddings, `L` causal blocks (self-attention
+/// and feed-forward, each residual), a final norm, and logits over the `V` tokens.
+///
+/// GPT-2 is `PreNorm`, `GeluTanh`, `Learned` positions and a `TiedOutput`. The blocks are
+/// [`EncoderLayer`]s run under a causal mask: a decoder without cross-attention.
+///
+/// **PyTorch equivalent**: Hugging Face's `GPT2LMHeadModel` (without dropout differences).
+///
+/// # Generics
+/// - `V`: vocabulary; `D`: width; `H` heads of width `HD`; `F`: feed-forward width.
+/// - `L`: blocks; `P`: context length (positions).
+/// - `N`: norm placement; `A`: activation; `K`: positions; `O`: [`TiedOutput`](super::TiedOutput) or [`UntiedOutput`](super::UntiedOutput).
+///
+/// ```
+/// use typeformer::prelude::*;
+/// type Tiny = DecoderOnly<20, 16, 2, 8, 32, 2, 12, PreNorm, GeluTanh, Learned, TiedOutput, f32, Cpu>;
+/// let dev = Cpu::seed_from_u64(0);
+/// let model = dev.build_module::<Tiny, f32>();
+/// let tokens = Tokens::<20>::from_sequences(&[vec![3, 4, 5], vec![6]]).unwrap();
+/// assert_eq!(model.forward(&tokens).unwrap().shape(), &(2, 3, Const::<20>));
+/// assert_eq!(Tiny::NUM_PARAMS, model.num_trainable_params());
+/// ```
+#[derive(Debug, Clone)]
+pub struct DecoderOnly<
+    const V: usize,
+    const D: usize,
+    const H: usize,
+    const HD: usize,
+    const F: usize,
+    const L: usize,
+    const P: usize,
+    N,
+    A,
+    K,
+    O,
+    E: Dtype,
+    Dev: Storage<E>,
+> {
+    /// Token embedding (not scaled, as in GPT-2); also the output projection when tied.
+    pub embed: TokenEmbedding<V, D, E, Dev>,
+    /// Positions.
+    pub pos: PositionalEncoding<P, D, K, E, Dev>,
+    /// The causal blocks, `blocks.0` .. `blocks.{L-1}`.
+    pub blocks: Repeated<EncoderLayer<D, H, HD, F, N, A, E, Dev>, L>,
+    /// Final norm (present when `N::FINAL_NORM`).
+    pub norm: FinalNorm<D, N, E, Dev>,
+    /// Output projection, unless tied.
+    pub head: Generator<D, V, O, E, Dev>,
+    /// Dropout on embeddings plus positions when training.
+    pub dropout: f64,
+}
+
+impl<
+        const V: usize,
+        const D: usize,
+        const H: usize,
+        const HD: usize,
+        const F: usize,
+        const L: usize,
+        const P: usize,
+        N,
+        A,
+        K,
+        O,
+        E,
+        Dev,
+    > TensorCollection<E, Dev> for DecoderOnly<V, D, H, HD, F, L, P, N, A, K, O, E, Dev>
+where
+    N: NormPlacement,
+    A: Activation,
+    K: PositionKind,
+    O: LayoutFlags,
+    E: FloatDtype,
+    Dev: Device<E>,
+{
+    type To<E2: Dtype, D2: Device<E2>> = DecoderOnly<V, D, H, HD, F, L, P, N, A, K, O, E2, D2>;
+
+    fn iter_tensors<Vis: ModuleVisitor<Self, E, Dev>>(
+        visitor: &mut Vis,
+    ) -> Result<Option<Self::To<Vis::E2, Vis::D2>>, Vis::Err> {
+        visitor.visit_fields(
+            (
+                Self::module("embed", |s| &s.embed, |s| &mut s.embed),
+                Self::module("pos", |s| &s.pos, |s| &mut s.pos),
+                Self::module("blocks", |s| &s.blocks, |s| &mut s.blocks),
+                Self::module("norm", |s| &s.norm, |s| &mut s.norm),
+                Self::module("head", |s| &s.head, |s| &mut s.head),
+                Self::scalar("dropout", |s| &s.dropout, |s| &mut s.dropout, ScalarOptions::from_default(0.1)),
+            ),
+            |(embed, pos, blocks, norm, head, dropout)| DecoderOnly { embed, pos, blocks, norm, head, dropout },
+        )
+    }
+}
+
+impl<
+        const V: usize,
+        const D: usize,
+        const H: usize,
+        const HD: usize,
+        const F: usize,
+        const L: usize,
+        const P: usize,
+        N,
+        A,
+        K,
+        O,
+        E,
+        Dev,
+    > BuildOnDevice<Dev, E> for DecoderOnly<V, D, H, HD, F, L, P, N, A, K, O, E, Dev>
+where
+    N: NormPlacement,
+    A: Activation,
+    K: PositionKind,
+    O: LayoutFlags,
+    E: FloatDtype,
+    Dev: Device<E>,
+{
+    type Built = Self;
+}
+
+/// What a language model keeps between generation steps: each block's keys and values.
+#[derive(Debug, Clone)]
+pub struct LmState<const H: usize, const HD: usize, E: Dtype, Dev: Storage<E>> {
+    /// One cache per block.
+    pub layers: Vec<Option<KvCache<H, HD, E, Dev>>>,
+    /// Positions processed so far.
+    pub position: usize,
+}
+
+impl<
+        const V: usize,
+        const D: usize,
+        const H: usize,
+        const HD: usize,
+        const F: usize,
+        const L: usize,
+        const P: usize,
+        N,
+        A,
+        K,
+        O,
+        E,
+        Dev,
+    > DecoderOnly<V, D, H, HD, F, L, P, N, A, K, O, E, Dev>
+where
+    N: NormPlacement,
+    A: Activation,
+    K: PositionKind,
+    O: LayoutFlags,
+    E: FloatDtype,
+    Dev: Device<E>,
+{
+    /// Trainable parameters, computed from the type alone.
+    pub const NUM_PARAMS: usize = {
+        let mha = 3 * (H * HD * D + H * HD) + (D * H * HD + D);
+        let ffn = D * F + F + F * D + D;
+        let block = mha + ffn + 2 * 2 * D;
+        let final_norm = if N::FINAL_NORM { 2 * D } else { 0 };
+        let positions = if K::LEARNED { P * D } else { 0 };
+        let head = if O::TIED { 0 } else { D * V + V };
+        V * D + positions + L * block + final_norm + head
+    };
+
+    /// Causal pass with tape `tape`: logits `(B, S, V)`; position `i` sees tokens `0..=i` of
+    /// its own sequence (padding on the right is never attended to).
+    pub fn forward_with_tape<T: Tape<E, Dev>>(
+        &self,
+        tokens: &Tokens<V>,
+        tape: T,
+    ) -> Result<Logits<usize, usize, V, E, Dev, T>> {
+        let ids = tokens.to_tensor(self.embed.weight.device()).put_tape(tape);
+        let mut x = dropout_when_training(self.pos.forward(self.embed.lookup(ids), 0)?, self.dropout);
+        let mask = MaskSpec::causal(Some(tokens.lengths()));
+        for block in &self.blocks.modules {
+            x = block.forward(x, &mask)?;
+        }
+        Ok(self.head.logits(self.norm.forward(x), &self.embed))
+    }
+
+    /// Inference pass: logits `(B, S, V)`.
+    pub fn forward(&self, tokens: &Tokens<V>) -> Result<Logits<usize, usize, V, E, Dev>> {
+        self.forward_with_tape(tokens, NoneTape)
+    }
+
+    /// Training pass recording into `grads` (from `model.alloc_grads()`); dropout on.
+    pub fn forward_traced(&self, tokens: &Tokens<V>, grads: Gradients<E, Dev>) -> Result<TrainLogits<V, E, Dev>> {
+        self.forward_with_tape(tokens, training_tape(self.embed.weight.device(), grads))
+    }
+
+    /// An empty generation state.
+    pub fn start(&self) -> LmState<H, HD, E, Dev> {
+        LmState { layers: vec![None; L], position: 0 }
+    }
+
+    /// Feeds the next tokens `(B, Snew)` (a prompt, then one token per step) and returns their
+    /// logits `(B, Snew, V)`, reusing the keys and values of earlier positions. Sequences must
+    /// be unpadded: every row of `tokens` is full.
+    pub fn step(
+        &self,
+        state: &mut LmState<H, HD, E, Dev>,
+        tokens: &Tokens<V>,
+    ) -> Result<Logits<usize, usize, V, E, Dev>> {
+        if !tokens.is_full() {
+            return Err(Error::InvalidConfig(
+                "incremental steps take unpadded tokens: every sequence needs the same length".into(),
+            ));
+        }
+        let ids = tokens.to_tensor(self.embed.weight.device());
+        let mut x = self.pos.forward(self.embed.lookup(ids), state.position)?;
+        for (block, cache) in self.blocks.modules.iter().zip(&mut state.layers) {
+            x = block.forward_cached(x, cache)?;
+        }
+        state.position += tokens.seq_len();
+        Ok(self.head.logits(self.norm.forward(x), &self.embed))
+    }
+}
