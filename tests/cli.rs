@@ -14,6 +14,10 @@ fn every_subcommand_has_help() {
     assert!(ok && out.contains("train"), "{out}");
     let (ok, out, _) = typeformer(&["train", "--help"]);
     assert!(ok && out.contains("--task") && out.contains("--max-len"), "{out}");
+    let (ok, out, _) = typeformer(&["train-lm", "--help"]);
+    assert!(ok && out.contains("--data") && out.contains("--resume"), "{out}");
+    let (ok, out, _) = typeformer(&["generate", "--help"]);
+    assert!(ok && out.contains("--top-p") && out.contains("--checkpoint"), "{out}");
 }
 
 #[test]
@@ -61,5 +65,86 @@ fn a_short_run_writes_checkpoint_and_curve() {
     }
     let csv = std::fs::read_to_string(dir.join("loss.csv")).unwrap();
     assert_eq!(csv.lines().count(), 4, "{csv}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn ctrl_c_leaves_a_checkpoint_that_resumes() {
+    let dir = std::env::temp_dir().join(format!("typeformer-ctrlc-{}", std::process::id()));
+    let out = dir.to_str().unwrap().to_string();
+    let child = Command::new(env!("CARGO_BIN_EXE_typeformer"))
+        .args([
+            "train-lm",
+            "--task",
+            "addition",
+            "--digits",
+            "2",
+            "--steps",
+            "100000",
+            "--batch-size",
+            "4",
+            "--checkpoint-every",
+            "3",
+        ])
+        .args(["--eval-every", "1000", "--out", &out])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !dir.join("model.safetensors").exists() {
+        assert!(start.elapsed().as_secs() < 120, "no checkpoint written");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("interrupted: the checkpoint at step"), "{stdout}");
+    // The checkpoint is whole: a resumed run picks it up and finishes.
+    let step: usize = stdout.split("step ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    let target = (step + 2).to_string();
+    let (ok, out2, err) = typeformer(&[
+        "train-lm",
+        "--task",
+        "addition",
+        "--digits",
+        "2",
+        "--steps",
+        &target,
+        "--batch-size",
+        "4",
+        "--out",
+        &out,
+        "--resume",
+        "--eval-size",
+        "20",
+    ]);
+    assert!(ok, "{err}");
+    assert!(err.contains(&format!("resuming {out} at step {step}")), "{err}");
+    assert!(out2.contains(&format!("after {target} steps")), "{out2}");
+    // Resuming with other data is refused.
+    let (ok, _, err) = typeformer(&["train-lm", "--task", "addition", "--digits", "3", "--out", &out, "--resume"]);
+    assert!(!ok && err.contains("--resume needs the run's own data"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn language_model_commands_reject_bad_input() {
+    let dir = std::env::temp_dir().join(format!("typeformer-lmbad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let empty = dir.join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let (ok, _, err) =
+        typeformer(&["train-lm", "--data", empty.to_str().unwrap(), "--out", dir.join("run").to_str().unwrap()]);
+    assert!(!ok && err.contains("empty.txt: the data has 0 bytes"), "{err}");
+    let (ok, _, err) = typeformer(&["train-lm", "--task", "addition", "--context", "500"]);
+    assert!(!ok && err.contains("--context must be in 2..=128"), "{err}");
+    let (ok, _, err) = typeformer(&["train-lm"]);
+    assert!(!ok && err.contains("--data"), "{err}");
+    let (ok, _, err) =
+        typeformer(&["generate", "--checkpoint", dir.join("nothing").to_str().unwrap(), "--prompt", "hi"]);
+    assert!(!ok && err.contains("nothing/model.safetensors"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

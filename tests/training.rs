@@ -236,3 +236,70 @@ fn language_model_parameter_counts() {
     // Hugging Face's GPT-2 small (tied output) has 124,439,808 parameters.
     assert_eq!(Gpt2Small::<f32, Cpu>::NUM_PARAMS, 124_439_808);
 }
+
+type ByteLm = DecoderOnly<256, 16, 2, 8, 32, 1, 16, PreNorm, GeluTanh, Learned, TiedOutput, f32, Cpu>;
+
+#[test]
+fn a_resumed_language_model_run_continues_exactly() {
+    use std::sync::atomic::AtomicBool;
+    use typeformer::data::{ByteCorpus, LmSource};
+    use typeformer::train::{load_lm_checkpoint, train_language_model, Adam, LmRun, LmStop, LmTrainConfig};
+    let text: Vec<u8> = "the quick brown fox jumps over the lazy dog. ".repeat(20).into_bytes();
+    let source = LmSource::Text(ByteCorpus::from_bytes(text).unwrap());
+    let cfg = |steps| LmTrainConfig {
+        steps,
+        batch_size: 4,
+        context: 16,
+        warmup: 5,
+        lr_factor: 1.0,
+        adam: AdamConfig::default(),
+        seed: 4,
+        eval_every: 2,
+        checkpoint_every: 3,
+        model_name: "byte-lm".into(),
+    };
+    let meta = HashMap::from([("model".to_string(), "byte-lm".to_string())]);
+    let base = std::env::temp_dir().join(format!("typeformer-resume-{}", std::process::id()));
+    let fresh = |dir: &str| {
+        let dev = Cpu::seed_from_u64(8);
+        let mut model = dev.build_module::<ByteLm, f32>();
+        typeformer::nn::set_dropout(&mut model, 0.0).unwrap();
+        (LmRun { model, opt: Adam::new(AdamConfig::default()).unwrap(), logs: Vec::new() }, base.join(dir))
+    };
+    let never = AtomicBool::new(false);
+
+    let (mut straight, dir) = fresh("straight");
+    assert_eq!(
+        train_language_model(&mut straight, &source, &cfg(6), &dir, meta.clone(), &never, |_| {}).unwrap(),
+        LmStop::Finished
+    );
+
+    let (mut first, dir) = fresh("resumed");
+    train_language_model(&mut first, &source, &cfg(3), &dir, meta.clone(), &never, |_| {}).unwrap();
+    let (mut resumed, _) =
+        load_lm_checkpoint::<ByteLm, f32, Cpu>(&dir, &Cpu::seed_from_u64(99), "byte-lm", AdamConfig::default())
+            .unwrap();
+    assert_eq!(resumed.opt.step, 3);
+    train_language_model(&mut resumed, &source, &cfg(6), &dir, meta.clone(), &never, |_| {}).unwrap();
+
+    assert!(
+        straight.model.embed.weight.as_vec() == resumed.model.embed.weight.as_vec(),
+        "embeddings differ after resuming"
+    );
+    let w2 = |run: &LmRun<ByteLm, f32, Cpu>| run.model.blocks[0].ffn.linear2.weight.as_vec();
+    assert!(w2(&straight) == w2(&resumed), "feed-forward weights differ after resuming");
+    let losses =
+        |run: &LmRun<ByteLm, f32, Cpu>| run.logs.iter().map(|l| (l.step, l.loss, l.val_loss)).collect::<Vec<_>>();
+    assert_eq!(losses(&straight).len(), 6);
+    for (a, b) in losses(&straight).iter().zip(losses(&resumed)) {
+        assert_eq!(a.0, b.0);
+        assert!((a.1 - b.1).abs() < 1e-5 && a.2.zip(b.2).is_none_or(|(x, y)| (x - y).abs() < 1e-5), "{a:?} vs {b:?}");
+    }
+
+    // A checkpoint of another model is refused by name.
+    let err = load_lm_checkpoint::<ByteLm, f32, Cpu>(&dir, &Cpu::default(), "other", AdamConfig::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("it holds a `byte-lm` model, but a `other` language model was expected"), "{err}");
+    std::fs::remove_dir_all(&base).unwrap();
+}

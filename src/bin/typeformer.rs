@@ -4,11 +4,21 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use dfdx::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use typeformer::data::{AdditionTask, ByteCorpus, LmSource, BYTE_VOCAB};
 use typeformer::data::{Task, TaskSpec, FIRST_SYMBOL};
-use typeformer::models::{TaskMedium, TaskSmall, TASK_VOCAB};
-use typeformer::train::{run_task, AdamConfig, TaskReport, TaskRun, TrainConfig};
+use typeformer::generate::{generate, GenerateConfig, Sampler, SamplingConfig};
+use typeformer::models::{LanguageModel, LmSmall, TaskMedium, TaskSmall, TASK_VOCAB};
+use typeformer::train::{
+    addition_accuracy, lm_files, load_lm_checkpoint, run_task, train_language_model, validation_loss, AdamConfig,
+    LmRun, LmStop, LmTrainConfig, StepLog, TaskReport, TaskRun, TrainConfig,
+};
+
+const LM_NAME: &str = "lm-small";
 
 /// Train and run Transformers whose shapes are checked by the compiler.
 ///
@@ -28,6 +38,98 @@ enum Command {
     /// Writes model.safetensors, loss.csv and loss.png to --out, then reports exact match of
     /// greedy decoding on held-out sequences.
     Train(TrainArgs),
+    /// Train a byte-level GPT-style language model on a text file or on the addition task.
+    ///
+    /// Writes model.safetensors, optimizer.safetensors, loss.csv and loss.png to --out every
+    /// --checkpoint-every steps (atomically: Ctrl-C leaves the last checkpoint intact), reports
+    /// validation loss and perplexity, and for the addition task held-out accuracy. --resume
+    /// continues a run exactly where it stopped.
+    TrainLm(TrainLmArgs),
+    /// Generate text from a language model trained with train-lm, printing tokens as they come.
+    Generate(GenerateArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LmTaskArg {
+    /// Lines `a+b=c` of random numbers; accuracy on held-out pairs.
+    Addition,
+}
+
+#[derive(Args)]
+struct TrainLmArgs {
+    /// A text file to model, byte by byte (90% training, 10% validation).
+    #[arg(long, conflicts_with = "task", required_unless_present = "task")]
+    data: Option<PathBuf>,
+    /// A built-in task instead of a file.
+    #[arg(long, value_enum)]
+    task: Option<LmTaskArg>,
+    /// Most digits per number in the addition task.
+    #[arg(long, default_value_t = 3)]
+    digits: u32,
+    /// Held-out addition problems for accuracy.
+    #[arg(long, default_value_t = 200)]
+    eval_size: usize,
+    /// Total optimizer steps (a resumed run continues up to this step).
+    #[arg(long, default_value_t = 2000)]
+    steps: usize,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Tokens per training sequence (at most 128).
+    #[arg(long, default_value_t = 128)]
+    context: usize,
+    /// Warmup steps of the learning-rate schedule.
+    #[arg(long, default_value_t = 200)]
+    warmup: usize,
+    /// Scale of the learning-rate schedule.
+    #[arg(long, default_value_t = 1.0)]
+    lr_factor: f64,
+    /// Dropout probability everywhere.
+    #[arg(long, default_value_t = 0.0)]
+    dropout: f64,
+    /// Measure validation loss every this many steps.
+    #[arg(long, default_value_t = 100)]
+    eval_every: usize,
+    /// Write a checkpoint every this many steps.
+    #[arg(long, default_value_t = 200)]
+    checkpoint_every: usize,
+    /// Seed for the data stream and the initialisation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Run directory (default: runs/lm).
+    #[arg(long, default_value = "runs/lm")]
+    out: PathBuf,
+    /// Continue the run in --out from its last checkpoint.
+    #[arg(long)]
+    resume: bool,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// A run directory written by train-lm.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// The text to continue.
+    #[arg(long)]
+    prompt: String,
+    /// Most new tokens (bytes).
+    #[arg(long, default_value_t = 100)]
+    max_new_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f64,
+    /// Sample among the k most likely tokens only.
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Sample among the most likely tokens whose probabilities sum to p.
+    #[arg(long)]
+    top_p: Option<f64>,
+    /// Seed of the sampler.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop after this text (one byte, e.g. a newline).
+    #[arg(long)]
+    stop: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -112,8 +214,12 @@ fn main() -> ExitCode {
         // The main job: `train` with every default.
         Cli::parse_from(["typeformer", "train"]).command.expect("train parses")
     });
-    let Command::Train(args) = command;
-    match train(&args) {
+    let result = match command {
+        Command::Train(args) => train(&args),
+        Command::TrainLm(args) => train_lm(&args),
+        Command::Generate(args) => generate_text(&args),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -194,4 +300,134 @@ fn print_report(report: &TaskReport, show: usize) {
         println!("  {:>16} -> {:<16} {mark}", symbols(&example.source), symbols(decoded));
     }
     println!("exact match: {:.3} on {} held-out sequences", report.exact_match, report.decoded.len());
+}
+
+fn progress(steps: usize, start: usize) -> ProgressBar {
+    let bar = ProgressBar::new(steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_position(start as u64);
+    bar
+}
+
+fn train_lm(args: &TrainLmArgs) -> typeformer::Result<()> {
+    let source = match (&args.data, args.task) {
+        (Some(path), _) => LmSource::Text(ByteCorpus::from_file(path)?),
+        (None, Some(LmTaskArg::Addition)) => {
+            LmSource::Addition(AdditionTask::new(args.digits, args.eval_size, args.seed)?)
+        }
+        (None, None) => unreachable!("clap requires --data or --task"),
+    };
+    let cfg = LmTrainConfig {
+        steps: args.steps,
+        batch_size: args.batch_size,
+        context: args.context,
+        warmup: args.warmup,
+        lr_factor: args.lr_factor,
+        adam: AdamConfig::default(),
+        seed: args.seed,
+        eval_every: args.eval_every,
+        checkpoint_every: args.checkpoint_every,
+        model_name: LM_NAME.into(),
+    };
+    cfg.validate(<LmSmall as LanguageModel<BYTE_VOCAB, f32, Cpu>>::CONTEXT)?;
+    let metadata = std::collections::HashMap::from([
+        ("format".to_string(), "typeformer".to_string()),
+        ("model".to_string(), LM_NAME.to_string()),
+        ("data".to_string(), source.describe()),
+        ("seed".to_string(), args.seed.to_string()),
+    ]);
+    let dev = Cpu::seed_from_u64(args.seed);
+    let mut run = if args.resume {
+        let (run, saved) = load_lm_checkpoint::<LmSmall, f32, Cpu>(&args.out, &dev, LM_NAME, cfg.adam)?;
+        for key in ["data", "seed"] {
+            if saved.get(key) != metadata.get(key) {
+                return Err(typeformer::Error::InvalidConfig(format!(
+                    "--resume needs the run's own {key}: the checkpoint has `{}`, this command gives `{}`",
+                    saved.get(key).map_or("nothing", String::as_str),
+                    metadata[key]
+                )));
+            }
+        }
+        eprintln!("resuming {} at step {}", args.out.display(), run.opt.step);
+        run
+    } else {
+        if args.out.join("model.safetensors").exists() {
+            return Err(typeformer::Error::InvalidConfig(format!(
+                "{} already holds a checkpoint: pass --resume to continue it, or choose another --out",
+                args.out.display()
+            )));
+        }
+        let mut model = dev.build_module::<LmSmall, f32>();
+        typeformer::nn::set_dropout(&mut model, args.dropout)?;
+        LmRun { model, opt: typeformer::train::Adam::new(cfg.adam)?, logs: Vec::new() }
+    };
+    eprintln!("training a byte-level language model (d 128, 4 blocks, context 128) on {}", source.describe());
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+        .map_err(|e| typeformer::Error::Training(format!("cannot install the Ctrl-C handler: {e}")))?;
+    let bar = progress(args.steps, run.opt.step);
+    let mut last_val = None;
+    let outcome = train_language_model(&mut run, &source, &cfg, &args.out, metadata, &stop, |log: &StepLog| {
+        last_val = log.val_loss.or(last_val);
+        bar.set_position(log.step as u64);
+        let val = last_val.map_or(String::new(), |v: f64| format!(" | val {v:.3} (ppl {:.2})", v.exp()));
+        bar.set_message(format!("loss {:.3}{val} | {:.0} tok/s | lr {:.2e}", log.loss, log.tokens_per_sec, log.lr));
+    })?;
+    bar.finish();
+    if outcome == LmStop::Interrupted {
+        println!(
+            "interrupted: the checkpoint at step {} is in {}; continue with --resume",
+            run.opt.step,
+            args.out.display()
+        );
+        return Ok(());
+    }
+    let val = validation_loss(&run.model, &source, cfg.batch_size, cfg.context)?;
+    for file in lm_files(&args.out) {
+        println!("wrote {}", file.display());
+    }
+    println!("validation loss: {val:.4} (perplexity {:.3}) after {} steps", val.exp(), run.opt.step);
+    if let LmSource::Addition(task) = &source {
+        let accuracy = addition_accuracy(&run.model, task)?;
+        println!("addition accuracy: {accuracy:.3} on {} held-out problems", task.held_out().len());
+    }
+    Ok(())
+}
+
+fn generate_text(args: &GenerateArgs) -> typeformer::Result<()> {
+    let dev = Cpu::default();
+    let (run, _) = load_lm_checkpoint::<LmSmall, f32, Cpu>(&args.checkpoint, &dev, LM_NAME, AdamConfig::default())?;
+    let stop_tokens = match &args.stop {
+        None => Vec::new(),
+        Some(s) if s.len() == 1 => vec![s.as_bytes()[0] as usize],
+        Some(s) => {
+            return Err(typeformer::Error::InvalidConfig(format!(
+                "--stop takes one byte (one ASCII character), got `{s}`"
+            )))
+        }
+    };
+    let cfg = GenerateConfig { max_new_tokens: args.max_new_tokens, stop_tokens };
+    let mut sampler = Sampler::new(SamplingConfig {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        seed: args.seed,
+    })?;
+    let prompt: Vec<usize> = args.prompt.bytes().map(usize::from).collect();
+    let start = std::time::Instant::now();
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(args.prompt.as_bytes());
+    let out = generate::<LmSmall, BYTE_VOCAB, f32, Cpu>(&run.model, &prompt, &cfg, &mut sampler, |t| {
+        let _ = stdout.write_all(&[t as u8]);
+        let _ = stdout.flush();
+    })?;
+    let _ = writeln!(stdout);
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!("{} tokens in {secs:.2} s ({:.1} tokens/s)", out.len(), out.len() as f64 / secs);
+    Ok(())
 }

@@ -2,8 +2,7 @@
 
 use super::Sampler;
 use crate::error::{Error, Result};
-use crate::models::{DecoderOnly, LayoutFlags, LmState};
-use crate::nn::{Activation, NormPlacement, PositionKind};
+use crate::models::LanguageModel;
 use crate::shape::Tokens;
 use crate::FloatDtype;
 use dfdx::prelude::*;
@@ -23,50 +22,33 @@ pub struct GenerateConfig {
 ///
 /// Errors: an empty prompt, a token outside the vocabulary, or a prompt plus `max_new_tokens`
 /// longer than the model's `P` positions.
-#[allow(clippy::type_complexity)]
-pub fn generate<
-    const V: usize,
-    const D: usize,
-    const H: usize,
-    const HD: usize,
-    const F: usize,
-    const L: usize,
-    const P: usize,
-    N,
-    A,
-    K,
-    O,
-    E,
-    Dev,
->(
-    model: &DecoderOnly<V, D, H, HD, F, L, P, N, A, K, O, E, Dev>,
+pub fn generate<M, const V: usize, E, Dev>(
+    model: &M,
     prompt: &[usize],
     cfg: &GenerateConfig,
     sampler: &mut Sampler,
     mut on_token: impl FnMut(usize),
 ) -> Result<Vec<usize>>
 where
-    N: NormPlacement,
-    A: Activation,
-    K: PositionKind,
-    O: LayoutFlags,
+    M: LanguageModel<V, E, Dev>,
     E: FloatDtype,
     Dev: Device<E>,
 {
     if prompt.is_empty() {
         return Err(Error::InvalidConfig("the prompt is empty: generation needs at least one token".into()));
     }
-    if prompt.len() + cfg.max_new_tokens > P {
+    let context = M::CONTEXT;
+    if prompt.len() + cfg.max_new_tokens > context {
         return Err(Error::InvalidConfig(format!(
-            "a prompt of {} tokens plus {} new tokens needs {} positions, but the model's context is {P}: \
+            "a prompt of {} tokens plus {} new tokens needs {} positions, but the model's context is {context}: \
              ask for at most {} new tokens or shorten the prompt",
             prompt.len(),
             cfg.max_new_tokens,
             prompt.len() + cfg.max_new_tokens,
-            P.saturating_sub(prompt.len())
+            context.saturating_sub(prompt.len())
         )));
     }
-    let mut state: LmState<H, HD, E, Dev> = model.start();
+    let mut state = model.start();
     let mut input = Tokens::<V>::from_sequences(&[prompt.to_vec()])?;
     let mut out = Vec::with_capacity(cfg.max_new_tokens);
     while out.len() < cfg.max_new_tokens {

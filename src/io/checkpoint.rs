@@ -13,7 +13,7 @@ use dfdx::nn::tensor_collection::{
     RecursiveWalker, TensorCollection, TensorOptions, TensorVisitor, ViewTensorMut, ViewTensorName, ViewTensorRef,
 };
 use dfdx::prelude::*;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 
 fn safe_dtype<E: FloatDtype>() -> Result<SafeDtype> {
@@ -44,9 +44,17 @@ fn from_bytes<E: FloatDtype>(bytes: &[u8], dtype: SafeDtype) -> Vec<E> {
     }
 }
 
+/// Metadata key under which a scalar hyperparameter (`eps`, `dropout`) is stored.
+const SCALAR_PREFIX: &str = "scalar:";
+
+/// A tensor's shape and little-endian bytes.
+type ShapedBytes = (Vec<usize>, Vec<u8>);
+
 struct Collect {
-    tensors: BTreeMap<String, (Vec<usize>, Vec<u8>)>,
+    /// In the order the model visits them (the order optimizer state follows).
+    tensors: Vec<(String, ShapedBytes)>,
     dtype: SafeDtype,
+    scalars: Vec<(String, f64)>,
 }
 
 impl<E: FloatDtype, Dev: Device<E>> TensorVisitor<E, Dev> for Collect {
@@ -62,32 +70,44 @@ impl<E: FloatDtype, Dev: Device<E>> TensorVisitor<E, Dev> for Collect {
     ) -> Result<Option<Tensor<S, E, Dev>>, Self::Err> {
         if opts.do_gradient_update {
             let bytes = to_bytes(&t.as_vec(), self.dtype);
-            self.tensors.insert(name, (t.shape().concrete().into_iter().collect(), bytes));
+            self.tensors.push((name, (t.shape().concrete().into_iter().collect(), bytes)));
         }
+        Ok(None)
+    }
+
+    fn visit_scalar<N: num_traits::NumCast>(
+        &mut self,
+        _: ScalarOptions<N>,
+        (value, name): (&N, String),
+    ) -> Result<Option<N>, Self::Err> {
+        self.scalars.push((name, value.to_f64().unwrap_or(f64::NAN)));
         Ok(None)
     }
 }
 
-/// The trainable tensors of `model`, by name, with their shapes.
+/// The trainable tensors of `model`, by name, with their shapes, in the order the model visits
+/// them (the order optimizer state follows).
 pub fn parameter_shapes<M: TensorCollection<E, Dev>, E: FloatDtype, Dev: Device<E>>(
     model: &M,
 ) -> Result<Vec<(String, Vec<usize>)>> {
-    let mut c = Collect { tensors: BTreeMap::new(), dtype: safe_dtype::<E>()? };
+    let mut c = Collect { tensors: Vec::new(), dtype: safe_dtype::<E>()?, scalars: Vec::new() };
     M::iter_tensors(&mut RecursiveWalker { m: (model, String::new()), f: &mut c })
         .map_err(|e| Error::Training(format!("{e:?}")))?;
     Ok(c.tensors.into_iter().map(|(n, (s, _))| (n, s)).collect())
 }
 
-/// Saves `model`'s trainable tensors to `path` atomically, with `metadata` in the header.
+/// Saves `model`'s trainable tensors to `path` atomically, with `metadata` and the model's scalar
+/// hyperparameters (layer-norm `eps`, `dropout`) in the header.
 pub fn save_checkpoint<M: TensorCollection<E, Dev>, E: FloatDtype, Dev: Device<E>>(
     model: &M,
     path: &Path,
-    metadata: HashMap<String, String>,
+    mut metadata: HashMap<String, String>,
 ) -> Result<()> {
     let dtype = safe_dtype::<E>()?;
-    let mut c = Collect { tensors: BTreeMap::new(), dtype };
+    let mut c = Collect { tensors: Vec::new(), dtype, scalars: Vec::new() };
     M::iter_tensors(&mut RecursiveWalker { m: (model, String::new()), f: &mut c })
         .map_err(|e| Error::Training(format!("{e:?}")))?;
+    metadata.extend(c.scalars.iter().map(|(name, v)| (format!("{SCALAR_PREFIX}{name}"), v.to_string())));
     let views = c
         .tensors
         .iter()
@@ -105,6 +125,7 @@ pub fn save_checkpoint<M: TensorCollection<E, Dev>, E: FloatDtype, Dev: Device<E
 
 struct Restore<'a> {
     file: &'a SafeTensors<'a>,
+    metadata: &'a HashMap<String, String>,
     problems: Vec<String>,
     seen: Vec<String>,
 }
@@ -143,6 +164,21 @@ impl<E: FloatDtype, Dev: Device<E>> TensorVisitor<E, Dev> for Restore<'_> {
         }
         Ok(None)
     }
+
+    fn visit_scalar<N: num_traits::NumCast>(
+        &mut self,
+        _: ScalarOptions<N>,
+        (value, name): (&mut N, String),
+    ) -> Result<Option<N>, Self::Err> {
+        // Checkpoints from elsewhere carry no scalars: the model keeps its own then.
+        if let Some(saved) = self.metadata.get(&format!("{SCALAR_PREFIX}{name}")) {
+            match saved.parse::<f64>().ok().and_then(N::from) {
+                Some(v) => *value = v,
+                None => self.problems.push(format!("bad value: {name} = `{saved}` in the metadata")),
+            }
+        }
+        Ok(None)
+    }
 }
 
 /// Loads a checkpoint written by [`save_checkpoint`] into `model`. On any problem (a missing,
@@ -159,7 +195,7 @@ pub fn load_checkpoint<M: TensorCollection<E, Dev> + Clone, E: FloatDtype, Dev: 
         .map_err(|e| Error::BadFile { path: path.into(), reason: format!("{e:?}") })?;
     let metadata = header.metadata().clone().unwrap_or_default();
     let mut staged = model.clone();
-    let mut restore = Restore { file: &file, problems: Vec::new(), seen: Vec::new() };
+    let mut restore = Restore { file: &file, metadata: &metadata, problems: Vec::new(), seen: Vec::new() };
     M::iter_tensors(&mut RecursiveWalker { m: (&mut staged, String::new()), f: &mut restore })
         .map_err(|e| Error::Training(format!("{e:?}")))?;
     let mut problems = restore.problems;
@@ -171,4 +207,58 @@ pub fn load_checkpoint<M: TensorCollection<E, Dev> + Clone, E: FloatDtype, Dev: 
     }
     *model = staged;
     Ok(metadata)
+}
+
+/// Saves named flat vectors (optimizer state and the like) to `path` atomically.
+pub fn save_vectors<E: FloatDtype>(
+    path: &Path,
+    vectors: &[(String, Vec<E>)],
+    metadata: HashMap<String, String>,
+) -> Result<()> {
+    let dtype = safe_dtype::<E>()?;
+    let bytes: Vec<(String, usize, Vec<u8>)> =
+        vectors.iter().map(|(n, v)| (n.clone(), v.len(), to_bytes(v, dtype))).collect();
+    let views = bytes
+        .iter()
+        .map(|(name, len, b)| {
+            Ok((
+                name.as_str(),
+                TensorView::new(dtype, vec![*len], b).map_err(|e| Error::Training(format!("{name}: {e:?}")))?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = ::safetensors::serialize(views, &Some(metadata))
+        .map_err(|e| Error::BadFile { path: path.into(), reason: format!("{e:?}") })?;
+    write_atomic(path, &bytes)
+}
+
+/// Reads what [`save_vectors`] wrote.
+#[allow(clippy::type_complexity)]
+pub fn load_vectors<E: FloatDtype>(path: &Path) -> Result<(HashMap<String, Vec<E>>, HashMap<String, String>)> {
+    let bytes = std::fs::read(path).map_err(Error::io(path))?;
+    let file = SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::BadFile { path: path.into(), reason: format!("not a valid safetensors file ({e:?})") })?;
+    let (_, header) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| Error::BadFile { path: path.into(), reason: format!("{e:?}") })?;
+    let mut out = HashMap::new();
+    for (name, view) in file.tensors() {
+        if view.dtype() != SafeDtype::F32 && view.dtype() != SafeDtype::F64 {
+            return Err(Error::BadFile {
+                path: path.into(),
+                reason: format!("{name} is {:?}, expected F32 or F64", view.dtype()),
+            });
+        }
+        out.insert(name, from_bytes::<E>(view.data(), view.dtype()));
+    }
+    Ok((out, header.metadata().clone().unwrap_or_default()))
+}
+
+/// Reads only the metadata of a safetensors file (checks that it is one).
+pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    let bytes = std::fs::read(path).map_err(Error::io(path))?;
+    SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::BadFile { path: path.into(), reason: format!("not a valid safetensors file ({e:?})") })?;
+    let (_, header) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| Error::BadFile { path: path.into(), reason: format!("{e:?}") })?;
+    Ok(header.metadata().clone().unwrap_or_default())
 }

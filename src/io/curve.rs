@@ -11,13 +11,46 @@ use embedded_graphics::primitives::{Line, Polyline, PrimitiveStyle};
 use embedded_graphics::text::{Alignment, Text};
 use std::path::Path;
 
-/// Writes `step,loss,lr,grad_norm,tokens_per_sec` rows to `path`.
+const CSV_HEADER: &str = "step,loss,lr,grad_norm,tokens_per_sec,val_loss";
+
+/// Writes `step,loss,lr,grad_norm,tokens_per_sec,val_loss` rows to `path` (`val_loss` empty
+/// where it was not measured).
 pub fn write_curve_csv(path: &Path, logs: &[StepLog]) -> Result<()> {
-    let mut csv = String::from("step,loss,lr,grad_norm,tokens_per_sec\n");
+    let mut csv = format!("{CSV_HEADER}\n");
     for l in logs {
-        csv.push_str(&format!("{},{:.6},{:.6e},{:.6},{:.1}\n", l.step, l.loss, l.lr, l.grad_norm, l.tokens_per_sec));
+        let val = l.val_loss.map_or(String::new(), |v| format!("{v:.6}"));
+        csv.push_str(&format!(
+            "{},{:.6},{:.6e},{:.6},{:.1},{val}\n",
+            l.step, l.loss, l.lr, l.grad_norm, l.tokens_per_sec
+        ));
     }
     write_atomic(path, csv.as_bytes())
+}
+
+/// Reads what [`write_curve_csv`] wrote.
+pub fn read_curve_csv(path: &Path) -> Result<Vec<StepLog>> {
+    let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+    let bad =
+        |line: usize| Error::BadFile { path: path.into(), reason: format!("line {line} is not a row of {CSV_HEADER}") };
+    let mut lines = text.lines();
+    if lines.next() != Some(CSV_HEADER) {
+        return Err(bad(1));
+    }
+    lines
+        .enumerate()
+        .map(|(i, line)| {
+            let f: Vec<&str> = line.split(',').collect();
+            let num = |k: usize| f.get(k).and_then(|v| v.parse::<f64>().ok()).ok_or_else(|| bad(i + 2));
+            Ok(StepLog {
+                step: f.first().and_then(|v| v.parse().ok()).ok_or_else(|| bad(i + 2))?,
+                loss: num(1)?,
+                lr: num(2)?,
+                grad_norm: num(3)?,
+                tokens_per_sec: num(4)?,
+                val_loss: f.get(5).filter(|v| !v.is_empty()).map(|v| v.parse().map_err(|_| bad(i + 2))).transpose()?,
+            })
+        })
+        .collect()
 }
 
 /// An RGB canvas that embedded-graphics draws on.

@@ -3,10 +3,12 @@
 mod decoder_only;
 mod embedding_layout;
 mod encoder_decoder;
+mod language_model;
 
 pub use decoder_only::*;
 pub use embedding_layout::*;
 pub use encoder_decoder::*;
+pub use language_model::*;
 mod seq2seq;
 pub use seq2seq::*;
 mod presets;

@@ -62,3 +62,8 @@ pub type PaperBig<E = f32, Dev = Cpu> =
 /// tanh GELU, learned positions, tied output (124,439,808 parameters).
 pub type Gpt2Small<E = f32, Dev = Cpu> =
     DecoderOnly<50_257, 768, 12, 64, 3072, 12, 1024, PreNorm, GeluTanh, Learned, TiedOutput, E, Dev>;
+
+/// The language model the command-line tool trains: bytes (256 tokens), d 128, 4 heads of 32,
+/// d_ff 512, 4 blocks, a context of 128, pre-LN, tanh GELU, learned positions, tied output.
+pub type LmSmall<E = f32, Dev = Cpu> =
+    DecoderOnly<256, 128, 4, 32, 512, 4, 128, PreNorm, GeluTanh, Learned, TiedOutput, E, Dev>;

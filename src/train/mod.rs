@@ -14,3 +14,5 @@ mod task_run;
 pub use task_run::*;
 mod tape;
 pub use tape::*;
+mod lm;
+pub use lm::*;

@@ -92,6 +92,53 @@ impl<E: FloatDtype, Dev: Device<E>> Adam<E, Dev> {
     }
 }
 
+impl<E: FloatDtype, Dev: Device<E>> Adam<E, Dev> {
+    /// Saves the step count and moments to `path` (safetensors, written atomically), so that a
+    /// resumed run continues exactly.
+    pub fn save(&self, path: &std::path::Path) -> Result<()> {
+        let mut tensors = Vec::with_capacity(2 * self.moments.len());
+        for (i, (m, v)) in self.moments.iter().enumerate() {
+            tensors.push((format!("m.{i}"), m.as_vec()));
+            tensors.push((format!("v.{i}"), v.as_vec()));
+        }
+        let metadata = std::collections::HashMap::from([
+            ("step".to_string(), self.step.to_string()),
+            ("config".to_string(), format!("{:?}", self.cfg)),
+        ]);
+        crate::io::save_vectors(path, &tensors, metadata)
+    }
+
+    /// Restores what [`Adam::save`] wrote onto `dev`, for a model with `num_tensors` trainable
+    /// tensors of `sizes` elements each (in visiting order).
+    pub fn load(cfg: AdamConfig, path: &std::path::Path, dev: &Dev, sizes: &[usize]) -> Result<Self> {
+        let mut adam = Self::new(cfg)?;
+        let (vectors, metadata) = crate::io::load_vectors::<E>(path)?;
+        let bad = |reason: String| Error::BadFile { path: path.into(), reason };
+        adam.step = metadata
+            .get("step")
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("no step count in the optimizer state".into()))?;
+        if adam.step > 0 {
+            for (i, &n) in sizes.iter().enumerate() {
+                let get = |name: String| -> Result<Tensor<(usize,), E, Dev>> {
+                    let values = vectors
+                        .get(&name)
+                        .ok_or_else(|| bad(format!("missing {name}: the state belongs to another model")))?;
+                    if values.len() != n {
+                        return Err(bad(format!("{name} has {} values, the model's tensor {i} has {n}", values.len())));
+                    }
+                    Ok(dev.tensor_from_vec(values.clone(), (n,)))
+                };
+                adam.moments.push((get(format!("m.{i}"))?, get(format!("v.{i}"))?));
+            }
+            if vectors.len() != 2 * sizes.len() {
+                return Err(bad(format!("{} moment tensors for a model of {} tensors", vectors.len(), sizes.len())));
+            }
+        }
+        Ok(adam)
+    }
+}
+
 fn device<X: std::fmt::Debug>(e: X) -> Error {
     Error::Training(format!("device error: {e:?}"))
 }

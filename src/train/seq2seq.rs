@@ -63,8 +63,10 @@ pub struct StepLog {
     pub lr: f64,
     /// Gradient norm before clipping.
     pub grad_norm: f64,
-    /// Source plus target tokens per second in this step.
+    /// Tokens per second in this step.
     pub tokens_per_sec: f64,
+    /// Validation loss, on the steps where it was measured.
+    pub val_loss: Option<f64>,
 }
 
 /// Trains `model` on `data` for `cfg.steps` updates, calling `on_step` after each.
@@ -104,6 +106,7 @@ where
             lr,
             grad_norm: stats.grad_norm,
             tokens_per_sec: tokens as f64 / start.elapsed().as_secs_f64(),
+            val_loss: None,
         };
         on_step(&log);
         logs.push(log);

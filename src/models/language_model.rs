@@ -1,0 +1,67 @@
+//! What training and generation need from a language model.
+
+use super::{DecoderOnly, LayoutFlags, LmState};
+use crate::error::Result;
+use crate::nn::{Activation, NormPlacement, PositionKind};
+use crate::shape::{Logits, Tokens, TrainLogits};
+use crate::FloatDtype;
+use dfdx::prelude::*;
+
+/// A causal model over a vocabulary of `V` tokens with a context of `CONTEXT` positions.
+pub trait LanguageModel<const V: usize, E: FloatDtype, Dev: Device<E>>: TensorCollection<E, Dev> + Clone {
+    /// What generation keeps between steps.
+    type State;
+    /// Model width (the warmup schedule scales with it).
+    const D_MODEL: usize;
+    /// Longest sequence.
+    const CONTEXT: usize;
+    /// Logits `(B, S, V)` for every position.
+    fn logits(&self, tokens: &Tokens<V>) -> Result<Logits<usize, usize, V, E, Dev>>;
+    /// A training pass that records into `grads`.
+    fn logits_train(&self, tokens: &Tokens<V>, grads: Gradients<E, Dev>) -> Result<TrainLogits<V, E, Dev>>;
+    /// An empty generation state.
+    fn start(&self) -> Self::State;
+    /// Logits of the next tokens, reusing earlier positions.
+    fn step(&self, state: &mut Self::State, tokens: &Tokens<V>) -> Result<Logits<usize, usize, V, E, Dev>>;
+}
+
+impl<
+        const V: usize,
+        const D: usize,
+        const H: usize,
+        const HD: usize,
+        const F: usize,
+        const L: usize,
+        const P: usize,
+        N,
+        A,
+        K,
+        O,
+        E,
+        Dev,
+    > LanguageModel<V, E, Dev> for DecoderOnly<V, D, H, HD, F, L, P, N, A, K, O, E, Dev>
+where
+    N: NormPlacement,
+    A: Activation,
+    K: PositionKind,
+    O: LayoutFlags,
+    E: FloatDtype,
+    Dev: Device<E>,
+{
+    type State = LmState<H, HD, E, Dev>;
+    const D_MODEL: usize = D;
+    const CONTEXT: usize = P;
+
+    fn logits(&self, tokens: &Tokens<V>) -> Result<Logits<usize, usize, V, E, Dev>> {
+        self.forward(tokens)
+    }
+    fn logits_train(&self, tokens: &Tokens<V>, grads: Gradients<E, Dev>) -> Result<TrainLogits<V, E, Dev>> {
+        self.forward_traced(tokens, grads)
+    }
+    fn start(&self) -> Self::State {
+        DecoderOnly::start(self)
+    }
+    fn step(&self, state: &mut Self::State, tokens: &Tokens<V>) -> Result<Logits<usize, usize, V, E, Dev>> {
+        DecoderOnly::step(self, state, tokens)
+    }
+}
