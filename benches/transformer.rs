@@ -3,7 +3,7 @@
 //! `cargo bench` prints times per iteration; compare configurations within one run (these
 //! machines are shared and noisy).
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use typeformer::data::{Seq2SeqBatch, Task, TaskData, TaskSpec};
 use typeformer::prelude::*;
 use typeformer::train::{label_smoothed_cross_entropy, Adam, AdamConfig};
@@ -48,5 +48,29 @@ fn training_step(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, blocks, training_step);
+/// The cost of producing one more token after `n` tokens: one cached step, versus a full pass
+/// over all `n + 1` tokens. With the cache it should stay nearly flat as `n` grows.
+fn generation_per_token(c: &mut Criterion) {
+    let dev = Cpu::seed_from_u64(0);
+    let model = dev.build_module::<LmSmall<f32, Cpu>, f32>();
+    let mut group = c.benchmark_group("next token (LmSmall: d 128, 4 blocks)");
+    for n in [8usize, 32, 64, 120] {
+        let prefix: Vec<usize> = (0..n).map(|i| 32 + i % 90).collect();
+        let mut state = model.start();
+        model.step(&mut state, &Tokens::from_sequences(&[prefix.clone()]).unwrap()).unwrap();
+        let next = Tokens::<256>::from_sequences(&[vec![65]]).unwrap();
+        group.bench_with_input(BenchmarkId::new("kv cache", n), &n, |bench, _| {
+            bench.iter_batched(|| state.clone(), |mut s| model.step(&mut s, &next).unwrap(), BatchSize::SmallInput)
+        });
+        let mut full = prefix.clone();
+        full.push(65);
+        let full = Tokens::<256>::from_sequences(&[full]).unwrap();
+        group.bench_with_input(BenchmarkId::new("recompute", n), &n, |bench, _| {
+            bench.iter(|| model.forward(&full).unwrap())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, blocks, training_step, generation_per_token);
 criterion_main!(benches);

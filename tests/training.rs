@@ -2,9 +2,12 @@
 
 use std::collections::HashMap;
 use typeformer::data::{Task, TaskData, TaskSpec};
+use typeformer::generate::BeamConfig;
 use typeformer::io::{load_checkpoint, parameter_shapes, save_checkpoint};
 use typeformer::prelude::*;
-use typeformer::train::{exact_match, label_smoothed_cross_entropy, run_task, AdamConfig, TaskRun, TrainConfig};
+use typeformer::train::{
+    exact_match, label_smoothed_cross_entropy, run_task, AdamConfig, Decoding, TaskRun, TrainConfig,
+};
 
 /// A model small enough to learn a short task in seconds in the test profile.
 type Tiny<E = f32> =
@@ -32,13 +35,16 @@ fn the_model_learns_the_reverse_task() {
         seed: 3,
         out_dir: None,
         model_name: "tiny".into(),
+        beam: Some(BeamConfig { width: 4, length_penalty: 0.6, max_len: 0 }),
     };
     // Before training: how well does an untrained model of the same seed do?
     let untrained = dev.build_module::<Tiny, f32>();
     let data = TaskData::new(run.spec, run.eval_size, run.seed).unwrap();
-    let (before, _) = exact_match::<Tiny, TASK_VOCAB, TASK_VOCAB, f32, Cpu>(&untrained, data.held_out(), 100).unwrap();
+    let (before, _) =
+        exact_match::<Tiny, TASK_VOCAB, TASK_VOCAB, f32, Cpu>(&untrained, data.held_out(), 100, Decoding::Greedy)
+            .unwrap();
 
-    let (_, report) = run_task::<Tiny, TASK_VOCAB, f32, Cpu>(&run, &dev, |_| {}).unwrap();
+    let (model, report) = run_task::<Tiny, TASK_VOCAB, f32, Cpu>(&run, &dev, |_| {}).unwrap();
     let first: f64 = report.logs[..20].iter().map(|l| l.loss).sum::<f64>() / 20.0;
     let last: f64 = report.logs[report.logs.len() - 20..].iter().map(|l| l.loss).sum::<f64>() / 20.0;
     assert!(last < 0.5 * first, "loss fell from {first:.3} to only {last:.3}");
@@ -47,6 +53,19 @@ fn the_model_learns_the_reverse_task() {
         "exact match {:.3} (untrained {before:.3})",
         report.exact_match
     );
+
+    // Beam search is never worse than greedy, and width 1 is greedy.
+    let beam = report.beam_exact_match.unwrap();
+    assert!(beam >= report.exact_match, "beam {beam:.3} < greedy {:.3}", report.exact_match);
+    let (width_one, outputs) = exact_match::<Tiny, TASK_VOCAB, TASK_VOCAB, f32, Cpu>(
+        &model,
+        data.held_out(),
+        100,
+        Decoding::Beam(BeamConfig { width: 1, length_penalty: 0.0, max_len: 0 }),
+    )
+    .unwrap();
+    assert_eq!(width_one, report.exact_match);
+    assert!(outputs.iter().zip(&report.decoded).all(|(o, (_, greedy))| o == greedy));
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use typeformer::data::{AdditionTask, ByteCorpus, LmSource, BYTE_VOCAB};
 use typeformer::data::{Task, TaskSpec, FIRST_SYMBOL};
-use typeformer::generate::{generate, GenerateConfig, Sampler, SamplingConfig};
+use typeformer::generate::{generate, BeamConfig, GenerateConfig, Sampler, SamplingConfig};
 use typeformer::models::{LanguageModel, LmSmall, TaskMedium, TaskSmall, TASK_VOCAB};
 use typeformer::train::{
     addition_accuracy, lm_files, load_lm_checkpoint, run_task, train_language_model, validation_loss, AdamConfig,
@@ -197,6 +197,12 @@ struct TrainArgs {
     /// Decoded examples to show.
     #[arg(long, default_value_t = 5)]
     show: usize,
+    /// Also evaluate with beam search of this width (0: greedy only).
+    #[arg(long, default_value_t = 0)]
+    beam_width: usize,
+    /// Length penalty α of beam search.
+    #[arg(long, default_value_t = 0.6)]
+    length_penalty: f64,
 }
 
 impl TaskArg {
@@ -253,6 +259,11 @@ fn train(args: &TrainArgs) -> typeformer::Result<()> {
             ModelArg::Small => "small".into(),
             ModelArg::Medium => "medium".into(),
         },
+        beam: (args.beam_width > 0).then_some(BeamConfig {
+            width: args.beam_width,
+            length_penalty: args.length_penalty,
+            max_len: 0,
+        }),
     };
     // Fail on a bad configuration before printing anything else.
     run.spec.validate(TASK_VOCAB, typeformer::models::TASK_POSITIONS)?;
@@ -298,6 +309,9 @@ fn print_report(report: &TaskReport, show: usize) {
     for (example, decoded) in report.decoded.iter().take(show) {
         let mark = if &example.target == decoded { "ok" } else { "WRONG" };
         println!("  {:>16} -> {:<16} {mark}", symbols(&example.source), symbols(decoded));
+    }
+    if let Some(beam) = report.beam_exact_match {
+        println!("beam search: exact match {beam:.3} on {} held-out sequences", report.decoded.len());
     }
     println!("exact match: {:.3} on {} held-out sequences", report.exact_match, report.decoded.len());
 }

@@ -3,7 +3,7 @@
 use super::{label_smoothed_cross_entropy, Adam, AdamConfig, WarmupSchedule};
 use crate::data::{Example, Seq2SeqBatch, TaskData, BOS, EOS};
 use crate::error::{Error, Result};
-use crate::generate::greedy_decode;
+use crate::generate::{beam_search, greedy_decode, BeamConfig};
 use crate::models::Seq2Seq;
 use crate::shape::Tokens;
 use crate::FloatDtype;
@@ -114,15 +114,26 @@ where
     Ok(logs)
 }
 
-/// Greedy-decodes every example's source (in batches of `batch_size`) and returns the fraction
-/// whose output equals the target exactly, with the decoded outputs.
+/// How held-out sequences are decoded for evaluation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Decoding {
+    /// One most likely token at a time.
+    Greedy,
+    /// Beam search.
+    Beam(BeamConfig),
+}
+
+/// Decodes every example's source (in batches of `batch_size`) and returns the fraction whose
+/// output equals the target exactly, with the decoded outputs.
 pub fn exact_match<M, const SV: usize, const TV: usize, E, Dev>(
     model: &M,
     examples: &[Example],
     batch_size: usize,
+    decoding: Decoding,
 ) -> Result<(f64, Vec<Vec<usize>>)>
 where
     M: Seq2Seq<SV, TV, E, Dev>,
+    M::State: Clone,
     E: FloatDtype,
     Dev: Device<E>,
 {
@@ -136,7 +147,12 @@ where
         let longest = chunk.iter().map(|e| e.target.len()).max().unwrap_or(0);
         // Room for the target plus EOS, within the positional table.
         let max_len = (longest + 1).min(M::MAX_LEN - 1);
-        outputs.extend(greedy_decode::<M, SV, TV, E, Dev>(model, &src, BOS, EOS, max_len)?);
+        outputs.extend(match decoding {
+            Decoding::Greedy => greedy_decode::<M, SV, TV, E, Dev>(model, &src, BOS, EOS, max_len)?,
+            Decoding::Beam(cfg) => {
+                beam_search::<M, SV, TV, E, Dev>(model, &src, BOS, EOS, &BeamConfig { max_len, ..cfg })?
+            }
+        });
     }
     let correct = examples.iter().zip(&outputs).filter(|(e, o)| &e.target == *o).count();
     Ok((correct as f64 / examples.len() as f64, outputs))

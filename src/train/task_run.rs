@@ -1,9 +1,10 @@
 //! One complete run on a built-in task: train, save, evaluate. The command-line tool's `train`
 //! is a thin layer over [`run_task`].
 
-use super::{exact_match, train_seq2seq, StepLog, TrainConfig};
+use super::{exact_match, train_seq2seq, Decoding, StepLog, TrainConfig};
 use crate::data::{Example, TaskData, TaskSpec};
 use crate::error::{Error, Result};
+use crate::generate::BeamConfig;
 use crate::io::{save_checkpoint, write_curve_csv, write_curve_png};
 use crate::models::Seq2Seq;
 use crate::nn::set_dropout;
@@ -30,6 +31,8 @@ pub struct TaskRun {
     pub out_dir: Option<PathBuf>,
     /// Name of the model configuration, recorded in the checkpoint.
     pub model_name: String,
+    /// Also evaluate with beam search of this configuration (its `max_len` is set per batch).
+    pub beam: Option<BeamConfig>,
 }
 
 /// What a task run produced.
@@ -41,6 +44,8 @@ pub struct TaskReport {
     pub exact_match: f64,
     /// The held-out examples with their greedy decodings.
     pub decoded: Vec<(Example, Vec<usize>)>,
+    /// Exact match with beam search, when asked for.
+    pub beam_exact_match: Option<f64>,
     /// Wall-clock seconds of training (without evaluation).
     pub train_seconds: f64,
     /// Files written.
@@ -57,6 +62,7 @@ pub fn run_task<M, const V: usize, E, Dev>(
 ) -> Result<(M, TaskReport)>
 where
     M: Seq2Seq<V, V, E, Dev> + TensorCollection<E, Dev, To<E, Dev> = M>,
+    M::State: Clone,
     E: FloatDtype,
     Dev: Device<E>,
 {
@@ -98,7 +104,11 @@ where
     }
 
     let held_out = data.held_out().to_vec();
-    let (accuracy, outputs) = exact_match::<M, V, V, E, Dev>(&model, &held_out, 100)?;
+    let (accuracy, outputs) = exact_match::<M, V, V, E, Dev>(&model, &held_out, 100, Decoding::Greedy)?;
+    let beam_exact_match = match run.beam {
+        Some(cfg) => Some(exact_match::<M, V, V, E, Dev>(&model, &held_out, 100, Decoding::Beam(cfg))?.0),
+        None => None,
+    };
     let decoded = held_out.into_iter().zip(outputs).collect();
-    Ok((model, TaskReport { logs, exact_match: accuracy, decoded, train_seconds, files }))
+    Ok((model, TaskReport { logs, exact_match: accuracy, beam_exact_match, decoded, train_seconds, files }))
 }
