@@ -57,7 +57,7 @@ fn generation_per_token(c: &mut Criterion) {
     for n in [8usize, 32, 64, 120] {
         let prefix: Vec<usize> = (0..n).map(|i| 32 + i % 90).collect();
         let mut state = model.start();
-        model.step(&mut state, &Tokens::from_sequences(&[prefix.clone()]).unwrap()).unwrap();
+        model.step(&mut state, &Tokens::from_sequences(std::slice::from_ref(&prefix)).unwrap()).unwrap();
         let next = Tokens::<256>::from_sequences(&[vec![65]]).unwrap();
         group.bench_with_input(BenchmarkId::new("kv cache", n), &n, |bench, _| {
             bench.iter_batched(|| state.clone(), |mut s| model.step(&mut s, &next).unwrap(), BatchSize::SmallInput)
