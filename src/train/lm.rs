@@ -17,7 +17,7 @@ use crate::models::LanguageModel;
 use crate::FloatDtype;
 use dfdx::prelude::*;
 use rand::rngs::StdRng;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -224,7 +224,9 @@ where
     while run.opt.step < cfg.steps {
         let step = run.opt.step + 1;
         let start = Instant::now();
-        let (inputs, labels) = source.train_batch(&mut batch_rng(cfg.seed, step), cfg.batch_size, cfg.context)?;
+        let mut rng = batch_rng(cfg.seed, step);
+        let (inputs, labels) = source.train_batch(&mut rng, cfg.batch_size, cfg.context)?;
+        crate::nn::seed_dropout(rng.gen());
         let logits = run.model.logits_train(&inputs, grads)?;
         let loss = label_smoothed_cross_entropy(logits, &labels, 0.0)?;
         let loss_value = loss.as_vec()[0].to_f64().unwrap_or(f64::NAN);
