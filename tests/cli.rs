@@ -146,5 +146,56 @@ fn language_model_commands_reject_bad_input() {
     let (ok, _, err) =
         typeformer(&["generate", "--checkpoint", dir.join("nothing").to_str().unwrap(), "--prompt", "hi"]);
     assert!(!ok && err.contains("nothing/model.safetensors"), "{err}");
+    let run = dir.join("lm");
+    let (ok, _, err) = typeformer(&[
+        "train-lm",
+        "--task",
+        "addition",
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--eval-size",
+        "5",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let long = "1+1=2\n".repeat(30);
+    let (ok, _, err) = typeformer(&["generate", "--checkpoint", run.to_str().unwrap(), "--prompt", &long]);
+    assert!(!ok && err.contains("the prompt has 180 tokens but the model's context is 128 positions"), "{err}");
+    let (ok, _, err) =
+        typeformer(&["generate", "--checkpoint", run.to_str().unwrap(), "--prompt", "1+1=", "--max-new-tokens", "200"]);
+    assert!(!ok && err.contains("ask for at most 124 new tokens"), "{err}");
+    let (ok, out, err) = typeformer(&[
+        "generate",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--prompt",
+        "1+1=",
+        "--max-new-tokens",
+        "5",
+        "--seed",
+        "3",
+    ]);
+    assert!(ok && out.starts_with("1+1=") && err.contains("tokens/s"), "{out} {err}");
+    // A checkpoint of the encoder-decoder task model is not a language model.
+    let task = dir.join("task");
+    let (ok, _, err) = typeformer(&[
+        "train",
+        "--steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--max-len",
+        "3",
+        "--eval-size",
+        "5",
+        "--out",
+        task.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = typeformer(&["generate", "--checkpoint", task.to_str().unwrap(), "--prompt", "hi"]);
+    assert!(!ok && err.contains("it holds a `small` model, but a `lm-small` language model was expected"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

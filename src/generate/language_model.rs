@@ -38,6 +38,13 @@ where
         return Err(Error::InvalidConfig("the prompt is empty: generation needs at least one token".into()));
     }
     let context = M::CONTEXT;
+    if prompt.len() >= context {
+        return Err(Error::InvalidConfig(format!(
+            "the prompt has {} tokens but the model's context is {context} positions: shorten it to at most {} tokens",
+            prompt.len(),
+            context - 1
+        )));
+    }
     if prompt.len() + cfg.max_new_tokens > context {
         return Err(Error::InvalidConfig(format!(
             "a prompt of {} tokens plus {} new tokens needs {} positions, but the model's context is {context}: \
