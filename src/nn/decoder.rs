@@ -1,10 +1,8 @@
 //! The decoder (section 3.1): masked self-attention, cross-attention over the encoder's output,
 //! and the feed-forward network, `L` times.
 
-use super::KvCache;
-use super::{
-    residual, Activation, FinalNorm, LayerNorm, MaskSpec, MultiHeadAttention, NormPlacement, PositionWiseFeedForward,
-};
+use super::{residual, Activation, LayerNorm, MaskSpec, MultiHeadAttention, NormPlacement, PositionWiseFeedForward};
+use super::{KvCache, Stack};
 use crate::error::Result;
 use crate::shape::Hidden;
 use crate::FloatDtype;
@@ -173,48 +171,8 @@ impl<
 /// `L` decoder layers, then a final norm if `N` has one.
 ///
 /// **PyTorch equivalent**: `torch.nn.TransformerDecoder(layer, L, norm=...)`.
-#[derive(Debug, Clone)]
-pub struct Decoder<
-    const D: usize,
-    const H: usize,
-    const HD: usize,
-    const F: usize,
-    const L: usize,
-    N,
-    A,
-    E: Dtype,
-    Dev: Storage<E>,
-> {
-    /// The layers, named `layers.0` .. `layers.{L-1}`.
-    pub layers: Repeated<DecoderLayer<D, H, HD, F, N, A, E, Dev>, L>,
-    /// The final norm (present when `N::FINAL_NORM`).
-    pub norm: FinalNorm<D, N, E, Dev>,
-}
-
-impl<
-        const D: usize,
-        const H: usize,
-        const HD: usize,
-        const F: usize,
-        const L: usize,
-        N: NormPlacement,
-        A: Activation,
-        E: FloatDtype,
-        Dev: Device<E>,
-    > TensorCollection<E, Dev> for Decoder<D, H, HD, F, L, N, A, E, Dev>
-{
-    type To<E2: Dtype, D2: Device<E2>> = Decoder<D, H, HD, F, L, N, A, E2, D2>;
-
-    fn iter_tensors<V: ModuleVisitor<Self, E, Dev>>(visitor: &mut V) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
-        visitor.visit_fields(
-            (
-                Self::module("layers", |s| &s.layers, |s| &mut s.layers),
-                Self::module("norm", |s| &s.norm, |s| &mut s.norm),
-            ),
-            |(layers, norm)| Decoder { layers, norm },
-        )
-    }
-}
+pub type Decoder<const D: usize, const H: usize, const HD: usize, const F: usize, const L: usize, N, A, E, Dev> =
+    Stack<DecoderLayer<D, H, HD, F, N, A, E, Dev>, L, D, N, E, Dev>;
 
 impl<
         const D: usize,
@@ -244,4 +202,3 @@ impl<
 }
 
 build_on_device!([const D: usize, const H: usize, const HD: usize, const F: usize, N: NormPlacement, A: Activation] DecoderLayer<D, H, HD, F, N, A, E, Dev>);
-build_on_device!([const D: usize, const H: usize, const HD: usize, const F: usize, const L: usize, N: NormPlacement, A: Activation] Decoder<D, H, HD, F, L, N, A, E, Dev>);

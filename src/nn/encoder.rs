@@ -1,9 +1,7 @@
 //! The encoder (section 3.1): a stack of `L` identical layers of self-attention and feed-forward.
 
-use super::KvCache;
-use super::{
-    residual, Activation, FinalNorm, LayerNorm, MaskSpec, MultiHeadAttention, NormPlacement, PositionWiseFeedForward,
-};
+use super::{residual, Activation, LayerNorm, MaskSpec, MultiHeadAttention, NormPlacement, PositionWiseFeedForward};
+use super::{KvCache, Stack};
 use crate::error::Result;
 use crate::shape::Hidden;
 use crate::FloatDtype;
@@ -129,48 +127,8 @@ impl<
 /// `L` encoder layers, then a final norm if `N` has one.
 ///
 /// **PyTorch equivalent**: `torch.nn.TransformerEncoder(layer, L, norm=...)`.
-#[derive(Debug, Clone)]
-pub struct Encoder<
-    const D: usize,
-    const H: usize,
-    const HD: usize,
-    const F: usize,
-    const L: usize,
-    N,
-    A,
-    E: Dtype,
-    Dev: Storage<E>,
-> {
-    /// The layers, named `layers.0` .. `layers.{L-1}`.
-    pub layers: Repeated<EncoderLayer<D, H, HD, F, N, A, E, Dev>, L>,
-    /// The final norm (present when `N::FINAL_NORM`).
-    pub norm: FinalNorm<D, N, E, Dev>,
-}
-
-impl<
-        const D: usize,
-        const H: usize,
-        const HD: usize,
-        const F: usize,
-        const L: usize,
-        N: NormPlacement,
-        A: Activation,
-        E: FloatDtype,
-        Dev: Device<E>,
-    > TensorCollection<E, Dev> for Encoder<D, H, HD, F, L, N, A, E, Dev>
-{
-    type To<E2: Dtype, D2: Device<E2>> = Encoder<D, H, HD, F, L, N, A, E2, D2>;
-
-    fn iter_tensors<V: ModuleVisitor<Self, E, Dev>>(visitor: &mut V) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
-        visitor.visit_fields(
-            (
-                Self::module("layers", |s| &s.layers, |s| &mut s.layers),
-                Self::module("norm", |s| &s.norm, |s| &mut s.norm),
-            ),
-            |(layers, norm)| Encoder { layers, norm },
-        )
-    }
-}
+pub type Encoder<const D: usize, const H: usize, const HD: usize, const F: usize, const L: usize, N, A, E, Dev> =
+    Stack<EncoderLayer<D, H, HD, F, N, A, E, Dev>, L, D, N, E, Dev>;
 
 impl<
         const D: usize,
@@ -198,4 +156,3 @@ impl<
 }
 
 build_on_device!([const D: usize, const H: usize, const HD: usize, const F: usize, N: NormPlacement, A: Activation] EncoderLayer<D, H, HD, F, N, A, E, Dev>);
-build_on_device!([const D: usize, const H: usize, const HD: usize, const F: usize, const L: usize, N: NormPlacement, A: Activation] Encoder<D, H, HD, F, L, N, A, E, Dev>);

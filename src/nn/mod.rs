@@ -26,6 +26,7 @@ mod mask;
 mod norm;
 mod positional;
 mod residual;
+mod stack;
 
 pub use attention::*;
 pub use decoder::*;
@@ -37,3 +38,4 @@ pub use mask::*;
 pub use norm::*;
 pub use positional::*;
 pub use residual::*;
+pub use stack::*;
