@@ -199,3 +199,34 @@ fn language_model_commands_reject_bad_input() {
     assert!(!ok && err.contains("it holds a `small` model, but a `lm-small` language model was expected"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn evaluate_reads_a_train_checkpoint() {
+    let dir = std::env::temp_dir().join(format!("typeformer-eval-{}", std::process::id()));
+    let out = dir.to_str().unwrap();
+    let (ok, _, err) = typeformer(&[
+        "train",
+        "--task",
+        "sort",
+        "--steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--max-len",
+        "4",
+        "--eval-size",
+        "10",
+        "--out",
+        out,
+    ]);
+    assert!(ok, "{err}");
+    let (ok, stdout, err) = typeformer(&["evaluate", "--checkpoint", out, "--eval-size", "10", "--beam-width", "2"]);
+    assert!(ok, "{err}");
+    assert!(
+        stdout.contains("beam search: exact match")
+            && stdout.contains("exact match: ")
+            && stdout.contains("on 10 held-out"),
+        "{stdout}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -49,14 +49,14 @@ fn the_model_learns_the_reverse_task() {
     let last: f64 = report.logs[report.logs.len() - 20..].iter().map(|l| l.loss).sum::<f64>() / 20.0;
     assert!(last < 0.5 * first, "loss fell from {first:.3} to only {last:.3}");
     assert!(
-        report.exact_match > 0.5 && report.exact_match > before + 0.4,
+        report.evaluation.exact_match > 0.5 && report.evaluation.exact_match > before + 0.4,
         "exact match {:.3} (untrained {before:.3})",
-        report.exact_match
+        report.evaluation.exact_match
     );
 
     // Beam search is never worse than greedy, and width 1 is greedy.
-    let beam = report.beam_exact_match.unwrap();
-    assert!(beam >= report.exact_match, "beam {beam:.3} < greedy {:.3}", report.exact_match);
+    let beam = report.evaluation.beam_exact_match.unwrap();
+    assert!(beam >= report.evaluation.exact_match, "beam {beam:.3} < greedy {:.3}", report.evaluation.exact_match);
     let (width_one, outputs) = exact_match::<Tiny, TASK_VOCAB, TASK_VOCAB, f32, Cpu>(
         &model,
         data.held_out(),
@@ -64,8 +64,8 @@ fn the_model_learns_the_reverse_task() {
         Decoding::Beam(BeamConfig { width: 1, length_penalty: 0.0, max_len: 0 }),
     )
     .unwrap();
-    assert_eq!(width_one, report.exact_match);
-    assert!(outputs.iter().zip(&report.decoded).all(|(o, (_, greedy))| o == greedy));
+    assert_eq!(width_one, report.evaluation.exact_match);
+    assert!(outputs.iter().zip(&report.evaluation.decoded).all(|(o, (_, greedy))| o == greedy));
 }
 
 #[test]

@@ -14,8 +14,9 @@ use typeformer::data::{Task, TaskSpec, FIRST_SYMBOL};
 use typeformer::generate::{generate, BeamConfig, GenerateConfig, Sampler, SamplingConfig};
 use typeformer::models::{LanguageModel, LmSmall, TaskMedium, TaskSmall, TASK_VOCAB};
 use typeformer::train::{
-    addition_accuracy, lm_files, load_lm_checkpoint, run_task, train_language_model, validation_loss, AdamConfig,
-    LmRun, LmStop, LmTrainConfig, StepLog, TaskReport, TaskRun, TrainConfig,
+    addition_accuracy, evaluate_checkpoint, lm_files, load_lm_checkpoint, run_task, train_language_model,
+    validation_loss, AdamConfig, LmRun, LmStop, LmTrainConfig, StepLog, TaskEvaluation, TaskReport, TaskRun,
+    TrainConfig,
 };
 
 const LM_NAME: &str = "lm-small";
@@ -47,6 +48,25 @@ enum Command {
     TrainLm(TrainLmArgs),
     /// Generate text from a language model trained with train-lm, printing tokens as they come.
     Generate(GenerateArgs),
+    /// Evaluate a checkpoint written by train on its run's held-out sequences (greedy, and beam
+    /// search with --beam-width).
+    Evaluate(EvaluateArgs),
+}
+
+#[derive(Args)]
+struct EvaluateArgs {
+    /// A run directory written by train.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Held-out sequences (the run's own, regenerated from its seed).
+    #[arg(long, default_value_t = 1000)]
+    eval_size: usize,
+    /// Also evaluate with beam search of this width (0: greedy only).
+    #[arg(long, default_value_t = 0)]
+    beam_width: usize,
+    /// Length penalty α of beam search (0: raw log-probability).
+    #[arg(long, default_value_t = 0.0)]
+    length_penalty: f64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -200,8 +220,8 @@ struct TrainArgs {
     /// Also evaluate with beam search of this width (0: greedy only).
     #[arg(long, default_value_t = 0)]
     beam_width: usize,
-    /// Length penalty α of beam search.
-    #[arg(long, default_value_t = 0.6)]
+    /// Length penalty α of beam search (0: raw log-probability; Wu et al. used 0.6 for translation).
+    #[arg(long, default_value_t = 0.0)]
     length_penalty: f64,
 }
 
@@ -224,6 +244,7 @@ fn main() -> ExitCode {
         Command::Train(args) => train(&args),
         Command::TrainLm(args) => train_lm(&args),
         Command::Generate(args) => generate_text(&args),
+        Command::Evaluate(args) => evaluate(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -295,6 +316,48 @@ fn train(args: &TrainArgs) -> typeformer::Result<()> {
     Ok(())
 }
 
+fn evaluate(args: &EvaluateArgs) -> typeformer::Result<()> {
+    let beam = (args.beam_width > 0).then_some(BeamConfig {
+        width: args.beam_width,
+        length_penalty: args.length_penalty,
+        max_len: 0,
+    });
+    let metadata = typeformer::io::read_metadata(&args.checkpoint.join("model.safetensors"))?;
+    let dev = Cpu::default();
+    let evaluation = match metadata.get("model").map(String::as_str) {
+        Some("small") => {
+            evaluate_checkpoint::<TaskSmall, TASK_VOCAB, f32, Cpu>(&args.checkpoint, &dev, args.eval_size, beam)?
+        }
+        Some("medium") => {
+            evaluate_checkpoint::<TaskMedium, TASK_VOCAB, f32, Cpu>(&args.checkpoint, &dev, args.eval_size, beam)?
+        }
+        other => {
+            return Err(typeformer::Error::InvalidConfig(format!(
+                "{} holds a `{}` model; evaluate takes checkpoints of `train` (small or medium)",
+                args.checkpoint.display(),
+                other.unwrap_or("unknown")
+            )))
+        }
+    };
+    print_evaluation(&evaluation, 0);
+    Ok(())
+}
+
+fn print_evaluation(evaluation: &TaskEvaluation, show: usize) {
+    if show > 0 {
+        println!("held-out examples (source -> decoded):");
+    }
+    for (example, decoded) in evaluation.decoded.iter().take(show) {
+        let mark = if &example.target == decoded { "ok" } else { "WRONG" };
+        println!("  {:>16} -> {:<16} {mark}", symbols(&example.source), symbols(decoded));
+    }
+    let n = evaluation.decoded.len();
+    if let Some(beam) = evaluation.beam_exact_match {
+        println!("beam search: exact match {beam:.3} on {n} held-out sequences");
+    }
+    println!("exact match: {:.3} on {n} held-out sequences", evaluation.exact_match);
+}
+
 fn print_report(report: &TaskReport, show: usize) {
     let last = report.logs.last().expect("at least one step");
     let tokens: f64 = report.logs.iter().map(|l| l.tokens_per_sec).sum::<f64>() / report.logs.len() as f64;
@@ -305,15 +368,7 @@ fn print_report(report: &TaskReport, show: usize) {
     for file in &report.files {
         println!("wrote {}", file.display());
     }
-    println!("held-out examples (source -> decoded):");
-    for (example, decoded) in report.decoded.iter().take(show) {
-        let mark = if &example.target == decoded { "ok" } else { "WRONG" };
-        println!("  {:>16} -> {:<16} {mark}", symbols(&example.source), symbols(decoded));
-    }
-    if let Some(beam) = report.beam_exact_match {
-        println!("beam search: exact match {beam:.3} on {} held-out sequences", report.decoded.len());
-    }
-    println!("exact match: {:.3} on {} held-out sequences", report.exact_match, report.decoded.len());
+    print_evaluation(&report.evaluation, show);
 }
 
 fn progress(steps: usize, start: usize) -> ProgressBar {

@@ -70,6 +70,7 @@ where
             let start = model.start_decoding(&memory, one.lengths())?;
             let mut live = vec![Hypothesis { tokens: vec![bos], log_prob: 0.0, state: start }];
             let mut ended: Vec<(Vec<usize>, f64)> = Vec::new();
+            let mut truncated: Vec<(Vec<usize>, f64)> = Vec::new();
             for _ in 0..=cfg.max_len {
                 let mut candidates: Vec<(usize, usize, f64)> = Vec::new(); // (hypothesis, token, log-prob)
                 let mut states = Vec::with_capacity(live.len());
@@ -92,8 +93,9 @@ where
                         tokens.push(token);
                         next.push(Hypothesis { tokens, log_prob, state: states[h].clone() });
                     } else {
-                        // Out of room: the hypothesis ends here, without EOS (as greedy does).
-                        ended.push((tokens[1..].to_vec(), live[h].log_prob));
+                        // Out of room: kept only as a fallback, since it has not paid for its
+                        // EOS and would otherwise outscore hypotheses that have.
+                        truncated.push((tokens[1..].to_vec(), live[h].log_prob));
                     }
                 }
                 // Stop once no live hypothesis can beat the best ended one: log-probabilities
@@ -108,8 +110,8 @@ where
                     break;
                 }
             }
-            let fallback = live.into_iter().map(|h| (h.tokens[1..].to_vec(), h.log_prob));
-            let pool: Vec<(Vec<usize>, f64)> = if ended.is_empty() { fallback.collect() } else { ended };
+            truncated.extend(live.into_iter().map(|h| (h.tokens[1..].to_vec(), h.log_prob)));
+            let pool = if ended.is_empty() { truncated } else { ended };
             Ok(pool
                 .into_iter()
                 .max_by(|a, b| {

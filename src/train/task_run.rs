@@ -5,7 +5,7 @@ use super::{exact_match, train_seq2seq, Decoding, StepLog, TrainConfig};
 use crate::data::{Example, TaskData, TaskSpec};
 use crate::error::{Error, Result};
 use crate::generate::BeamConfig;
-use crate::io::{save_checkpoint, write_curve_csv, write_curve_png};
+use crate::io::{load_checkpoint, save_checkpoint, write_curve_csv, write_curve_png};
 use crate::models::Seq2Seq;
 use crate::nn::set_dropout;
 use crate::FloatDtype;
@@ -40,12 +40,8 @@ pub struct TaskRun {
 pub struct TaskReport {
     /// One entry per step.
     pub logs: Vec<StepLog>,
-    /// Fraction of held-out sequences decoded exactly.
-    pub exact_match: f64,
-    /// The held-out examples with their greedy decodings.
-    pub decoded: Vec<(Example, Vec<usize>)>,
-    /// Exact match with beam search, when asked for.
-    pub beam_exact_match: Option<f64>,
+    /// Exact match on the held-out sequences.
+    pub evaluation: TaskEvaluation,
     /// Wall-clock seconds of training (without evaluation).
     pub train_seconds: f64,
     /// Files written.
@@ -93,6 +89,7 @@ where
             ("max_len".to_string(), run.spec.max_len.to_string()),
             ("steps".to_string(), run.train.steps.to_string()),
             ("seed".to_string(), run.seed.to_string()),
+            ("eval_size".to_string(), run.eval_size.to_string()),
         ]);
         let checkpoint = dir.join("model.safetensors");
         save_checkpoint(&model, &checkpoint, metadata)?;
@@ -103,12 +100,84 @@ where
         files.extend([checkpoint, csv, png]);
     }
 
-    let held_out = data.held_out().to_vec();
-    let (accuracy, outputs) = exact_match::<M, V, V, E, Dev>(&model, &held_out, 100, Decoding::Greedy)?;
-    let beam_exact_match = match run.beam {
-        Some(cfg) => Some(exact_match::<M, V, V, E, Dev>(&model, &held_out, 100, Decoding::Beam(cfg))?.0),
+    let evaluation = evaluate_task::<M, V, E, Dev>(&model, data.held_out(), run.beam)?;
+    Ok((model, TaskReport { logs, evaluation, train_seconds, files }))
+}
+
+/// Exact match of a task model on held-out examples.
+#[derive(Debug, Clone)]
+pub struct TaskEvaluation {
+    /// Fraction decoded exactly by greedy decoding.
+    pub exact_match: f64,
+    /// The same with beam search, when asked for.
+    pub beam_exact_match: Option<f64>,
+    /// The examples with their greedy decodings.
+    pub decoded: Vec<(Example, Vec<usize>)>,
+}
+
+/// Greedy (and, with `beam`, beam-search) exact match of `model` on `held_out`.
+pub fn evaluate_task<M, const V: usize, E, Dev>(
+    model: &M,
+    held_out: &[Example],
+    beam: Option<BeamConfig>,
+) -> Result<TaskEvaluation>
+where
+    M: Seq2Seq<V, V, E, Dev>,
+    M::State: Clone,
+    E: FloatDtype,
+    Dev: Device<E>,
+{
+    let (greedy, outputs) = exact_match::<M, V, V, E, Dev>(model, held_out, 100, Decoding::Greedy)?;
+    let beam_exact_match = match beam {
+        Some(cfg) => Some(exact_match::<M, V, V, E, Dev>(model, held_out, 100, Decoding::Beam(cfg))?.0),
         None => None,
     };
-    let decoded = held_out.into_iter().zip(outputs).collect();
-    Ok((model, TaskReport { logs, exact_match: accuracy, beam_exact_match, decoded, train_seconds, files }))
+    Ok(TaskEvaluation {
+        exact_match: greedy,
+        beam_exact_match,
+        decoded: held_out.iter().cloned().zip(outputs).collect(),
+    })
+}
+
+/// Loads a checkpoint written by [`run_task`] into a fresh `M` on `dev` and evaluates it on the
+/// held-out examples of the run that wrote it (rebuilt from the task, lengths and seed in its
+/// metadata; `eval_size` of them).
+pub fn evaluate_checkpoint<M, const V: usize, E, Dev>(
+    dir: &std::path::Path,
+    dev: &Dev,
+    eval_size: usize,
+    beam: Option<BeamConfig>,
+) -> Result<TaskEvaluation>
+where
+    M: Seq2Seq<V, V, E, Dev> + TensorCollection<E, Dev, To<E, Dev> = M>,
+    M::State: Clone,
+    E: FloatDtype,
+    Dev: Device<E>,
+{
+    let path = dir.join("model.safetensors");
+    let metadata = crate::io::read_metadata(&path)?;
+    let field = |key: &str| -> Result<&String> {
+        metadata.get(key).ok_or_else(|| Error::BadFile {
+            path: path.clone(),
+            reason: format!("no `{key}` in its metadata: not a task checkpoint"),
+        })
+    };
+    let number = |key: &str| -> Result<usize> {
+        field(key)?
+            .parse()
+            .map_err(|_| Error::BadFile { path: path.clone(), reason: format!("`{key}` is not a number") })
+    };
+    let spec = TaskSpec {
+        task: field("task")?.parse()?,
+        symbols: number("symbols")?,
+        min_len: number("min_len")?,
+        max_len: number("max_len")?,
+    };
+    let seed: u64 = field("seed")?
+        .parse()
+        .map_err(|_| Error::BadFile { path: path.clone(), reason: "`seed` is not a number".into() })?;
+    let data = TaskData::new(spec, eval_size, seed)?;
+    let mut model = M::try_build(dev).map_err(|e| Error::Training(format!("cannot build the model: {e:?}")))?;
+    load_checkpoint(&mut model, &path)?;
+    evaluate_task::<M, V, E, Dev>(&model, data.held_out(), beam)
 }
