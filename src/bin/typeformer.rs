@@ -21,6 +21,16 @@ use typeformer::train::{
 
 const LM_NAME: &str = "lm-small";
 
+/// `println!` that ends the program quietly when stdout is closed (`typeformer ... | head`)
+/// instead of panicking on the broken pipe.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    };
+}
+
 /// Train and run Transformers whose shapes are checked by the compiler.
 ///
 /// With no command, trains a small encoder-decoder Transformer to reverse sequences, shows
@@ -64,8 +74,9 @@ struct EvaluateArgs {
     /// Also evaluate with beam search of this width (0: greedy only).
     #[arg(long, default_value_t = 0)]
     beam_width: usize,
-    /// Length penalty α of beam search (0: raw log-probability).
-    #[arg(long, default_value_t = 0.0)]
+    /// Length penalty α of beam search: scores are log-probability / ((5 + len) / 6)^α.
+    /// 0 compares raw log-probabilities (which favour short outputs), 1 about per-token averages.
+    #[arg(long, default_value_t = 1.0)]
     length_penalty: f64,
 }
 
@@ -220,8 +231,9 @@ struct TrainArgs {
     /// Also evaluate with beam search of this width (0: greedy only).
     #[arg(long, default_value_t = 0)]
     beam_width: usize,
-    /// Length penalty α of beam search (0: raw log-probability; Wu et al. used 0.6 for translation).
-    #[arg(long, default_value_t = 0.0)]
+    /// Length penalty α of beam search: scores are log-probability / ((5 + len) / 6)^α.
+    /// 0 compares raw log-probabilities (which favour short outputs), 1 about per-token averages.
+    #[arg(long, default_value_t = 1.0)]
     length_penalty: f64,
 }
 
@@ -345,28 +357,30 @@ fn evaluate(args: &EvaluateArgs) -> typeformer::Result<()> {
 
 fn print_evaluation(evaluation: &TaskEvaluation, show: usize) {
     if show > 0 {
-        println!("held-out examples (source -> decoded):");
+        say!("held-out examples (source -> decoded):");
     }
     for (example, decoded) in evaluation.decoded.iter().take(show) {
         let mark = if &example.target == decoded { "ok" } else { "WRONG" };
-        println!("  {:>16} -> {:<16} {mark}", symbols(&example.source), symbols(decoded));
+        say!("  {:>16} -> {:<16} {mark}", symbols(&example.source), symbols(decoded));
     }
     let n = evaluation.decoded.len();
     if let Some(beam) = evaluation.beam_exact_match {
-        println!("beam search: exact match {beam:.3} on {n} held-out sequences");
+        say!("beam search: exact match {beam:.3} on {n} held-out sequences");
     }
-    println!("exact match: {:.3} on {n} held-out sequences", evaluation.exact_match);
+    say!("exact match: {:.3} on {n} held-out sequences", evaluation.exact_match);
 }
 
 fn print_report(report: &TaskReport, show: usize) {
     let last = report.logs.last().expect("at least one step");
     let tokens: f64 = report.logs.iter().map(|l| l.tokens_per_sec).sum::<f64>() / report.logs.len() as f64;
-    println!(
+    say!(
         "trained {} steps in {:.1} s (mean {tokens:.0} tok/s), final loss {:.4}",
-        last.step, report.train_seconds, last.loss
+        last.step,
+        report.train_seconds,
+        last.loss
     );
     for file in &report.files {
-        println!("wrote {}", file.display());
+        say!("wrote {}", file.display());
     }
     print_evaluation(&report.evaluation, show);
 }
@@ -449,7 +463,7 @@ fn train_lm(args: &TrainLmArgs) -> typeformer::Result<()> {
     })?;
     bar.finish();
     if outcome == LmStop::Interrupted {
-        println!(
+        say!(
             "interrupted: the checkpoint at step {} is in {}; continue with --resume",
             run.opt.step,
             args.out.display()
@@ -458,12 +472,12 @@ fn train_lm(args: &TrainLmArgs) -> typeformer::Result<()> {
     }
     let val = validation_loss(&run.model, &source, cfg.batch_size, cfg.context)?;
     for file in lm_files(&args.out) {
-        println!("wrote {}", file.display());
+        say!("wrote {}", file.display());
     }
-    println!("validation loss: {val:.4} (perplexity {:.3}) after {} steps", val.exp(), run.opt.step);
+    say!("validation loss: {val:.4} (perplexity {:.3}) after {} steps", val.exp(), run.opt.step);
     if let LmSource::Addition(task) = &source {
         let accuracy = addition_accuracy(&run.model, task)?;
-        println!("addition accuracy: {accuracy:.3} on {} held-out problems", task.held_out().len());
+        say!("addition accuracy: {accuracy:.3} on {} held-out problems", task.held_out().len());
     }
     Ok(())
 }
