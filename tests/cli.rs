@@ -230,3 +230,17 @@ fn evaluate_reads_a_train_checkpoint() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn summary_lists_a_preset_without_allocating_it() {
+    let (ok, out, err) = typeformer(&["summary", "paper-big"]);
+    assert!(ok, "{err}");
+    // nn.Transformer(1024, 16, 6, 6, 4096) has 176,361,472 parameters, plus the shared
+    // 37,000 x 1024 embedding.
+    assert!(out.contains("trainable parameters: 214249472 (817.30 MiB)"), "{out}");
+    assert!(out.contains("encoder.layers.5.self_attn.w_q.weight"), "{out}");
+    let (ok, out, _) = typeformer(&["summary", "gpt2-small"]);
+    assert!(ok && out.contains("trainable parameters: 124439808"), "{out}");
+    let (ok, _, err) = typeformer(&["summary", "gpt-5"]);
+    assert!(!ok && err.contains("invalid value 'gpt-5'"), "{err}");
+}

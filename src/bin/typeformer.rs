@@ -12,7 +12,9 @@ use std::sync::Arc;
 use typeformer::data::{AdditionTask, ByteCorpus, LmSource, BYTE_VOCAB};
 use typeformer::data::{Task, TaskSpec, FIRST_SYMBOL};
 use typeformer::generate::{generate, BeamConfig, GenerateConfig, Sampler, SamplingConfig};
-use typeformer::models::{LanguageModel, LmSmall, TaskMedium, TaskSmall, TASK_VOCAB};
+use typeformer::models::{
+    Gpt2Small, LanguageModel, LmSmall, PaperBase, PaperBig, Summary, TaskMedium, TaskSmall, TASK_VOCAB,
+};
 use typeformer::train::{
     addition_accuracy, evaluate_checkpoint, lm_files, load_lm_checkpoint, run_task, train_language_model,
     validation_loss, AdamConfig, LmRun, LmStop, LmTrainConfig, StepLog, TaskEvaluation, TaskReport, TaskRun,
@@ -61,6 +63,32 @@ enum Command {
     /// Evaluate a checkpoint written by train on its run's held-out sequences (greedy, and beam
     /// search with --beam-width).
     Evaluate(EvaluateArgs),
+    /// List a preset's parameters (name, shape, count), their total and memory, without
+    /// allocating them.
+    Summary(SummaryArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PresetArg {
+    /// "Attention Is All You Need", base (Table 3), with nn.Transformer's final norms.
+    PaperBase,
+    /// "Attention Is All You Need", big.
+    PaperBig,
+    /// GPT-2 small.
+    Gpt2Small,
+    /// The task model `train` uses by default.
+    TaskSmall,
+    /// `train --model medium`.
+    TaskMedium,
+    /// The byte-level language model of `train-lm`.
+    LmSmall,
+}
+
+#[derive(Args)]
+struct SummaryArgs {
+    /// Which model.
+    #[arg(value_enum)]
+    preset: PresetArg,
 }
 
 #[derive(Args)]
@@ -257,6 +285,10 @@ fn main() -> ExitCode {
         Command::TrainLm(args) => train_lm(&args),
         Command::Generate(args) => generate_text(&args),
         Command::Evaluate(args) => evaluate(&args),
+        Command::Summary(args) => {
+            summary(&args);
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -326,6 +358,18 @@ fn train(args: &TrainArgs) -> typeformer::Result<()> {
     bar.finish();
     print_report(&report, args.show);
     Ok(())
+}
+
+fn summary(args: &SummaryArgs) {
+    let s = match args.preset {
+        PresetArg::PaperBase => Summary::of::<PaperBase, f32, Cpu>(),
+        PresetArg::PaperBig => Summary::of::<PaperBig, f32, Cpu>(),
+        PresetArg::Gpt2Small => Summary::of::<Gpt2Small, f32, Cpu>(),
+        PresetArg::TaskSmall => Summary::of::<TaskSmall, f32, Cpu>(),
+        PresetArg::TaskMedium => Summary::of::<TaskMedium, f32, Cpu>(),
+        PresetArg::LmSmall => Summary::of::<LmSmall, f32, Cpu>(),
+    };
+    say!("{s}");
 }
 
 fn evaluate(args: &EvaluateArgs) -> typeformer::Result<()> {

@@ -13,3 +13,5 @@ mod seq2seq;
 pub use seq2seq::*;
 mod presets;
 pub use presets::*;
+mod summary;
+pub use summary::*;
