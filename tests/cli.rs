@@ -244,3 +244,19 @@ fn summary_lists_a_preset_without_allocating_it() {
     let (ok, _, err) = typeformer(&["summary", "gpt-5"]);
     assert!(!ok && err.contains("invalid value 'gpt-5'"), "{err}");
 }
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn asking_for_the_gpu_without_the_cuda_feature_says_how_to_enable_it() {
+    for command in [
+        &["train", "--device", "cuda"][..],
+        &["train-lm", "--task", "addition", "--device", "cuda"],
+        &["generate", "--checkpoint", "x", "--prompt", "y", "--device", "cuda"],
+    ] {
+        let (ok, _, err) = typeformer(command);
+        assert!(
+            !ok && err.contains("built without CUDA: rebuild it with `cargo build --release --features cuda`"),
+            "{command:?}: {err}"
+        );
+    }
+}

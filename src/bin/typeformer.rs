@@ -2,6 +2,7 @@
 //! presents results.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use dfdx::nn::BuildModule;
 use dfdx::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
@@ -93,6 +94,10 @@ struct SummaryArgs {
 
 #[derive(Args)]
 struct EvaluateArgs {
+    /// Where to run.
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceArg,
+
     /// A run directory written by train.
     #[arg(long)]
     checkpoint: PathBuf,
@@ -116,6 +121,10 @@ enum LmTaskArg {
 
 #[derive(Args)]
 struct TrainLmArgs {
+    /// Where to run.
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceArg,
+
     /// A text file to model, byte by byte (90% training, 10% validation).
     #[arg(long, conflicts_with = "task", required_unless_present = "task")]
     data: Option<PathBuf>,
@@ -165,6 +174,10 @@ struct TrainLmArgs {
 
 #[derive(Args)]
 struct GenerateArgs {
+    /// Where to run.
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceArg,
+
     /// A run directory written by train-lm.
     #[arg(long)]
     checkpoint: PathBuf,
@@ -192,6 +205,39 @@ struct GenerateArgs {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum DeviceArg {
+    /// The CPU.
+    Cpu,
+    /// The first CUDA GPU (needs a build with `--features cuda`).
+    Cuda,
+}
+
+/// Runs `$f(&device, args...)` on the device `$which` asks for, seeded with `$seed`.
+macro_rules! on_device {
+    ($which:expr, $seed:expr, $f:ident($($arg:expr),*)) => {
+        match $which {
+            DeviceArg::Cpu => $f(&Cpu::seed_from_u64($seed), $($arg),*),
+            DeviceArg::Cuda => {
+                #[cfg(feature = "cuda")]
+                {
+                    let dev = Cuda::try_seed_from_u64($seed)
+                        .map_err(|e| typeformer::Error::InvalidConfig(format!("cannot open the GPU: {e:?}")))?;
+                    $f(&dev, $($arg),*)
+                }
+                #[cfg(not(feature = "cuda"))]
+                {
+                    Err(typeformer::Error::InvalidConfig(
+                        "this typeformer was built without CUDA: rebuild it with `cargo build --release --features cuda` \
+                         (needs the CUDA toolkit: nvcc, cuBLAS, NVRTC), or use --device cpu"
+                            .into(),
+                    ))
+                }
+            }
+        }
+    };
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum TaskArg {
     Copy,
     Reverse,
@@ -208,6 +254,10 @@ enum ModelArg {
 
 #[derive(Args)]
 struct TrainArgs {
+    /// Where to run.
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceArg,
+
     /// The task.
     #[arg(long, value_enum, default_value = "reverse")]
     task: TaskArg,
@@ -305,6 +355,10 @@ fn symbols(ids: &[usize]) -> String {
 }
 
 fn train(args: &TrainArgs) -> typeformer::Result<()> {
+    on_device!(args.device, args.seed, train_on(args))
+}
+
+fn train_on<Dev: Device<f32>>(dev: &Dev, args: &TrainArgs) -> typeformer::Result<()> {
     let task = args.task.task();
     let run = TaskRun {
         spec: TaskSpec { task, symbols: args.symbols, min_len: args.min_len, max_len: args.max_len },
@@ -350,10 +404,9 @@ fn train(args: &TrainArgs) -> typeformer::Result<()> {
         bar.set_position(log.step as u64);
         bar.set_message(format!("loss {s:.4} | {:.0} tok/s | lr {:.2e}", log.tokens_per_sec, log.lr));
     };
-    let dev = Cpu::seed_from_u64(args.seed);
     let report = match args.model {
-        ModelArg::Small => run_task::<TaskSmall, TASK_VOCAB, f32, Cpu>(&run, &dev, on_step)?.1,
-        ModelArg::Medium => run_task::<TaskMedium, TASK_VOCAB, f32, Cpu>(&run, &dev, on_step)?.1,
+        ModelArg::Small => run_task::<TaskSmall<f32, Dev>, TASK_VOCAB, f32, Dev>(&run, dev, on_step)?.1,
+        ModelArg::Medium => run_task::<TaskMedium<f32, Dev>, TASK_VOCAB, f32, Dev>(&run, dev, on_step)?.1,
     };
     bar.finish();
     print_report(&report, args.show);
@@ -373,20 +426,29 @@ fn summary(args: &SummaryArgs) {
 }
 
 fn evaluate(args: &EvaluateArgs) -> typeformer::Result<()> {
+    on_device!(args.device, 0, evaluate_on(args))
+}
+
+fn evaluate_on<Dev: Device<f32>>(dev: &Dev, args: &EvaluateArgs) -> typeformer::Result<()> {
     let beam = (args.beam_width > 0).then_some(BeamConfig {
         width: args.beam_width,
         length_penalty: args.length_penalty,
         max_len: 0,
     });
     let metadata = typeformer::io::read_metadata(&args.checkpoint.join("model.safetensors"))?;
-    let dev = Cpu::default();
     let evaluation = match metadata.get("model").map(String::as_str) {
-        Some("small") => {
-            evaluate_checkpoint::<TaskSmall, TASK_VOCAB, f32, Cpu>(&args.checkpoint, &dev, args.eval_size, beam)?
-        }
-        Some("medium") => {
-            evaluate_checkpoint::<TaskMedium, TASK_VOCAB, f32, Cpu>(&args.checkpoint, &dev, args.eval_size, beam)?
-        }
+        Some("small") => evaluate_checkpoint::<TaskSmall<f32, Dev>, TASK_VOCAB, f32, Dev>(
+            &args.checkpoint,
+            dev,
+            args.eval_size,
+            beam,
+        )?,
+        Some("medium") => evaluate_checkpoint::<TaskMedium<f32, Dev>, TASK_VOCAB, f32, Dev>(
+            &args.checkpoint,
+            dev,
+            args.eval_size,
+            beam,
+        )?,
         other => {
             return Err(typeformer::Error::InvalidConfig(format!(
                 "{} holds a `{}` model; evaluate takes checkpoints of `train` (small or medium)",
@@ -441,6 +503,10 @@ fn progress(steps: usize, start: usize) -> ProgressBar {
 }
 
 fn train_lm(args: &TrainLmArgs) -> typeformer::Result<()> {
+    on_device!(args.device, args.seed, train_lm_on(args))
+}
+
+fn train_lm_on<Dev: Device<f32>>(dev: &Dev, args: &TrainLmArgs) -> typeformer::Result<()> {
     let source = match (&args.data, args.task) {
         (Some(path), _) => LmSource::Text(ByteCorpus::from_file(path)?),
         (None, Some(LmTaskArg::Addition)) => {
@@ -460,16 +526,15 @@ fn train_lm(args: &TrainLmArgs) -> typeformer::Result<()> {
         checkpoint_every: args.checkpoint_every,
         model_name: LM_NAME.into(),
     };
-    cfg.validate(<LmSmall as LanguageModel<BYTE_VOCAB, f32, Cpu>>::CONTEXT)?;
+    cfg.validate(<LmSmall<f32, Dev> as LanguageModel<BYTE_VOCAB, f32, Dev>>::CONTEXT)?;
     let metadata = std::collections::HashMap::from([
         ("format".to_string(), "typeformer".to_string()),
         ("model".to_string(), LM_NAME.to_string()),
         ("data".to_string(), source.describe()),
         ("seed".to_string(), args.seed.to_string()),
     ]);
-    let dev = Cpu::seed_from_u64(args.seed);
     let mut run = if args.resume {
-        let (run, saved) = load_lm_checkpoint::<LmSmall, f32, Cpu>(&args.out, &dev, LM_NAME, cfg.adam)?;
+        let (run, saved) = load_lm_checkpoint::<LmSmall<f32, Dev>, f32, Dev>(&args.out, dev, LM_NAME, cfg.adam)?;
         for key in ["data", "seed"] {
             if saved.get(key) != metadata.get(key) {
                 return Err(typeformer::Error::InvalidConfig(format!(
@@ -488,7 +553,8 @@ fn train_lm(args: &TrainLmArgs) -> typeformer::Result<()> {
                 args.out.display()
             )));
         }
-        let mut model = dev.build_module::<LmSmall, f32>();
+        let mut model = LmSmall::<f32, Dev>::try_build(dev)
+            .map_err(|e| typeformer::Error::Training(format!("cannot build the model: {e:?}")))?;
         typeformer::nn::set_dropout(&mut model, args.dropout)?;
         LmRun { model, opt: typeformer::train::Adam::new(cfg.adam)?, logs: Vec::new() }
     };
@@ -527,8 +593,12 @@ fn train_lm(args: &TrainLmArgs) -> typeformer::Result<()> {
 }
 
 fn generate_text(args: &GenerateArgs) -> typeformer::Result<()> {
-    let dev = Cpu::default();
-    let (run, _) = load_lm_checkpoint::<LmSmall, f32, Cpu>(&args.checkpoint, &dev, LM_NAME, AdamConfig::default())?;
+    on_device!(args.device, 0, generate_on(args))
+}
+
+fn generate_on<Dev: Device<f32>>(dev: &Dev, args: &GenerateArgs) -> typeformer::Result<()> {
+    let (run, _) =
+        load_lm_checkpoint::<LmSmall<f32, Dev>, f32, Dev>(&args.checkpoint, dev, LM_NAME, AdamConfig::default())?;
     let stop_tokens = match &args.stop {
         None => Vec::new(),
         Some(s) if s.len() == 1 => vec![s.as_bytes()[0] as usize],
@@ -549,7 +619,7 @@ fn generate_text(args: &GenerateArgs) -> typeformer::Result<()> {
     let start = std::time::Instant::now();
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(args.prompt.as_bytes());
-    let out = generate::<LmSmall, BYTE_VOCAB, f32, Cpu>(&run.model, &prompt, &cfg, &mut sampler, |t| {
+    let out = generate::<LmSmall<f32, Dev>, BYTE_VOCAB, f32, Dev>(&run.model, &prompt, &cfg, &mut sampler, |t| {
         let _ = stdout.write_all(&[t as u8]);
         let _ = stdout.flush();
     })?;
