@@ -220,8 +220,7 @@ impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device
         kv: &Hidden<B, Sk, D, E, Dev>,
         mask: &MaskSpec,
     ) -> Result<Hidden<B, Sq, D, E, Dev, T>> {
-        let (b, sq, _) = *x.shape();
-        let sk = kv.shape().1;
+        let b = x.shape().0;
         if kv.shape().0.size() != b.size() {
             return Err(Error::DimMismatch {
                 what: "batch size of keys/values vs queries",
@@ -229,22 +228,11 @@ impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device
                 found: kv.shape().0.size(),
             });
         }
-        if let Some(lengths) = mask.key_lengths {
-            if lengths.len() != b.size() {
-                return Err(Error::DimMismatch {
-                    what: "key lengths in the mask (one per batch item)",
-                    expected: b.size(),
-                    found: lengths.len(),
-                });
-            }
-        }
-        let bias = mask.bias::<B, Sq, Sk, E, Dev>(x.device(), (b, sq, sk));
         // Keys and values record their ops on a fresh tape that merges into the query's one.
         let q = self.w_q.forward(x); // (B, H, Sq, HD)
         let k = self.w_k.forward(kv.retaped::<T>()); // (B, H, Sk, HD)
         let v = self.w_v.forward(kv.retaped::<T>()); // (B, H, Sk, HD)
-        let heads = scaled_dot_product_attention(q, k, v, bias.as_ref(), self.dropout);
-        Ok(self.w_o.forward(heads)) // (B, Sq, D)
+        self.attend_heads(q, k, v, mask)
     }
 }
 
@@ -293,7 +281,7 @@ impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device
         cache: &mut Option<KvCache<H, HD, E, Dev>>,
         key_lengths: Option<&[usize]>,
     ) -> Result<Hidden<usize, usize, D, E, Dev>> {
-        let (b, s_new, _) = *x.shape();
+        let b = x.shape().0;
         let past = cache.as_ref().map_or(0, KvCache::len);
         if let Some(c) = cache.as_ref() {
             if c.keys.shape().0 != b {
@@ -313,7 +301,7 @@ impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device
             None => (k_new, v_new),
         };
         let mask = MaskSpec { causal: true, query_offset: past, key_lengths };
-        let out = self.attend_heads(q, keys.clone(), values.clone(), &mask, (b, s_new, past + s_new))?;
+        let out = self.attend_heads(q, keys.clone(), values.clone(), &mask)?;
         *cache = Some(KvCache { keys, values });
         Ok(out)
     }
@@ -325,7 +313,7 @@ impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device
         memory: &KvCache<H, HD, E, Dev>,
         mask: &MaskSpec,
     ) -> Result<Hidden<usize, usize, D, E, Dev>> {
-        let (b, sq, _) = *x.shape();
+        let b = x.shape().0;
         if memory.keys.shape().0 != b {
             return Err(Error::DimMismatch {
                 what: "batch size of queries vs cached memory",
@@ -334,27 +322,31 @@ impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device
             });
         }
         let q = self.w_q.forward(x);
-        self.attend_heads(q, memory.keys.clone(), memory.values.clone(), mask, (b, sq, memory.len()))
+        self.attend_heads(q, memory.keys.clone(), memory.values.clone(), mask)
     }
 
-    fn attend_heads(
+    /// Masked attention of projected queries over projected keys and values, then the output
+    /// projection: `(B, H, Sq, HD), (B, H, Sk, HD) -> (B, Sq, D)`.
+    fn attend_heads<B: Dim, Sq: Dim, Sk: Dim, T: Tape<E, Dev>>(
         &self,
-        q: Heads<usize, H, usize, HD, E, Dev>,
-        keys: Heads<usize, H, usize, HD, E, Dev>,
-        values: Heads<usize, H, usize, HD, E, Dev>,
+        q: Heads<B, H, Sq, HD, E, Dev, T>,
+        keys: Heads<B, H, Sk, HD, E, Dev, T>,
+        values: Heads<B, H, Sk, HD, E, Dev, T>,
         mask: &MaskSpec,
-        shape: (usize, usize, usize),
-    ) -> Result<Hidden<usize, usize, D, E, Dev>> {
+    ) -> Result<Hidden<B, Sq, D, E, Dev, T>> {
+        let (b, _, sq, _) = *q.shape();
+        let sk = keys.shape().2;
         if let Some(lengths) = mask.key_lengths {
-            if lengths.len() != shape.0 {
+            if lengths.len() != b.size() {
                 return Err(Error::DimMismatch {
                     what: "key lengths in the mask (one per batch item)",
-                    expected: shape.0,
+                    expected: b.size(),
                     found: lengths.len(),
                 });
             }
         }
-        let bias = mask.bias::<usize, usize, usize, E, Dev>(q.device(), shape);
-        Ok(self.w_o.forward(scaled_dot_product_attention(q, keys, values, bias.as_ref(), 0.0)))
+        let bias = mask.bias::<B, Sq, Sk, E, Dev>(q.device(), (b, sq, sk));
+        let heads = scaled_dot_product_attention(q, keys, values, bias.as_ref(), self.dropout); // (B, H, Sq, HD)
+        Ok(self.w_o.forward(heads)) // (B, Sq, D)
     }
 }
