@@ -44,6 +44,37 @@ fn from_bytes<E: FloatDtype>(bytes: &[u8], dtype: SafeDtype) -> Vec<E> {
     }
 }
 
+/// Parses a safetensors file's `bytes` and its header metadata; an error names `path`.
+fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<(SafeTensors<'a>, HashMap<String, String>)> {
+    let file = SafeTensors::deserialize(bytes)
+        .map_err(|e| Error::BadFile { path: path.into(), reason: format!("not a valid safetensors file ({e:?})") })?;
+    let (_, header) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| Error::BadFile { path: path.into(), reason: format!("{e:?}") })?;
+    Ok((file, header.metadata().clone().unwrap_or_default()))
+}
+
+/// Serializes named tensors `(name, shape, little-endian bytes)` of `dtype` and writes them to
+/// `path` atomically.
+fn write_tensors(
+    path: &Path,
+    dtype: SafeDtype,
+    tensors: &[(String, ShapedBytes)],
+    metadata: HashMap<String, String>,
+) -> Result<()> {
+    let views = tensors
+        .iter()
+        .map(|(name, (shape, bytes))| {
+            Ok((
+                name.as_str(),
+                TensorView::new(dtype, shape.clone(), bytes).map_err(|e| Error::Training(format!("{name}: {e:?}")))?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = ::safetensors::serialize(views, &Some(metadata))
+        .map_err(|e| Error::BadFile { path: path.into(), reason: format!("{e:?}") })?;
+    write_atomic(path, &bytes)
+}
+
 /// Metadata key under which a scalar hyperparameter (`eps`, `dropout`) is stored.
 const SCALAR_PREFIX: &str = "scalar:";
 
@@ -108,19 +139,7 @@ pub fn save_checkpoint<M: TensorCollection<E, Dev>, E: FloatDtype, Dev: Device<E
     M::iter_tensors(&mut RecursiveWalker { m: (model, String::new()), f: &mut c })
         .map_err(|e| Error::Training(format!("{e:?}")))?;
     metadata.extend(c.scalars.iter().map(|(name, v)| (format!("{SCALAR_PREFIX}{name}"), v.to_string())));
-    let views = c
-        .tensors
-        .iter()
-        .map(|(name, (shape, bytes))| {
-            Ok((
-                name.as_str(),
-                TensorView::new(dtype, shape.clone(), bytes).map_err(|e| Error::Training(format!("{name}: {e:?}")))?,
-            ))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let bytes = ::safetensors::serialize(views, &Some(metadata))
-        .map_err(|e| Error::BadFile { path: path.into(), reason: format!("{e:?}") })?;
-    write_atomic(path, &bytes)
+    write_tensors(path, dtype, &c.tensors, metadata)
 }
 
 struct Restore<'a> {
@@ -189,11 +208,7 @@ pub fn load_checkpoint<M: TensorCollection<E, Dev> + Clone, E: FloatDtype, Dev: 
     path: &Path,
 ) -> Result<HashMap<String, String>> {
     let bytes = std::fs::read(path).map_err(Error::io(path))?;
-    let file = SafeTensors::deserialize(&bytes)
-        .map_err(|e| Error::BadFile { path: path.into(), reason: format!("not a valid safetensors file ({e:?})") })?;
-    let (_, header) = SafeTensors::read_metadata(&bytes)
-        .map_err(|e| Error::BadFile { path: path.into(), reason: format!("{e:?}") })?;
-    let metadata = header.metadata().clone().unwrap_or_default();
+    let (file, metadata) = parse(path, &bytes)?;
     let mut staged = model.clone();
     let mut restore = Restore { file: &file, metadata: &metadata, problems: Vec::new(), seen: Vec::new() };
     M::iter_tensors(&mut RecursiveWalker { m: (&mut staged, String::new()), f: &mut restore })
@@ -216,30 +231,16 @@ pub fn save_vectors<E: FloatDtype>(
     metadata: HashMap<String, String>,
 ) -> Result<()> {
     let dtype = safe_dtype::<E>()?;
-    let bytes: Vec<(String, usize, Vec<u8>)> =
-        vectors.iter().map(|(n, v)| (n.clone(), v.len(), to_bytes(v, dtype))).collect();
-    let views = bytes
-        .iter()
-        .map(|(name, len, b)| {
-            Ok((
-                name.as_str(),
-                TensorView::new(dtype, vec![*len], b).map_err(|e| Error::Training(format!("{name}: {e:?}")))?,
-            ))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let bytes = ::safetensors::serialize(views, &Some(metadata))
-        .map_err(|e| Error::BadFile { path: path.into(), reason: format!("{e:?}") })?;
-    write_atomic(path, &bytes)
+    let tensors: Vec<(String, ShapedBytes)> =
+        vectors.iter().map(|(n, v)| (n.clone(), (vec![v.len()], to_bytes(v, dtype)))).collect();
+    write_tensors(path, dtype, &tensors, metadata)
 }
 
 /// Reads what [`save_vectors`] wrote.
 #[allow(clippy::type_complexity)]
 pub fn load_vectors<E: FloatDtype>(path: &Path) -> Result<(HashMap<String, Vec<E>>, HashMap<String, String>)> {
     let bytes = std::fs::read(path).map_err(Error::io(path))?;
-    let file = SafeTensors::deserialize(&bytes)
-        .map_err(|e| Error::BadFile { path: path.into(), reason: format!("not a valid safetensors file ({e:?})") })?;
-    let (_, header) = SafeTensors::read_metadata(&bytes)
-        .map_err(|e| Error::BadFile { path: path.into(), reason: format!("{e:?}") })?;
+    let (file, metadata) = parse(path, &bytes)?;
     let mut out = HashMap::new();
     for (name, view) in file.tensors() {
         if view.dtype() != SafeDtype::F32 && view.dtype() != SafeDtype::F64 {
@@ -250,15 +251,11 @@ pub fn load_vectors<E: FloatDtype>(path: &Path) -> Result<(HashMap<String, Vec<E
         }
         out.insert(name, from_bytes::<E>(view.data(), view.dtype()));
     }
-    Ok((out, header.metadata().clone().unwrap_or_default()))
+    Ok((out, metadata))
 }
 
 /// Reads only the metadata of a safetensors file (checks that it is one).
 pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
     let bytes = std::fs::read(path).map_err(Error::io(path))?;
-    SafeTensors::deserialize(&bytes)
-        .map_err(|e| Error::BadFile { path: path.into(), reason: format!("not a valid safetensors file ({e:?})") })?;
-    let (_, header) = SafeTensors::read_metadata(&bytes)
-        .map_err(|e| Error::BadFile { path: path.into(), reason: format!("{e:?}") })?;
-    Ok(header.metadata().clone().unwrap_or_default())
+    Ok(parse(path, &bytes)?.1)
 }
