@@ -391,12 +391,7 @@ fn train_on<Dev: Device<f32>>(dev: &Dev, args: &TrainArgs) -> typeformer::Result
         "training a {} encoder-decoder Transformer on the {task} task: {} symbols, lengths {}..={}, {} steps of {} sequences",
         run.model_name, args.symbols, args.min_len, args.max_len, args.steps, args.batch_size
     );
-    let bar = ProgressBar::new(args.steps as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
-            .expect("a valid template")
-            .progress_chars("=> "),
-    );
+    let bar = progress(args.steps, 0);
     let mut smoothed = None::<f64>;
     let on_step = |log: &typeformer::train::StepLog| {
         let s = smoothed.map_or(log.loss, |s| 0.9 * s + 0.1 * log.loss);
@@ -491,6 +486,7 @@ fn print_report(report: &TaskReport, show: usize) {
     print_evaluation(&report.evaluation, show);
 }
 
+/// The progress bar of a training run of `steps` steps, starting at `start`.
 fn progress(steps: usize, start: usize) -> ProgressBar {
     let bar = ProgressBar::new(steps as u64);
     bar.set_style(
