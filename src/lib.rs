@@ -21,6 +21,16 @@
 //! - [`data`] holds the built-in tasks;
 //! - [`io`] holds checkpoints and loss curves.
 
+/// `impl BuildOnDevice for $ty { type Built = Self; }`, so that `dev.build_module::<$ty, E>()`
+/// works for a module whose type already names its dtype and device.
+macro_rules! build_on_device {
+    ([$($generics:tt)*] $ty:ty) => {
+        impl<$($generics)*, E: $crate::FloatDtype, Dev: ::dfdx::tensor_ops::Device<E>> ::dfdx::nn::BuildOnDevice<Dev, E> for $ty {
+            type Built = Self;
+        }
+    };
+}
+
 pub mod data;
 pub mod error;
 pub mod generate;

@@ -20,6 +20,9 @@ pub type Logits<B, S, const V: usize, E, Dev, T = NoneTape> = Tensor<(B, S, Cons
 /// Logits of a recorded (training) pass over run-time batch and sequence lengths.
 pub type TrainLogits<const V: usize, E, Dev> = Logits<usize, usize, V, E, Dev, OwnedTape<E, Dev>>;
 
+/// Hidden vectors of a recorded (training) pass over run-time batch and sequence lengths.
+pub type TrainHidden<const D: usize, E, Dev> = Hidden<usize, usize, D, E, Dev, OwnedTape<E, Dev>>;
+
 /// A batch of right-padded token sequences over a vocabulary of `V` tokens.
 ///
 /// The vocabulary is part of the type, so source tokens cannot be fed to a target embedding of

@@ -260,3 +260,35 @@ fn asking_for_the_gpu_without_the_cuda_feature_says_how_to_enable_it() {
         );
     }
 }
+
+#[test]
+fn embed_writes_one_json_array_per_line_and_refuses_bad_models() {
+    use std::io::Write;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2");
+    let fetched = Command::new("bash")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fetch-minilm.sh"))
+        .arg(&dir)
+        .status()
+        .expect("bash runs");
+    assert!(fetched.success(), "scripts/fetch-minilm.sh failed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_typeformer"))
+        .args(["embed", "--model", dir.to_str().unwrap(), "--batch-size", "2"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    child.stdin.take().unwrap().write_all(b"Hello world\nAttention is all you need\nThird line\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let lines: Vec<Vec<f32>> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').split(',').map(|v| v.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines.iter().all(|l| l.len() == 384));
+    assert!((lines[0][0] - -0.034477).abs() < 2e-6 && (lines[1][0] - 0.053139).abs() < 2e-6, "{:?}", &lines[0][..2]);
+
+    let (ok, _, err) = typeformer(&["embed", "--model", "/nonexistent-model"]);
+    assert!(!ok && err.contains("/nonexistent-model/config.json"), "{err}");
+}

@@ -14,7 +14,8 @@ use typeformer::data::{AdditionTask, ByteCorpus, LmSource, BYTE_VOCAB};
 use typeformer::data::{Task, TaskSpec, FIRST_SYMBOL};
 use typeformer::generate::{generate, BeamConfig, GenerateConfig, Sampler, SamplingConfig};
 use typeformer::models::{
-    Gpt2Small, LanguageModel, LmSmall, PaperBase, PaperBig, Summary, TaskMedium, TaskSmall, TASK_VOCAB,
+    BertBase, BertConfig, Gpt2Small, LanguageModel, LmSmall, MiniLmL6, PaperBase, PaperBig, SentenceEncoder, Summary,
+    TaskMedium, TaskSmall, TASK_VOCAB,
 };
 use typeformer::train::{
     addition_accuracy, evaluate_checkpoint, lm_files, load_lm_checkpoint, run_task, train_language_model,
@@ -64,6 +65,14 @@ enum Command {
     /// Evaluate a checkpoint written by train on its run's held-out sequences (greedy, and beam
     /// search with --beam-width).
     Evaluate(EvaluateArgs),
+    /// Embed texts with a sentence-transformers model directory (all-MiniLM-L6-v2, or a BERT of
+    /// the bert-base shape): one text per line on stdin, one JSON array of floats per line on
+    /// stdout, in order.
+    ///
+    /// Texts are batched with padding and attention masks (sorted by length within each block of
+    /// input, so batching does not change the result). Get all-MiniLM-L6-v2 with
+    /// `scripts/fetch-minilm.sh`.
+    Embed(EmbedArgs),
     /// List a preset's parameters (name, shape, count), their total and memory, without
     /// allocating them.
     Summary(SummaryArgs),
@@ -90,6 +99,19 @@ struct SummaryArgs {
     /// Which model.
     #[arg(value_enum)]
     preset: PresetArg,
+}
+
+#[derive(Args)]
+struct EmbedArgs {
+    /// Where to run.
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceArg,
+    /// The model directory (config.json, model.safetensors, tokenizer.json, ...).
+    #[arg(long)]
+    model: PathBuf,
+    /// Texts per forward pass.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
 }
 
 #[derive(Args)]
@@ -335,6 +357,7 @@ fn main() -> ExitCode {
         Command::TrainLm(args) => train_lm(&args),
         Command::Generate(args) => generate_text(&args),
         Command::Evaluate(args) => evaluate(&args),
+        Command::Embed(args) => embed(&args),
         Command::Summary(args) => {
             summary(&args);
             Ok(())
@@ -418,6 +441,77 @@ fn summary(args: &SummaryArgs) {
         PresetArg::LmSmall => Summary::of::<LmSmall, f32, Cpu>(),
     };
     say!("{s}");
+}
+
+fn embed(args: &EmbedArgs) -> typeformer::Result<()> {
+    on_device!(args.device, 0, embed_on(args))
+}
+
+/// Texts read from stdin per round of batches.
+const EMBED_BLOCK: usize = 1024;
+
+fn embed_on<Dev: Device<f32>>(dev: &Dev, args: &EmbedArgs) -> typeformer::Result<()> {
+    let config = BertConfig::from_file(&args.model.join("config.json"))?;
+    macro_rules! with_bert {
+        ($($preset:ident: $name:literal),*) => {{
+            $(
+                if $preset::<f32, Dev>::config_mismatches(&config).is_empty() {
+                    let encoder = SentenceEncoder::<$preset<f32, Dev>>::load(&args.model, dev)?;
+                    return embed_lines(|texts| encoder.embed_all(texts, args.batch_size));
+                }
+            )*
+            let supported = [$($name),*];
+            Err(typeformer::Error::InvalidConfig(format!(
+                "{} describes a BERT this build has no type for (supported: {}); the differences from {}:\n{}",
+                args.model.join("config.json").display(),
+                supported.join(", "),
+                supported[0],
+                MiniLmL6::<f32, Dev>::config_mismatches(&config).join("\n")
+            )))
+        }};
+    }
+    if args.batch_size == 0 {
+        return Err(typeformer::Error::InvalidConfig("--batch-size must be at least 1".into()));
+    }
+    with_bert!(MiniLmL6: "all-MiniLM-L6-v2", BertBase: "bert-base")
+}
+
+/// Reads stdin in blocks, embeds each with `embed` and writes one JSON array per line.
+fn embed_lines(embed: impl Fn(&[&str]) -> typeformer::Result<Vec<Vec<f32>>>) -> typeformer::Result<()> {
+    let mut lines = std::io::stdin().lines();
+    let bar = ProgressBar::hidden();
+    bar.set_style(ProgressStyle::with_template("{elapsed_precise} {pos} texts ({per_sec})").expect("a valid template"));
+    let mut out = std::io::BufWriter::new(std::io::stdout());
+    loop {
+        let block = lines
+            .by_ref()
+            .take(EMBED_BLOCK)
+            .collect::<Result<Vec<String>, _>>()
+            .map_err(|e| typeformer::Error::InvalidConfig(format!("cannot read stdin: {e}")))?;
+        if block.is_empty() {
+            break;
+        }
+        if block.len() == EMBED_BLOCK && bar.is_hidden() {
+            // A large input: show progress on stderr (only if it is a terminal).
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        }
+        let texts: Vec<&str> = block.iter().map(String::as_str).collect();
+        for row in embed(&texts)? {
+            let json: Vec<String> = row.iter().map(f32::to_string).collect();
+            if writeln!(out, "[{}]", json.join(",")).is_err() {
+                std::process::exit(0);
+            }
+        }
+        bar.inc(block.len() as u64);
+        if block.len() < EMBED_BLOCK {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    if out.flush().is_err() {
+        std::process::exit(0);
+    }
+    Ok(())
 }
 
 fn evaluate(args: &EvaluateArgs) -> typeformer::Result<()> {

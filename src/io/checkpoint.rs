@@ -31,17 +31,19 @@ fn to_bytes<E: FloatDtype>(values: &[E], dtype: SafeDtype) -> Vec<u8> {
     }
 }
 
-fn from_bytes<E: FloatDtype>(bytes: &[u8], dtype: SafeDtype) -> Vec<E> {
-    match dtype {
-        SafeDtype::F64 => bytes
-            .chunks_exact(8)
-            .map(|c| E::from_f64(f64::from_le_bytes(c.try_into().expect("8 bytes"))).unwrap_or(E::nan()))
-            .collect(),
-        _ => bytes
-            .chunks_exact(4)
-            .map(|c| E::from_f32(f32::from_le_bytes(c.try_into().expect("4 bytes"))).unwrap_or(E::nan()))
-            .collect(),
+/// Decodes little-endian `bytes` of a floating-point `dtype` (F64, F32, F16 or BF16) into `E`s;
+/// `None` for any other dtype.
+fn from_bytes<E: FloatDtype>(bytes: &[u8], dtype: SafeDtype) -> Option<Vec<E>> {
+    fn decode<const N: usize, E: FloatDtype>(bytes: &[u8], f: impl Fn([u8; N]) -> f64) -> Vec<E> {
+        bytes.chunks_exact(N).map(|c| E::from_f64(f(c.try_into().expect("N bytes"))).unwrap_or(E::nan())).collect()
     }
+    Some(match dtype {
+        SafeDtype::F64 => decode::<8, E>(bytes, f64::from_le_bytes),
+        SafeDtype::F32 => decode::<4, E>(bytes, |b| f32::from_le_bytes(b) as f64),
+        SafeDtype::F16 => decode::<2, E>(bytes, |b| half::f16::from_le_bytes(b).to_f64()),
+        SafeDtype::BF16 => decode::<2, E>(bytes, |b| half::bf16::from_le_bytes(b).to_f64()),
+        _ => return None,
+    })
 }
 
 /// Parses a safetensors file's `bytes` and its header metadata; an error names `path`.
@@ -142,9 +144,111 @@ pub fn save_checkpoint<M: TensorCollection<E, Dev>, E: FloatDtype, Dev: Device<E
     write_tensors(path, dtype, &c.tensors, metadata)
 }
 
+/// Where one of the model's parameters comes from in a checkpoint: a tensor of the file, maybe
+/// transposed (2-D), maybe one of `n` equal blocks of rows (a packed Q/K/V projection).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// The tensor's name in the file.
+    pub name: String,
+    /// Transpose a 2-D tensor first (Hugging Face's `Conv1D` stores `[in, out]`).
+    pub transpose: bool,
+    /// Take block `k` of `n` equal blocks along the first axis: `Some((k, n))`.
+    pub part: Option<(usize, usize)>,
+}
+
+impl Source {
+    /// The tensor `name`, as it is.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self { name: name.into(), transpose: false, part: None }
+    }
+    /// Transposed.
+    pub fn transposed(mut self) -> Self {
+        self.transpose = true;
+        self
+    }
+    /// Block `k` of `n` along the first axis (after any transpose).
+    pub fn part(mut self, k: usize, n: usize) -> Self {
+        self.part = Some((k, n));
+        self
+    }
+
+    /// The tensor's values and shape after the transform, or why it cannot be applied.
+    fn read<E: FloatDtype>(&self, view: &TensorView) -> std::result::Result<(Vec<E>, Vec<usize>), String> {
+        let dtype = view.dtype();
+        let mut values = from_bytes::<E>(view.data(), dtype).ok_or_else(|| {
+            format!("wrong dtype: {} is {dtype:?} in the file, expected F32, F64, F16 or BF16", self.name)
+        })?;
+        let mut shape = view.shape().to_vec();
+        if self.transpose {
+            let [rows, cols] = shape[..] else {
+                return Err(format!(
+                    "wrong shape: {} is {shape:?} in the file, expected a matrix to transpose",
+                    self.name
+                ));
+            };
+            values = (0..cols * rows).map(|i| values[(i % rows) * cols + i / rows]).collect();
+            shape = vec![cols, rows];
+        }
+        if let Some((k, n)) = self.part {
+            if shape.is_empty() || shape[0] % n != 0 {
+                return Err(format!(
+                    "wrong shape: {} is {shape:?} in the file, expected {n} equal blocks of rows",
+                    self.name
+                ));
+            }
+            let block = values.len() / n;
+            values = values[k * block..(k + 1) * block].to_vec();
+            shape[0] /= n;
+        }
+        Ok((values, shape))
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.name)?;
+        if self.transpose {
+            write!(f, " (transposed)")?;
+        }
+        if let Some((k, n)) = self.part {
+            write!(f, " (block {} of {n})", k + 1)?;
+        }
+        Ok(())
+    }
+}
+
+/// True when `theirs` lays out the same elements as `ours`, allowing adjacent axes of either to
+/// be merged: a PyTorch `[H * HD, D]` weight is our `(H, HD, D)`.
+fn same_layout(ours: &[usize], theirs: &[usize]) -> bool {
+    let (mut i, mut j) = (0, 0);
+    while i < ours.len() && j < theirs.len() {
+        let (mut a, mut b) = (ours[i], theirs[j]);
+        while a != b {
+            if a < b {
+                i += 1;
+                match ours.get(i) {
+                    Some(&x) => a *= x,
+                    None => return false,
+                }
+            } else {
+                j += 1;
+                match theirs.get(j) {
+                    Some(&x) => b *= x,
+                    None => return false,
+                }
+            }
+        }
+        i += 1;
+        j += 1;
+    }
+    ours[i.min(ours.len())..].iter().chain(&theirs[j.min(theirs.len())..]).all(|&d| d == 1)
+}
+
+/// Fills a model's trainable tensors from a file, each from the [`Source`] that `map` names.
 struct Restore<'a> {
     file: &'a SafeTensors<'a>,
     metadata: &'a HashMap<String, String>,
+    map: &'a dyn Fn(&str) -> Option<Source>,
     problems: Vec<String>,
     seen: Vec<String>,
 }
@@ -164,20 +268,22 @@ impl<E: FloatDtype, Dev: Device<E>> TensorVisitor<E, Dev> for Restore<'_> {
             return Ok(None);
         }
         let expected: Vec<usize> = t.shape().concrete().into_iter().collect();
-        match self.file.tensor(&name) {
-            Err(_) => self.problems.push(format!("missing: {name} {expected:?}")),
+        let Some(source) = (self.map)(&name) else {
+            self.problems.push(format!("no source: nothing in this format maps to {name} {expected:?}"));
+            return Ok(None);
+        };
+        let what = if source.name == name { name.clone() } else { format!("{source}, for {name}") };
+        match self.file.tensor(&source.name) {
+            Err(_) => self.problems.push(format!("missing: {what} {expected:?}")),
             Ok(view) => {
-                self.seen.push(name.clone());
-                let dtype = view.dtype();
-                if view.shape() != expected.as_slice() {
-                    self.problems.push(format!(
-                        "wrong shape: {name} is {:?} in the file, the model needs {expected:?}",
-                        view.shape()
-                    ));
-                } else if dtype != SafeDtype::F32 && dtype != SafeDtype::F64 {
-                    self.problems.push(format!("wrong dtype: {name} is {dtype:?} in the file, expected F32 or F64"));
-                } else if self.problems.is_empty() {
-                    t.copy_from(&from_bytes::<E>(view.data(), dtype));
+                self.seen.push(source.name.clone());
+                match source.read::<E>(&view) {
+                    Err(problem) => self.problems.push(problem),
+                    Ok((_, shape)) if !same_layout(&expected, &shape) => self
+                        .problems
+                        .push(format!("wrong shape: {what} is {shape:?} in the file, the model needs {expected:?}")),
+                    Ok((values, _)) if self.problems.is_empty() => t.copy_from(&values),
+                    Ok(_) => {}
                 }
             }
         }
@@ -200,21 +306,26 @@ impl<E: FloatDtype, Dev: Device<E>> TensorVisitor<E, Dev> for Restore<'_> {
     }
 }
 
-/// Loads a checkpoint written by [`save_checkpoint`] into `model`. On any problem (a missing,
-/// unexpected or mis-shaped tensor, a wrong dtype, a truncated or corrupt file) returns an error
-/// that lists all of them, and leaves `model` unchanged.
-pub fn load_checkpoint<M: TensorCollection<E, Dev> + Clone, E: FloatDtype, Dev: Device<E>>(
+/// Loads the safetensors file at `path` into `model`, each parameter from the tensor `map` names
+/// (given the parameter's dotted name); file tensors for which `ignore` is true may go unused.
+/// On any problem (a missing, unexpected or mis-shaped tensor, a wrong dtype, a truncated or
+/// corrupt file) returns an error that lists all of them, and leaves `model` unchanged. Returns
+/// the file's metadata.
+pub fn import_weights<M: TensorCollection<E, Dev> + Clone, E: FloatDtype, Dev: Device<E>>(
     model: &mut M,
     path: &Path,
+    map: &dyn Fn(&str) -> Option<Source>,
+    ignore: &dyn Fn(&str) -> bool,
 ) -> Result<HashMap<String, String>> {
     let bytes = std::fs::read(path).map_err(Error::io(path))?;
     let (file, metadata) = parse(path, &bytes)?;
     let mut staged = model.clone();
-    let mut restore = Restore { file: &file, metadata: &metadata, problems: Vec::new(), seen: Vec::new() };
+    let mut restore = Restore { file: &file, metadata: &metadata, map, problems: Vec::new(), seen: Vec::new() };
     M::iter_tensors(&mut RecursiveWalker { m: (&mut staged, String::new()), f: &mut restore })
         .map_err(|e| Error::Training(format!("{e:?}")))?;
     let mut problems = restore.problems;
-    let mut unexpected: Vec<&String> = file.names().into_iter().filter(|n| !restore.seen.contains(n)).collect();
+    let mut unexpected: Vec<&String> =
+        file.names().into_iter().filter(|n| !restore.seen.contains(n) && !ignore(n)).collect();
     unexpected.sort();
     problems.extend(unexpected.into_iter().map(|n| format!("unexpected: {n}")));
     if !problems.is_empty() {
@@ -222,6 +333,23 @@ pub fn load_checkpoint<M: TensorCollection<E, Dev> + Clone, E: FloatDtype, Dev: 
     }
     *model = staged;
     Ok(metadata)
+}
+
+/// The names of the tensors in the safetensors file at `path` (checks that it is one).
+pub fn tensor_names(path: &Path) -> Result<Vec<String>> {
+    let bytes = std::fs::read(path).map_err(Error::io(path))?;
+    let (file, _) = parse(path, &bytes)?;
+    Ok(file.names().into_iter().cloned().collect())
+}
+
+/// Loads a checkpoint written by [`save_checkpoint`] into `model`. On any problem (a missing,
+/// unexpected or mis-shaped tensor, a wrong dtype, a truncated or corrupt file) returns an error
+/// that lists all of them, and leaves `model` unchanged.
+pub fn load_checkpoint<M: TensorCollection<E, Dev> + Clone, E: FloatDtype, Dev: Device<E>>(
+    model: &mut M,
+    path: &Path,
+) -> Result<HashMap<String, String>> {
+    import_weights(model, path, &|name| Some(Source::new(name)), &|_| false)
 }
 
 /// Saves named flat vectors (optimizer state and the like) to `path` atomically.
@@ -243,13 +371,11 @@ pub fn load_vectors<E: FloatDtype>(path: &Path) -> Result<(HashMap<String, Vec<E
     let (file, metadata) = parse(path, &bytes)?;
     let mut out = HashMap::new();
     for (name, view) in file.tensors() {
-        if view.dtype() != SafeDtype::F32 && view.dtype() != SafeDtype::F64 {
-            return Err(Error::BadFile {
-                path: path.into(),
-                reason: format!("{name} is {:?}, expected F32 or F64", view.dtype()),
-            });
-        }
-        out.insert(name, from_bytes::<E>(view.data(), view.dtype()));
+        let values = from_bytes::<E>(view.data(), view.dtype()).ok_or_else(|| Error::BadFile {
+            path: path.into(),
+            reason: format!("{name} is {:?}, expected a floating-point dtype", view.dtype()),
+        })?;
+        out.insert(name, values);
     }
     Ok((out, metadata))
 }

@@ -1,9 +1,12 @@
-//! Files: checkpoints (safetensors) and training curves, always written atomically.
+//! Files: checkpoints (safetensors), weights from PyTorch and Hugging Face, and training curves;
+//! writes are always atomic.
 
 mod atomic;
 mod checkpoint;
 mod curve;
+mod import;
 
 pub use atomic::*;
 pub use checkpoint::*;
 pub use curve::*;
+pub use import::*;

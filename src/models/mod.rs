@@ -1,10 +1,12 @@
 //! Whole architectures built from the [`nn`](crate::nn) blocks.
 
+mod bert;
 mod decoder_only;
 mod embedding_layout;
 mod encoder_decoder;
 mod language_model;
 
+pub use bert::*;
 pub use decoder_only::*;
 pub use embedding_layout::*;
 pub use encoder_decoder::*;
@@ -15,3 +17,5 @@ mod presets;
 pub use presets::*;
 mod summary;
 pub use summary::*;
+mod sentence_encoder;
+pub use sentence_encoder::*;

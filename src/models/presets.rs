@@ -1,7 +1,7 @@
 //! Named configurations.
 
-use super::{DecoderOnly, EncoderDecoder, SharedTied, TiedOutput};
-use crate::nn::{GeluTanh, Learned, PostNorm, PreNorm, Relu, Sinusoidal};
+use super::{Bert, DecoderOnly, EncoderDecoder, SharedTied, TiedOutput};
+use crate::nn::{Gelu, GeluTanh, Learned, PostNorm, PreNorm, Relu, Sinusoidal};
 use dfdx::prelude::Cpu;
 
 /// Vocabulary of the built-in tasks: padding, BOS, EOS and up to 16 symbols.
@@ -67,3 +67,11 @@ pub type Gpt2Small<E = f32, Dev = Cpu> =
 /// d_ff 512, 4 blocks, a context of 128, pre-LN, tanh GELU, learned positions, tied output.
 pub type LmSmall<E = f32, Dev = Cpu> =
     DecoderOnly<256, 128, 4, 32, 512, 4, 128, PreNorm, GeluTanh, Learned, TiedOutput, E, Dev>;
+
+/// BERT base: 30,522 tokens, d 768, 12 heads, d_ff 3072, 12 layers, 512 positions, 2 token types,
+/// exact GELU (109,482,240 parameters with the pooler).
+pub type BertBase<E = f32, Dev = Cpu> = Bert<30_522, 768, 12, 64, 3072, 12, 512, 2, Gelu, E, Dev>;
+
+/// all-MiniLM-L6-v2 (sentence-transformers): BERT with d 384, 12 heads of 32, d_ff 1536, 6 layers
+/// (22,713,216 parameters with the pooler). Its layer norms use eps 1e-12.
+pub type MiniLmL6<E = f32, Dev = Cpu> = Bert<30_522, 384, 12, 32, 1536, 6, 512, 2, Gelu, E, Dev>;

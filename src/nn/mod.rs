@@ -5,16 +5,6 @@
 //! is generic over the dfdx tape `T`: pass tensors without a tape for inference, traced tensors
 //! for training. Dropout is active exactly when the input is traced.
 
-/// `impl BuildOnDevice for $ty { type Built = Self; }`, so that `dev.build_module::<$ty, E>()`
-/// works for a module whose type already names its dtype and device.
-macro_rules! build_on_device {
-    ([$($generics:tt)*] $ty:ty) => {
-        impl<$($generics)*, E: $crate::FloatDtype, Dev: ::dfdx::tensor_ops::Device<E>> ::dfdx::nn::BuildOnDevice<Dev, E> for $ty {
-            type Built = Self;
-        }
-    };
-}
-
 mod attention;
 mod decoder;
 mod dropout;
@@ -26,6 +16,7 @@ mod mask;
 mod norm;
 mod positional;
 mod residual;
+mod scalars;
 mod stack;
 
 pub use attention::*;
@@ -38,4 +29,5 @@ pub use mask::*;
 pub use norm::*;
 pub use positional::*;
 pub use residual::*;
+pub(crate) use scalars::set_scalar;
 pub use stack::*;

@@ -49,3 +49,15 @@ impl<const D: usize, E: FloatDtype, Dev: Device<E>> LayerNorm<D, E, Dev> {
 }
 
 build_on_device!([const D: usize] LayerNorm<D, E, Dev>);
+
+/// Sets the epsilon of every layer norm in `model` (1e-12 in BERT, 1e-5 in PyTorch and GPT-2).
+/// An error unless `eps` is positive and finite.
+pub fn set_layer_norm_eps<M: TensorCollection<E, Dev>, E: Dtype, Dev: Device<E>>(
+    model: &mut M,
+    eps: f64,
+) -> crate::Result<()> {
+    if !(eps > 0.0 && eps.is_finite()) {
+        return Err(crate::Error::InvalidConfig(format!("layer-norm epsilon must be positive and finite, got {eps}")));
+    }
+    super::set_scalar(model, "eps", eps)
+}

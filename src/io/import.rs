@@ -1,0 +1,190 @@
+//! Weights trained elsewhere: PyTorch's `nn.Transformer` family and Hugging Face's BERT and
+//! GPT-2 checkpoints, saved as safetensors, mapped by name onto our models.
+//!
+//! Each format is a function from one of our dotted parameter names to the [`Source`] tensor in
+//! the file (renamed, transposed, or one block of a packed Q/K/V matrix). [`import_weights`]
+//! then checks every name, shape and dtype and reports all problems at once.
+
+use super::{import_weights, tensor_names, Source};
+use crate::error::Result;
+use crate::FloatDtype;
+use dfdx::nn::tensor_collection::TensorCollection;
+use dfdx::prelude::*;
+use std::path::Path;
+
+/// Splits `ours` into its leading path and the last two segments: `(path., module, param)`.
+fn split_tail(ours: &str) -> Option<(&str, &str, &str)> {
+    let (rest, param) = ours.rsplit_once('.')?;
+    match rest.rsplit_once('.') {
+        Some((path, module)) => Some((&ours[..path.len() + 1], module, param)),
+        None => Some(("", rest, param)),
+    }
+}
+
+/// The index of a Q/K/V projection in a packed `[3 * D, ...]` matrix.
+fn qkv_index(module: &str) -> Option<usize> {
+    ["w_q", "w_k", "w_v"].iter().position(|&m| m == module)
+}
+
+/// PyTorch's names for one of our parameters, for `nn.MultiheadAttention`,
+/// `nn.TransformerEncoderLayer`, `nn.TransformerDecoderLayer`, `nn.TransformerEncoder`/`Decoder`
+/// (with `norm`) and `nn.Transformer`: Q/K/V come from the packed `in_proj_weight`/`in_proj_bias`,
+/// the output projection is `out_proj`, the feed-forward layers `linear1`/`linear2`, and
+/// cross-attention is `multihead_attn`.
+pub fn torch_source(ours: &str) -> Option<Source> {
+    let (path, module, param) = split_tail(ours)?;
+    let path = path.replace("ffn.", "").replace("cross_attn.", "multihead_attn.");
+    Some(match (module, param) {
+        (m, "weight" | "bias") if qkv_index(m).is_some() => {
+            Source::new(format!("{path}in_proj_{param}")).part(qkv_index(m)?, 3)
+        }
+        ("w_o", _) => Source::new(format!("{path}out_proj.{param}")),
+        _ => Source::new(format!("{path}{module}.{param}")),
+    })
+}
+
+/// Hugging Face `BertModel` names for a [`Bert`](crate::models::Bert) parameter, under `prefix`
+/// (`""`, or `"bert."` in checkpoints of models with heads).
+pub fn hf_bert_source(ours: &str, prefix: &str) -> Option<Source> {
+    let segments: Vec<&str> = ours.split('.').collect();
+    let theirs = match segments[..] {
+        ["embed", "weight"] => "embeddings.word_embeddings.weight".to_string(),
+        ["pos", "weight"] => "embeddings.position_embeddings.weight".to_string(),
+        ["token_type", "weight"] => "embeddings.token_type_embeddings.weight".to_string(),
+        ["embed_norm", param] => format!("embeddings.LayerNorm.{param}"),
+        ["pooler", param] => format!("pooler.dense.{param}"),
+        ["encoder", "layers", i, ref inner @ ..] => {
+            let inner = match inner {
+                ["self_attn", "w_q", param] => format!("attention.self.query.{param}"),
+                ["self_attn", "w_k", param] => format!("attention.self.key.{param}"),
+                ["self_attn", "w_v", param] => format!("attention.self.value.{param}"),
+                ["self_attn", "w_o", param] => format!("attention.output.dense.{param}"),
+                ["norm1", param] => format!("attention.output.LayerNorm.{param}"),
+                ["ffn", "linear1", param] => format!("intermediate.dense.{param}"),
+                ["ffn", "linear2", param] => format!("output.dense.{param}"),
+                ["norm2", param] => format!("output.LayerNorm.{param}"),
+                _ => return None,
+            };
+            format!("encoder.layer.{i}.{inner}")
+        }
+        _ => return None,
+    };
+    Some(Source::new(format!("{prefix}{theirs}")))
+}
+
+/// Hugging Face `GPT2Model` names for a [`DecoderOnly`](crate::models::DecoderOnly) parameter,
+/// under `prefix` (`""`, or `"transformer."` in `GPT2LMHeadModel` state dicts). GPT-2's `Conv1D`
+/// layers store weights `[in, out]`, so they are transposed; Q, K and V are the three blocks of
+/// `c_attn`.
+pub fn hf_gpt2_source(ours: &str, prefix: &str) -> Option<Source> {
+    let segments: Vec<&str> = ours.split('.').collect();
+    let conv = |name: String, param: &str| {
+        let source = Source::new(format!("{prefix}{name}.{param}"));
+        if param == "weight" {
+            source.transposed()
+        } else {
+            source
+        }
+    };
+    Some(match segments[..] {
+        ["embed", "weight"] => Source::new(format!("{prefix}wte.weight")),
+        ["pos", "weight"] => Source::new(format!("{prefix}wpe.weight")),
+        ["norm", param] => Source::new(format!("{prefix}ln_f.{param}")),
+        ["head", "weight"] => Source::new("lm_head.weight"),
+        ["blocks", i, ref inner @ ..] => match inner {
+            ["norm1", param] => Source::new(format!("{prefix}h.{i}.ln_1.{param}")),
+            ["norm2", param] => Source::new(format!("{prefix}h.{i}.ln_2.{param}")),
+            ["self_attn", m, param] if qkv_index(m).is_some() => {
+                conv(format!("h.{i}.attn.c_attn"), param).part(qkv_index(m)?, 3)
+            }
+            ["self_attn", "w_o", param] => conv(format!("h.{i}.attn.c_proj"), param),
+            ["ffn", "linear1", param] => conv(format!("h.{i}.mlp.c_fc"), param),
+            ["ffn", "linear2", param] => conv(format!("h.{i}.mlp.c_proj"), param),
+            _ => return None,
+        },
+        _ => return None,
+    })
+}
+
+/// Loads a PyTorch state dict saved as safetensors (`safetensors.torch.save_file(m.state_dict())`)
+/// of the module that corresponds to `model`: see [`torch_source`]. Every tensor must be used.
+pub fn load_torch<M: TensorCollection<E, Dev> + Clone, E: FloatDtype, Dev: Device<E>>(
+    model: &mut M,
+    path: &Path,
+) -> Result<()> {
+    load_torch_under(model, path, "")
+}
+
+/// Loads the tensors under `prefix` (such as `"encoder."` of an `nn.Transformer`) of a PyTorch
+/// state dict into `model`, ignoring the file's other tensors. With an empty prefix every tensor
+/// must be used.
+pub fn load_torch_under<M: TensorCollection<E, Dev> + Clone, E: FloatDtype, Dev: Device<E>>(
+    model: &mut M,
+    path: &Path,
+    prefix: &str,
+) -> Result<()> {
+    let map = |ours: &str| torch_source(&format!("{prefix}{ours}"));
+    import_weights(model, path, &map, &|name| !name.starts_with(prefix)).map(|_| ())
+}
+
+/// The prefix under which `anchor` appears in the file's `names`, if it has one of `prefixes`.
+fn detect_prefix<'p>(names: &[String], anchor: &str, prefixes: &[&'p str]) -> &'p str {
+    prefixes.iter().copied().find(|p| names.iter().any(|n| *n == format!("{p}{anchor}"))).unwrap_or("")
+}
+
+/// Loads a Hugging Face BERT checkpoint (`model.safetensors` of a `BertModel`, or of a model
+/// whose encoder is under `bert.`) into a [`Bert`](crate::models::Bert). `embeddings.position_ids`
+/// (an integer buffer) is skipped; every other tensor must be used. Layer-norm epsilon is not in
+/// the file: set it from `config.json` with [`set_layer_norm_eps`](crate::nn::set_layer_norm_eps).
+pub fn load_hf_bert<M: TensorCollection<E, Dev> + Clone, E: FloatDtype, Dev: Device<E>>(
+    model: &mut M,
+    path: &Path,
+) -> Result<()> {
+    let prefix = detect_prefix(&tensor_names(path)?, "embeddings.word_embeddings.weight", &["bert."]);
+    let ignore = |name: &str| name.ends_with("embeddings.position_ids");
+    import_weights(model, path, &|ours| hf_bert_source(ours, prefix), &ignore).map(|_| ())
+}
+
+/// Loads a Hugging Face GPT-2 checkpoint of any size into a
+/// [`DecoderOnly`](crate::models::DecoderOnly) of the same dimensions (pre-LN, tanh GELU, learned
+/// positions). The causal-mask buffers (`attn.bias`, `attn.masked_bias`) and, for a tied model,
+/// `lm_head.weight` (a copy of `wte`) are skipped.
+pub fn load_hf_gpt2<M: TensorCollection<E, Dev> + Clone, E: FloatDtype, Dev: Device<E>>(
+    model: &mut M,
+    path: &Path,
+) -> Result<()> {
+    let names = tensor_names(path)?;
+    let prefix = detect_prefix(&names, "wte.weight", &["transformer."]);
+    let ignore =
+        |name: &str| name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias") || name == "lm_head.weight";
+    import_weights(model, path, &|ours| hf_gpt2_source(ours, prefix), &ignore).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn torch_names_for_attention_layers_and_stacks() {
+        let q = torch_source("encoder.layers.1.self_attn.w_k.bias").unwrap();
+        assert_eq!(q, Source::new("encoder.layers.1.self_attn.in_proj_bias").part(1, 3));
+        let o = torch_source("decoder.layers.0.cross_attn.w_o.weight").unwrap();
+        assert_eq!(o, Source::new("decoder.layers.0.multihead_attn.out_proj.weight"));
+        assert_eq!(torch_source("w_v.weight").unwrap(), Source::new("in_proj_weight").part(2, 3));
+        assert_eq!(torch_source("ffn.linear1.weight").unwrap(), Source::new("linear1.weight"));
+        assert_eq!(torch_source("encoder.norm.bias").unwrap(), Source::new("encoder.norm.bias"));
+    }
+
+    #[test]
+    fn hugging_face_names() {
+        let s = hf_bert_source("encoder.layers.3.norm1.weight", "bert.").unwrap();
+        assert_eq!(s, Source::new("bert.encoder.layer.3.attention.output.LayerNorm.weight"));
+        let s = hf_gpt2_source("blocks.2.self_attn.w_v.weight", "").unwrap();
+        assert_eq!(s, Source::new("h.2.attn.c_attn.weight").transposed().part(2, 3));
+        assert_eq!(
+            hf_gpt2_source("blocks.0.self_attn.w_q.bias", "").unwrap(),
+            Source::new("h.0.attn.c_attn.bias").part(0, 3)
+        );
+        assert!(hf_bert_source("encoder.layers.0.cross_attn.w_q.weight", "").is_none());
+    }
+}

@@ -1,0 +1,265 @@
+//! Encoder-only models (BERT, Devlin et al. 2018): bidirectional self-attention over one token
+//! stream, with token-type (segment) embeddings and a norm on the embeddings.
+
+use super::BertConfig;
+use crate::error::{Error, Result};
+use crate::nn::{
+    dropout_when_training, Activation, Encoder, LayerNorm, Learned, MaskSpec, PositionalEncoding, PostNorm,
+    TokenEmbedding,
+};
+use crate::shape::{Hidden, Tokens, TrainHidden};
+use crate::train::training_tape;
+use crate::FloatDtype;
+use dfdx::nn::modules::Linear;
+use dfdx::prelude::*;
+
+/// A BERT encoder: token, position and token-type embeddings summed and normalised, `L` post-LN
+/// encoder layers under a padding mask, and the pooler (`tanh` of a linear map of the first
+/// token) that BERT's next-sentence head reads.
+///
+/// all-MiniLM-L6-v2 and bert-base are instances ([`MiniLmL6`](super::MiniLmL6),
+/// [`BertBase`](super::BertBase)); weights with Hugging Face's names load with
+/// [`load_hf_bert`](crate::io::load_hf_bert).
+///
+/// **PyTorch equivalent**: Hugging Face's `BertModel` (absolute positions).
+///
+/// # Generics
+/// - `V`: vocabulary; `D`: width; `H` heads of width `HD`; `F`: feed-forward width.
+/// - `L`: layers; `P`: positions; `TT`: token types (2 in BERT).
+/// - `A`: activation ([`Gelu`](crate::nn::Gelu) in BERT).
+///
+/// ```
+/// use typeformer::prelude::*;
+/// type Tiny = Bert<30, 16, 2, 8, 32, 2, 12, 2, Gelu, f32, Cpu>;
+/// let dev = Cpu::seed_from_u64(0);
+/// let model = dev.build_module::<Tiny, f32>();
+/// let tokens = Tokens::<30>::from_sequences(&[vec![3, 4, 5], vec![6]]).unwrap();
+/// let hidden = model.forward(&tokens, None).unwrap();
+/// assert_eq!(hidden.shape(), &(2, 3, Const::<16>));
+/// let sentences = mean_pool(&hidden, tokens.lengths()).unwrap();
+/// assert_eq!(sentences.shape(), &(2, Const::<16>));
+/// assert_eq!(Tiny::NUM_PARAMS, model.num_trainable_params());
+/// ```
+#[derive(Debug, Clone)]
+pub struct Bert<
+    const V: usize,
+    const D: usize,
+    const H: usize,
+    const HD: usize,
+    const F: usize,
+    const L: usize,
+    const P: usize,
+    const TT: usize,
+    A,
+    E: Dtype,
+    Dev: Storage<E>,
+> {
+    /// Token embedding (not scaled).
+    pub embed: TokenEmbedding<V, D, E, Dev>,
+    /// Learned positions.
+    pub pos: PositionalEncoding<P, D, Learned, E, Dev>,
+    /// Token-type (segment) embedding.
+    pub token_type: TokenEmbedding<TT, D, E, Dev>,
+    /// Norm of the summed embeddings.
+    pub embed_norm: LayerNorm<D, E, Dev>,
+    /// The post-LN encoder layers (no norm after the stack).
+    pub encoder: Encoder<D, H, HD, F, L, PostNorm, A, E, Dev>,
+    /// The pooler: `tanh(W h_0 + b)`.
+    pub pooler: Linear<D, D, E, Dev>,
+    /// Dropout on the normalised embeddings when training.
+    pub dropout: f64,
+}
+
+impl<
+        const V: usize,
+        const D: usize,
+        const H: usize,
+        const HD: usize,
+        const F: usize,
+        const L: usize,
+        const P: usize,
+        const TT: usize,
+        A: Activation,
+        E: FloatDtype,
+        Dev: Device<E>,
+    > TensorCollection<E, Dev> for Bert<V, D, H, HD, F, L, P, TT, A, E, Dev>
+{
+    type To<E2: Dtype, D2: Device<E2>> = Bert<V, D, H, HD, F, L, P, TT, A, E2, D2>;
+
+    fn iter_tensors<Vis: ModuleVisitor<Self, E, Dev>>(
+        visitor: &mut Vis,
+    ) -> Result<Option<Self::To<Vis::E2, Vis::D2>>, Vis::Err> {
+        visitor.visit_fields(
+            (
+                (
+                    Self::module("embed", |s| &s.embed, |s| &mut s.embed),
+                    Self::module("pos", |s| &s.pos, |s| &mut s.pos),
+                    Self::module("token_type", |s| &s.token_type, |s| &mut s.token_type),
+                    Self::module("embed_norm", |s| &s.embed_norm, |s| &mut s.embed_norm),
+                ),
+                Self::module("encoder", |s| &s.encoder, |s| &mut s.encoder),
+                Self::module("pooler", |s| &s.pooler, |s| &mut s.pooler),
+                Self::scalar("dropout", |s| &s.dropout, |s| &mut s.dropout, ScalarOptions::from_default(0.1)),
+            ),
+            |((embed, pos, token_type, embed_norm), encoder, pooler, dropout)| Bert {
+                embed,
+                pos,
+                token_type,
+                embed_norm,
+                encoder,
+                pooler,
+                dropout,
+            },
+        )
+    }
+}
+
+build_on_device!([const V: usize, const D: usize, const H: usize, const HD: usize, const F: usize, const L: usize, const P: usize, const TT: usize, A: Activation] Bert<V, D, H, HD, F, L, P, TT, A, E, Dev>);
+
+impl<
+        const V: usize,
+        const D: usize,
+        const H: usize,
+        const HD: usize,
+        const F: usize,
+        const L: usize,
+        const P: usize,
+        const TT: usize,
+        A: Activation,
+        E: FloatDtype,
+        Dev: Device<E>,
+    > Bert<V, D, H, HD, F, L, P, TT, A, E, Dev>
+{
+    /// Trainable parameters, computed from the type alone (pooler included).
+    pub const NUM_PARAMS: usize = {
+        let mha = 3 * (H * HD * D + H * HD) + (D * H * HD + D);
+        let ffn = D * F + F + F * D + D;
+        let layer = mha + ffn + 2 * 2 * D;
+        V * D + P * D + TT * D + 2 * D + L * layer + D * D + D
+    };
+
+    /// The differences between `config` and this model type, one line each; empty when the
+    /// config describes exactly this type.
+    pub fn config_mismatches(config: &BertConfig) -> Vec<String> {
+        let activation = match config.activation.as_str() {
+            "gelu" => "gelu",
+            "gelu_new" | "gelu_pytorch_tanh" => "gelu_tanh",
+            other => other,
+        };
+        let checks = [
+            ("vocab_size", config.vocab, V),
+            ("hidden_size", config.d_model, D),
+            ("num_attention_heads", config.heads, H),
+            ("head width (hidden_size / num_attention_heads)", config.d_model / config.heads.max(1), HD),
+            ("intermediate_size", config.d_ff, F),
+            ("num_hidden_layers", config.layers, L),
+            ("max_position_embeddings", config.positions, P),
+            ("type_vocab_size", config.token_types, TT),
+        ];
+        let mut out: Vec<String> = checks
+            .iter()
+            .filter(|(_, found, expected)| found != expected)
+            .map(|(what, found, expected)| format!("{what} is {found}, the model type has {expected}"))
+            .collect();
+        if activation != A::NAME {
+            out.push(format!("hidden_act is `{}`, the model type has `{}`", config.activation, A::NAME));
+        }
+        out
+    }
+
+    /// The contextual vectors `(B, S, D)` of `tokens`, recording on `tape`. `token_types`
+    /// (segment ids, same shape as `tokens`) default to 0 everywhere. Padded positions are
+    /// never attended to; their own outputs are meaningless.
+    pub fn forward_with_tape<T: Tape<E, Dev>>(
+        &self,
+        tokens: &Tokens<V>,
+        token_types: Option<&Tokens<TT>>,
+        tape: T,
+    ) -> Result<Hidden<usize, usize, D, E, Dev, T>> {
+        let dev = self.embed.weight.device();
+        let types = match token_types {
+            Some(types) => {
+                if (types.batch(), types.seq_len()) != (tokens.batch(), tokens.seq_len()) {
+                    return Err(Error::InvalidConfig(format!(
+                        "token types are {}x{}, the tokens {}x{}: they need the same shape",
+                        types.batch(),
+                        types.seq_len(),
+                        tokens.batch(),
+                        tokens.seq_len()
+                    )));
+                }
+                types.to_tensor(dev)
+            }
+            None => dev.tensor_from_vec(vec![0; tokens.batch() * tokens.seq_len()], (tokens.batch(), tokens.seq_len())),
+        };
+        let x = self.embed.lookup(tokens.to_tensor(dev).put_tape(tape)); // (B, S, D)
+        let x = self.pos.forward(x, 0)?;
+        let x = x + self.token_type.weight.retaped::<T>().gather(types);
+        let x = dropout_when_training(self.embed_norm.forward(x), self.dropout);
+        self.encoder.forward(x, &MaskSpec::padding(tokens.lengths()))
+    }
+
+    /// Inference pass: the contextual vectors `(B, S, D)`.
+    pub fn forward(
+        &self,
+        tokens: &Tokens<V>,
+        token_types: Option<&Tokens<TT>>,
+    ) -> Result<Hidden<usize, usize, D, E, Dev>> {
+        self.forward_with_tape(tokens, token_types, NoneTape)
+    }
+
+    /// Training pass recording into `grads` (from `model.alloc_grads()`); dropout on.
+    pub fn forward_traced(
+        &self,
+        tokens: &Tokens<V>,
+        token_types: Option<&Tokens<TT>>,
+        grads: Gradients<E, Dev>,
+    ) -> Result<TrainHidden<D, E, Dev>> {
+        self.forward_with_tape(tokens, token_types, training_tape(self.embed.weight.device(), grads))
+    }
+
+    /// The pooled output `(B, D)`: `tanh(W h + b)` of each sequence's first vector (`[CLS]`).
+    pub fn pool<T: Tape<E, Dev>>(
+        &self,
+        hidden: Hidden<usize, usize, D, E, Dev, T>,
+    ) -> Tensor<(usize, Const<D>), E, Dev, T> {
+        let b = hidden.shape().0;
+        let first = hidden.slice((.., 0..1, ..)).reshape_like(&(b, Const::<D>)); // (B, D)
+        self.pooler.forward(first).tanh()
+    }
+}
+
+/// The mean of each sequence's vectors over its first `lengths[i]` positions (padding excluded):
+/// `(B, S, D) -> (B, D)`, as sentence-transformers pools.
+pub fn mean_pool<const D: usize, E: FloatDtype, Dev: Device<E>>(
+    hidden: &Hidden<usize, usize, D, E, Dev>,
+    lengths: &[usize],
+) -> Result<Tensor<(usize, Const<D>), E, Dev>> {
+    let (b, s, _) = *hidden.shape();
+    if lengths.len() != b {
+        return Err(Error::DimMismatch {
+            what: "number of lengths (one per batch item)",
+            expected: b,
+            found: lengths.len(),
+        });
+    }
+    if let Some(&bad) = lengths.iter().find(|&&l| l == 0 || l > s) {
+        return Err(Error::InvalidConfig(format!("cannot mean-pool a sequence of length {bad} (padded length {s})")));
+    }
+    // Weights 1/len on valid positions, 0 on padding: a (B, 1, S) x (B, S, D) product.
+    let mut weights = vec![E::default(); b * s];
+    for (item, &len) in lengths.iter().enumerate() {
+        weights[item * s..item * s + len].fill(E::from_f64(1.0 / len as f64).unwrap_or_default());
+    }
+    let weights = hidden.device().tensor_from_vec(weights, (b, Const::<1>, s));
+    Ok(weights.matmul(hidden.clone()).reshape_like(&(b, Const::<D>)))
+}
+
+/// Scales each row of `x: (B, D)` to unit L2 norm (a zero row stays zero).
+pub fn l2_normalize<const D: usize, E: FloatDtype, Dev: Device<E>>(
+    x: Tensor<(usize, Const<D>), E, Dev>,
+) -> Tensor<(usize, Const<D>), E, Dev> {
+    let shape = *x.shape();
+    let norms = x.clone().square().sum::<_, Axis<1>>().sqrt().clamp(1e-12, f64::MAX);
+    x / norms.broadcast_like(&shape)
+}

@@ -1,0 +1,180 @@
+//! Sentence embeddings (sentence-transformers): a BERT encoder, mean pooling over the real tokens
+//! and L2 normalisation, loaded from a model directory as Hugging Face and sentence-transformers
+//! save it (`config.json`, `model.safetensors`, `tokenizer.json`, `sentence_bert_config.json`,
+//! `modules.json`).
+
+use super::{l2_normalize, mean_pool, Bert};
+use crate::data::TextTokenizer;
+use crate::error::{Error, Result};
+use crate::io::load_hf_bert;
+use crate::nn::{set_dropout, set_layer_norm_eps, Activation};
+
+use crate::shape::Tokens;
+use crate::FloatDtype;
+use dfdx::prelude::*;
+use serde_json::Value;
+use std::path::Path;
+
+/// Reads a JSON file of a model directory.
+fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+    serde_json::from_str(&text).map_err(|e| Error::BadFile { path: path.into(), reason: format!("not JSON ({e})") })
+}
+
+/// The architecture a Hugging Face BERT `config.json` describes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BertConfig {
+    /// `vocab_size`.
+    pub vocab: usize,
+    /// `hidden_size`.
+    pub d_model: usize,
+    /// `num_attention_heads`.
+    pub heads: usize,
+    /// `intermediate_size`.
+    pub d_ff: usize,
+    /// `num_hidden_layers`.
+    pub layers: usize,
+    /// `max_position_embeddings`.
+    pub positions: usize,
+    /// `type_vocab_size`.
+    pub token_types: usize,
+    /// `hidden_act` (`gelu`, `gelu_new`, `relu`).
+    pub activation: String,
+    /// `layer_norm_eps`.
+    pub layer_norm_eps: f64,
+}
+
+impl BertConfig {
+    /// Reads `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let json = read_json(path)?;
+        let bad = |reason: String| Error::BadFile { path: path.into(), reason };
+        let int = |key: &str| {
+            json.get(key).and_then(Value::as_u64).map(|v| v as usize).ok_or_else(|| bad(format!("no integer `{key}`")))
+        };
+        if let Some(kind) = json.get("position_embedding_type").and_then(Value::as_str) {
+            if kind != "absolute" {
+                return Err(bad(format!("position_embedding_type `{kind}` is not supported (only `absolute`)")));
+            }
+        }
+        Ok(Self {
+            vocab: int("vocab_size")?,
+            d_model: int("hidden_size")?,
+            heads: int("num_attention_heads")?,
+            d_ff: int("intermediate_size")?,
+            layers: int("num_hidden_layers")?,
+            positions: int("max_position_embeddings")?,
+            token_types: int("type_vocab_size")?,
+            activation: json.get("hidden_act").and_then(Value::as_str).unwrap_or("gelu").to_string(),
+            layer_norm_eps: json.get("layer_norm_eps").and_then(Value::as_f64).unwrap_or(1e-12),
+        })
+    }
+}
+
+/// A sentence-transformers model: texts in, one unit-length (when the model normalises) vector
+/// of width `D` per text out. `M` is a [`Bert`] type, such as [`MiniLmL6`](super::MiniLmL6).
+#[derive(Debug, Clone)]
+pub struct SentenceEncoder<M> {
+    /// The encoder.
+    pub model: M,
+    /// Its tokenizer.
+    pub tokenizer: TextTokenizer,
+    /// Whether embeddings are scaled to unit length (the model lists a `Normalize` module).
+    pub normalize: bool,
+}
+
+impl<
+        const V: usize,
+        const D: usize,
+        const H: usize,
+        const HD: usize,
+        const F: usize,
+        const L: usize,
+        const P: usize,
+        const TT: usize,
+        A: Activation,
+        E: FloatDtype,
+        Dev: Device<E>,
+    > SentenceEncoder<Bert<V, D, H, HD, F, L, P, TT, A, E, Dev>>
+{
+    /// Loads the model in directory `dir` onto `dev`. An error says what is missing or which
+    /// dimensions of `config.json` differ from the model type.
+    pub fn load(dir: &Path, dev: &Dev) -> Result<Self> {
+        let config = BertConfig::from_file(&dir.join("config.json"))?;
+        let mismatches = Bert::<V, D, H, HD, F, L, P, TT, A, E, Dev>::config_mismatches(&config);
+        if !mismatches.is_empty() {
+            return Err(Error::InvalidConfig(format!(
+                "{} does not describe this model type:\n{}",
+                dir.join("config.json").display(),
+                mismatches.join("\n")
+            )));
+        }
+        // sentence-transformers truncates to max_seq_length (256 for all-MiniLM-L6-v2).
+        let max_len = match dir.join("sentence_bert_config.json") {
+            p if p.exists() => read_json(&p)?.get("max_seq_length").and_then(Value::as_u64).map_or(P, |v| v as usize),
+            _ => P,
+        };
+        let pooling = dir.join("1_Pooling").join("config.json");
+        if pooling.exists()
+            && read_json(&pooling)?.get("pooling_mode_mean_tokens").and_then(Value::as_bool) != Some(true)
+        {
+            return Err(Error::InvalidConfig(format!("{}: only mean pooling is supported", pooling.display())));
+        }
+        let normalize = match dir.join("modules.json") {
+            p if p.exists() => read_json(&p)?.to_string().contains("sentence_transformers.models.Normalize"),
+            _ => true,
+        };
+        let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"), max_len.min(P))?;
+        if tokenizer.vocab_size() > V {
+            return Err(Error::InvalidConfig(format!(
+                "the tokenizer has {} ids, the model only {V}",
+                tokenizer.vocab_size()
+            )));
+        }
+        let mut model = <Bert<V, D, H, HD, F, L, P, TT, A, E, Dev> as BuildOnDevice<Dev, E>>::try_build_on_device(dev)
+            .map_err(|e| Error::Training(format!("device error: {e:?}")))?;
+        load_hf_bert(&mut model, &dir.join("model.safetensors"))?;
+        set_layer_norm_eps(&mut model, config.layer_norm_eps)?;
+        set_dropout(&mut model, 0.0)?;
+        Ok(Self { model, tokenizer, normalize })
+    }
+
+    /// The embeddings `(B, D)` of `texts`, as one padded batch.
+    pub fn embed(&self, texts: &[&str]) -> Result<Tensor<(usize, Const<D>), E, Dev>> {
+        let tokens = Tokens::<V>::from_sequences(&self.tokenizer.encode_batch(texts)?)?;
+        let pooled = mean_pool(&self.model.forward(&tokens, None)?, tokens.lengths())?;
+        Ok(if self.normalize { l2_normalize(pooled) } else { pooled })
+    }
+
+    /// The embedding of every text, in order, computed in batches of at most `batch_size` texts
+    /// of similar length (less padding); the result does not depend on the batching.
+    pub fn embed_all(&self, texts: &[&str], batch_size: usize) -> Result<Vec<Vec<E>>> {
+        if batch_size == 0 {
+            return Err(Error::InvalidConfig("batch size must be at least 1".into()));
+        }
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(texts[i].len()));
+        let mut out = vec![Vec::new(); texts.len()];
+        for chunk in order.chunks(batch_size) {
+            let batch: Vec<&str> = chunk.iter().map(|&i| texts[i]).collect();
+            let rows = self.embed(&batch)?.as_vec();
+            for (row, &i) in rows.chunks_exact(D).zip(chunk) {
+                out[i] = row.to_vec();
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Cosine similarity of two vectors (0 when either is zero).
+pub fn cosine_similarity<E: FloatDtype>(a: &[E], b: &[E]) -> f64 {
+    let dot = |x: &[E], y: &[E]| {
+        x.iter().zip(y).map(|(p, q)| p.to_f64().unwrap_or(0.0) * q.to_f64().unwrap_or(0.0)).sum::<f64>()
+    };
+    let norms = (dot(a, a) * dot(b, b)).sqrt();
+    if norms == 0.0 {
+        0.0
+    } else {
+        dot(a, b) / norms
+    }
+}
