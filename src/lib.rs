@@ -42,6 +42,131 @@ pub mod train;
 
 pub use error::{Error, Result};
 
+// The macros name this crate `::typeformer`, inside it as well as outside.
+extern crate self as typeformer;
+
+/// The tensor engine, re-exported so that code the macros emit (and users) can name it.
+pub use dfdx;
+
+/// Declares Transformer architectures: each declaration becomes a model type (an alias of
+/// [`EncoderDecoder`](models::EncoderDecoder), [`Bert`](models::Bert) or
+/// [`DecoderOnly`](models::DecoderOnly) over the same typed blocks a hand-written model uses) and
+/// a `…Spec` type with a constant for every dimension, the parameter count as a `const`, and
+/// [`Architecture`](models::Architecture) (`build`, `summary`).
+///
+/// # Grammar
+///
+/// ```text
+/// transformer! {
+///     /// doc comments and attributes
+///     VISIBILITY NAME: KIND { FIELD: VALUE, ... }
+///     ...more declarations
+/// }
+/// KIND  = EncoderDecoder | EncoderOnly | DecoderOnly
+/// ```
+///
+/// | field | value | kinds | default |
+/// |---|---|---|---|
+/// | `vocab` | size | all (required; or `src_vocab` + `tgt_vocab` for EncoderDecoder) | |
+/// | `src_vocab`, `tgt_vocab` | size | EncoderDecoder | `vocab` |
+/// | `d_model` | size | all (required) | |
+/// | `heads` and/or `head_dim` | size | all (one required; the other is `d_model` divided by it) | |
+/// | `d_ff` | size | all (required) | |
+/// | `layers` | size | EncoderOnly, DecoderOnly (required) | |
+/// | `encoder_layers`, `decoder_layers` | size | EncoderDecoder (required) | |
+/// | `max_len` | size: the positions | all (required) | |
+/// | `token_types` | size | EncoderOnly | 2 |
+/// | `positional` | `sinusoidal`, `learned` | all | sinusoidal for EncoderDecoder, else learned |
+/// | `norm` | `pre`, `post` | all | pre for DecoderOnly, else post |
+/// | `final_norm` | bool: a layer norm after each stack | all | true with `pre`, false with `post` |
+/// | `activation` | `relu`, `gelu`, `gelu_tanh` | all | relu, gelu (EncoderOnly), gelu_tanh (DecoderOnly) |
+/// | `dropout` | number in [0, 1) | all | 0.1 |
+/// | `tie_embeddings` | bool | EncoderDecoder, DecoderOnly | true |
+/// | `layer_norm_eps` | number in (0, 1) | all | 1e-12 for EncoderOnly, else 1e-5 |
+/// | `bias` | `true` (`false` is refused: every block has biases) | all | true |
+///
+/// An EncoderDecoder with `tie_embeddings: true` shares one table between source, target and
+/// output when the vocabularies are equal ([`SharedTied`](models::SharedTied)), and ties only the
+/// target table otherwise ([`SeparateTied`](models::SeparateTied)); `false` gives
+/// [`Separate`](models::Separate).
+///
+/// Every mistake is a compile error at the offending token, at `cargo check`: an unknown or
+/// missing field, a duplicated one, a field of another kind, a zero size, `heads` that do not
+/// divide `d_model`, an odd `d_model` with sinusoidal positions, an unknown kind or activation,
+/// a dropout outside [0, 1).
+///
+/// # Examples
+///
+/// ```
+/// use typeformer::prelude::*;
+///
+/// typeformer::transformer! {
+///     /// A small GPT.
+///     pub TinyGpt: DecoderOnly {
+///         vocab: 256, d_model: 64, heads: 4, d_ff: 256, layers: 2, max_len: 128,
+///         dropout: 0.0,
+///     }
+///
+///     /// "Attention Is All You Need", scaled down.
+///     pub TinyPaper: EncoderDecoder {
+///         vocab: 100, d_model: 32, heads: 4, d_ff: 64, encoder_layers: 2, decoder_layers: 2,
+///         max_len: 50, positional: sinusoidal, norm: post, activation: relu, tie_embeddings: true,
+///     }
+///
+///     /// A BERT.
+///     pub TinyBert: EncoderOnly { vocab: 100, d_model: 32, head_dim: 8, d_ff: 64, layers: 2, max_len: 64 }
+/// }
+///
+/// assert_eq!(TinyGptSpec::HEAD_DIM, 16);
+/// assert_eq!(TinyBertSpec::HEADS, 4);
+/// let model: TinyGpt = TinyGptSpec::build(&Cpu::default()).unwrap();
+/// assert_eq!(model.num_trainable_params(), TinyGptSpec::NUM_PARAMS);
+/// let tokens = Tokens::<256>::from_sequences(&[vec![1, 2, 3]]).unwrap();
+/// assert_eq!(model.forward(&tokens).unwrap().shape(), &(1, 3, Const::<256>));
+/// assert_eq!(TinyPaperSpec::summary().trainable_params(), TinyPaperSpec::NUM_PARAMS);
+/// ```
+///
+/// Heads that do not divide the width are refused where they are written:
+///
+/// ```compile_fail
+/// typeformer::transformer! {
+///     pub Bad: DecoderOnly { vocab: 256, d_model: 64, heads: 5, d_ff: 256, layers: 2, max_len: 128 }
+/// }
+/// ```
+pub use typeformer_macros::transformer;
+
+/// Derives parameter traversal for a hand-written model struct: dfdx's `TensorCollection` (each
+/// field visited under its name, so parameters get dotted names such as `encoder.layers.0.norm1.weight`
+/// in checkpoints, optimizers and [`Summary`](models::Summary)) and `BuildOnDevice` (so
+/// `dev.build_module::<M, E>()` builds it).
+///
+/// The struct's last two type parameters are its dtype and device. Every field is a module
+/// (anything with parameters, including typeformer's blocks and dfdx's), unless marked:
+/// `#[model(scalar)]` / `#[model(scalar, default = 0.1)]` for an `f64` hyperparameter saved in
+/// checkpoints, `#[model(skip)]` for a field rebuilt with `Default::default()` (`PhantomData`).
+///
+/// ```
+/// use typeformer::prelude::*;
+/// use typeformer::dfdx::nn::modules::Linear;
+///
+/// /// Tags each token of a sequence with one of 5 classes.
+/// #[derive(Debug, Clone, typeformer::Model)]
+/// struct Tagger<E: Dtype, Dev: Storage<E>> {
+///     embed: TokenEmbedding<100, 32, E, Dev>,
+///     encoder: Encoder<32, 4, 8, 64, 2, PreNorm, Gelu, E, Dev>,
+///     head: Linear<32, 5, E, Dev>,
+///     #[model(scalar, default = 0.1)]
+///     dropout: f64,
+/// }
+///
+/// let model = Cpu::default().build_module::<Tagger<f32, Cpu>, f32>();
+/// let summary = Summary::of::<Tagger<f32, Cpu>, f32, Cpu>();
+/// assert_eq!(summary.params[0].name, "embed.weight");
+/// assert_eq!(summary.trainable_params(), model.num_trainable_params());
+/// assert_eq!(model.dropout, 0.1);
+/// ```
+pub use typeformer_macros::Model;
+
 /// The README's code, compiled and run as a doctest.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

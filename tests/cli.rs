@@ -238,7 +238,15 @@ fn summary_lists_a_preset_without_allocating_it() {
     // nn.Transformer(1024, 16, 6, 6, 4096) has 176,361,472 parameters, plus the shared
     // 37,000 x 1024 embedding.
     assert!(out.contains("trainable parameters: 214249472 (817.30 MiB)"), "{out}");
-    assert!(out.contains("encoder.layers.5.self_attn.w_q.weight"), "{out}");
+    assert!(out.contains("encoder and decoder stacks without embeddings: 176361472"), "{out}");
+    assert!(out.contains("the paper reports 213M"), "{out}");
+    assert!(out.contains("(B, S_tgt, 1024)") && !out.contains("w_q.weight"), "{out}");
+    let (ok, out, _) = typeformer(&["summary", "paper-big", "--params"]);
+    assert!(ok && out.contains("encoder.layers.5.self_attn.w_q.weight"), "{out}");
+    let (ok, out, _) = typeformer(&["summary", "bert-base", "--format", "dot"]);
+    assert!(ok && out.starts_with("digraph \"BertBase\"") && out.contains("\"pooler\""), "{out}");
+    let (ok, out, _) = typeformer(&["summary", "minilm-l6"]);
+    assert!(ok && out.contains("trainable parameters: 22713216"), "{out}");
     let (ok, out, _) = typeformer(&["summary", "gpt2-small"]);
     assert!(ok && out.contains("trainable parameters: 124439808"), "{out}");
     let (ok, _, err) = typeformer(&["summary", "gpt-5"]);

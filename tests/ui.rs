@@ -7,3 +7,11 @@ fn shape_contracts_fail_to_compile() {
     let t = trybuild::TestCases::new();
     t.compile_fail("tests/ui/contracts/*.rs");
 }
+
+/// Every mistake in a `transformer!` declaration (and a misused `#[derive(Model)]`) is reported
+/// at `cargo check`, at the offending token.
+#[test]
+fn architecture_mistakes_fail_to_compile() {
+    let t = trybuild::TestCases::new();
+    t.compile_fail("tests/ui/macro/*.rs");
+}

@@ -14,8 +14,11 @@ use typeformer::data::{AdditionTask, ByteCorpus, LmSource, BYTE_VOCAB};
 use typeformer::data::{Task, TaskSpec, FIRST_SYMBOL};
 use typeformer::generate::{generate, BeamConfig, GenerateConfig, Sampler, SamplingConfig};
 use typeformer::models::{
-    BertBase, BertConfig, Gpt2Small, LanguageModel, LmSmall, MiniLmL6, PaperBase, PaperBig, SentenceEncoder, Summary,
-    TaskMedium, TaskSmall, TASK_VOCAB,
+    Architecture, BertBaseSpec, Gpt2SmallSpec, LmSmallSpec, MiniLmL6Spec, PaperBaseSpec, PaperBigSpec, TaskMediumSpec,
+    TaskSmallSpec,
+};
+use typeformer::models::{
+    BertBase, BertConfig, LanguageModel, LmSmall, MiniLmL6, SentenceEncoder, TaskMedium, TaskSmall, TASK_VOCAB,
 };
 use typeformer::train::{
     addition_accuracy, evaluate_checkpoint, lm_files, load_lm_checkpoint, run_task, train_language_model,
@@ -86,6 +89,10 @@ enum PresetArg {
     PaperBig,
     /// GPT-2 small.
     Gpt2Small,
+    /// BERT base (with the pooler).
+    BertBase,
+    /// all-MiniLM-L6-v2 (sentence-transformers).
+    MinilmL6,
     /// The task model `train` uses by default.
     TaskSmall,
     /// `train --model medium`.
@@ -99,6 +106,20 @@ struct SummaryArgs {
     /// Which model.
     #[arg(value_enum)]
     preset: PresetArg,
+    /// A table of layers, or a Graphviz graph (`typeformer summary paper-base --format dot | dot -Tpng > g.png`).
+    #[arg(long, value_enum, default_value = "text")]
+    format: SummaryFormat,
+    /// Also list every parameter tensor (name, shape, count).
+    #[arg(long)]
+    params: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SummaryFormat {
+    /// Layers, output shapes and parameter counts.
+    Text,
+    /// A Graphviz digraph.
+    Dot,
 }
 
 #[derive(Args)]
@@ -432,15 +453,40 @@ fn train_on<Dev: Device<f32>>(dev: &Dev, args: &TrainArgs) -> typeformer::Result
 }
 
 fn summary(args: &SummaryArgs) {
-    let s = match args.preset {
-        PresetArg::PaperBase => Summary::of::<PaperBase, f32, Cpu>(),
-        PresetArg::PaperBig => Summary::of::<PaperBig, f32, Cpu>(),
-        PresetArg::Gpt2Small => Summary::of::<Gpt2Small, f32, Cpu>(),
-        PresetArg::TaskSmall => Summary::of::<TaskSmall, f32, Cpu>(),
-        PresetArg::TaskMedium => Summary::of::<TaskMedium, f32, Cpu>(),
-        PresetArg::LmSmall => Summary::of::<LmSmall, f32, Cpu>(),
-    };
+    match args.preset {
+        PresetArg::PaperBase => summary_of::<PaperBaseSpec>(args, Some("65M")),
+        PresetArg::PaperBig => summary_of::<PaperBigSpec>(args, Some("213M")),
+        PresetArg::Gpt2Small => summary_of::<Gpt2SmallSpec>(args, None),
+        PresetArg::BertBase => summary_of::<BertBaseSpec>(args, None),
+        PresetArg::MinilmL6 => summary_of::<MiniLmL6Spec>(args, None),
+        PresetArg::TaskSmall => summary_of::<TaskSmallSpec>(args, None),
+        PresetArg::TaskMedium => summary_of::<TaskMediumSpec>(args, None),
+        PresetArg::LmSmall => summary_of::<LmSmallSpec>(args, None),
+    }
+}
+
+/// Prints the summary of architecture `S`; `paper` is the count the paper reports.
+fn summary_of<S: Architecture>(args: &SummaryArgs, paper: Option<&str>) {
+    let s = S::summary();
+    if let SummaryFormat::Dot = args.format {
+        say!("{}", s.to_dot(S::NAME).trim_end());
+        return;
+    }
+    say!("{} ({})", S::NAME, S::KIND);
     say!("{s}");
+    if let Some(paper) = paper {
+        let stacks: usize = s
+            .params
+            .iter()
+            .filter(|p| p.trainable && (p.name.starts_with("encoder.") || p.name.starts_with("decoder.")))
+            .map(|p| p.shape.iter().product::<usize>())
+            .sum();
+        say!("encoder and decoder stacks without embeddings: {stacks} (as torch.nn.Transformer counts them)");
+        say!("with embeddings: {} (the paper reports {paper})", s.trainable_params());
+    }
+    if args.params {
+        say!("\n{}", s.params_table().trim_end());
+    }
 }
 
 fn embed(args: &EmbedArgs) -> typeformer::Result<()> {

@@ -1,10 +1,11 @@
 //! Encoder-only models (BERT, Devlin et al. 2018): bidirectional self-attention over one token
 //! stream, with token-type (segment) embeddings and a norm on the embeddings.
 
-use super::BertConfig;
+use super::summary::{block_kind, stack_layers};
+use super::{BertConfig, Layer};
 use crate::error::{Error, Result};
 use crate::nn::{
-    dropout_when_training, Activation, Encoder, LayerNorm, Learned, MaskSpec, PositionalEncoding, PostNorm,
+    dropout_when_training, Activation, Encoder, LayerNorm, MaskSpec, NormPlacement, PositionKind, PositionalEncoding,
     TokenEmbedding,
 };
 use crate::shape::{Hidden, Tokens, TrainHidden};
@@ -26,11 +27,12 @@ use dfdx::prelude::*;
 /// # Generics
 /// - `V`: vocabulary; `D`: width; `H` heads of width `HD`; `F`: feed-forward width.
 /// - `L`: layers; `P`: positions; `TT`: token types (2 in BERT).
-/// - `A`: activation ([`Gelu`](crate::nn::Gelu) in BERT).
+/// - `N`: norm placement ([`PostNorm`](crate::nn::PostNorm) in BERT); `A`: activation
+///   ([`Gelu`](crate::nn::Gelu) in BERT); `K`: positions ([`Learned`](crate::nn::Learned) in BERT).
 ///
 /// ```
 /// use typeformer::prelude::*;
-/// type Tiny = Bert<30, 16, 2, 8, 32, 2, 12, 2, Gelu, f32, Cpu>;
+/// type Tiny = Bert<30, 16, 2, 8, 32, 2, 12, 2, PostNorm, Gelu, Learned, f32, Cpu>;
 /// let dev = Cpu::seed_from_u64(0);
 /// let model = dev.build_module::<Tiny, f32>();
 /// let tokens = Tokens::<30>::from_sequences(&[vec![3, 4, 5], vec![6]]).unwrap();
@@ -50,20 +52,22 @@ pub struct Bert<
     const L: usize,
     const P: usize,
     const TT: usize,
+    N,
     A,
+    K,
     E: Dtype,
     Dev: Storage<E>,
 > {
     /// Token embedding (not scaled).
     pub embed: TokenEmbedding<V, D, E, Dev>,
-    /// Learned positions.
-    pub pos: PositionalEncoding<P, D, Learned, E, Dev>,
+    /// Positions (learned in BERT).
+    pub pos: PositionalEncoding<P, D, K, E, Dev>,
     /// Token-type (segment) embedding.
     pub token_type: TokenEmbedding<TT, D, E, Dev>,
     /// Norm of the summed embeddings.
     pub embed_norm: LayerNorm<D, E, Dev>,
-    /// The post-LN encoder layers (no norm after the stack).
-    pub encoder: Encoder<D, H, HD, F, L, PostNorm, A, E, Dev>,
+    /// The encoder layers (post-LN without a final norm in BERT).
+    pub encoder: Encoder<D, H, HD, F, L, N, A, E, Dev>,
     /// The pooler: `tanh(W h_0 + b)`.
     pub pooler: Linear<D, D, E, Dev>,
     /// Dropout on the normalised embeddings when training.
@@ -79,12 +83,14 @@ impl<
         const L: usize,
         const P: usize,
         const TT: usize,
+        N: NormPlacement,
         A: Activation,
+        K: PositionKind,
         E: FloatDtype,
         Dev: Device<E>,
-    > TensorCollection<E, Dev> for Bert<V, D, H, HD, F, L, P, TT, A, E, Dev>
+    > TensorCollection<E, Dev> for Bert<V, D, H, HD, F, L, P, TT, N, A, K, E, Dev>
 {
-    type To<E2: Dtype, D2: Device<E2>> = Bert<V, D, H, HD, F, L, P, TT, A, E2, D2>;
+    type To<E2: Dtype, D2: Device<E2>> = Bert<V, D, H, HD, F, L, P, TT, N, A, K, E2, D2>;
 
     fn iter_tensors<Vis: ModuleVisitor<Self, E, Dev>>(
         visitor: &mut Vis,
@@ -114,7 +120,7 @@ impl<
     }
 }
 
-build_on_device!([const V: usize, const D: usize, const H: usize, const HD: usize, const F: usize, const L: usize, const P: usize, const TT: usize, A: Activation] Bert<V, D, H, HD, F, L, P, TT, A, E, Dev>);
+build_on_device!([const V: usize, const D: usize, const H: usize, const HD: usize, const F: usize, const L: usize, const P: usize, const TT: usize, N: NormPlacement, A: Activation, K: PositionKind] Bert<V, D, H, HD, F, L, P, TT, N, A, K, E, Dev>);
 
 impl<
         const V: usize,
@@ -125,18 +131,37 @@ impl<
         const L: usize,
         const P: usize,
         const TT: usize,
+        N: NormPlacement,
         A: Activation,
+        K: PositionKind,
         E: FloatDtype,
         Dev: Device<E>,
-    > Bert<V, D, H, HD, F, L, P, TT, A, E, Dev>
+    > Bert<V, D, H, HD, F, L, P, TT, N, A, K, E, Dev>
 {
     /// Trainable parameters, computed from the type alone (pooler included).
     pub const NUM_PARAMS: usize = {
         let mha = 3 * (H * HD * D + H * HD) + (D * H * HD + D);
         let ffn = D * F + F + F * D + D;
         let layer = mha + ffn + 2 * 2 * D;
-        V * D + P * D + TT * D + 2 * D + L * layer + D * D + D
+        let positions = if K::LEARNED { P * D } else { 0 };
+        let final_norm = if N::FINAL_NORM { 2 * D } else { 0 };
+        V * D + positions + TT * D + 2 * D + L * layer + final_norm + D * D + D
     };
+
+    /// The layers in forward order, with output shapes, for [`Summary`](super::Summary).
+    pub fn layers() -> Vec<Layer> {
+        let hidden = format!("(B, S, {D})");
+        let mut out = vec![
+            Layer::new("embed", format!("TokenEmbedding({V}, {D})"), &hidden),
+            Layer::new("pos", format!("{} positions({P})", K::NAME), &hidden),
+            Layer::new("token_type", format!("TokenEmbedding({TT}, {D})"), &hidden),
+            Layer::new("embed_norm", "LayerNorm", &hidden),
+        ];
+        let block = block_kind("EncoderLayer", H, HD, F, A::NAME, N::NAME);
+        out.extend(stack_layers("encoder", L, N::FINAL_NORM, &block, &hidden, None));
+        out.push(Layer::new("pooler", format!("Linear({D}, {D}) + tanh of [CLS]"), format!("(B, {D})")));
+        out
+    }
 
     /// The differences between `config` and this model type, one line each; empty when the
     /// config describes exactly this type.
@@ -163,6 +188,12 @@ impl<
             .collect();
         if activation != A::NAME {
             out.push(format!("hidden_act is `{}`, the model type has `{}`", config.activation, A::NAME));
+        }
+        if N::PRE || N::FINAL_NORM {
+            out.push("BERT checkpoints are post-LN without a final norm, the model type is not".into());
+        }
+        if !K::LEARNED {
+            out.push(format!("BERT checkpoints have learned positions, the model type has {}", K::NAME));
         }
         out
     }

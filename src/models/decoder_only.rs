@@ -1,6 +1,7 @@
 //! Decoder-only language models (GPT): causal self-attention blocks over one token stream.
 
-use super::{Generator, LayoutFlags};
+use super::summary::{block_kind, stack_layers};
+use super::{Generator, Layer, LayoutFlags};
 use crate::error::{Error, Result};
 use crate::nn::{
     dropout_when_training, Activation, EncoderLayer, FinalNorm, KvCache, MaskSpec, NormPlacement, PositionKind,
@@ -173,6 +174,27 @@ where
         let head = if O::TIED { 0 } else { D * V + V };
         V * D + positions + L * block + final_norm + head
     };
+
+    /// The layers in forward order, with output shapes, for [`Summary`](super::Summary).
+    pub fn layers() -> Vec<Layer> {
+        let hidden = format!("(B, S, {D})");
+        let mut out = vec![
+            Layer::new("embed", format!("TokenEmbedding({V}, {D})"), &hidden),
+            Layer::new("pos", format!("{} positions({P})", K::NAME), &hidden),
+        ];
+        let block = block_kind("CausalBlock", H, HD, F, A::NAME, N::NAME);
+        let mut blocks = stack_layers("blocks", L, false, &block, &hidden, None);
+        for layer in &mut blocks {
+            layer.path = layer.path.replacen("blocks.layers.", "blocks.", 1);
+        }
+        out.extend(blocks);
+        if N::FINAL_NORM {
+            out.push(Layer::new("norm", "LayerNorm", &hidden));
+        }
+        let head = if O::TIED { "Linear(tied to embed)".into() } else { format!("Linear({D}, {V})") };
+        out.push(Layer::new("head", head, format!("(B, S, {V})")));
+        out
+    }
 
     /// Causal pass with tape `tape`: logits `(B, S, V)`; position `i` sees tokens `0..=i` of
     /// its own sequence (padding on the right is never attended to).

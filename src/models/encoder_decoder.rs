@@ -1,5 +1,7 @@
 //! The encoder-decoder Transformer of "Attention Is All You Need" (arXiv 1706.03762, figure 1).
 
+use super::summary::{block_kind, stack_layers};
+use super::Layer;
 use super::{EmbeddingLayout, Generator, TargetEmbedding};
 use crate::error::{Error, Result};
 use crate::nn::{
@@ -198,6 +200,35 @@ where
         let positions = if K::LEARNED { 2 * P * D } else { 0 };
         encoder + decoder + embeddings + positions
     };
+
+    /// The layers in forward order, with output shapes, for [`Summary`](super::Summary).
+    pub fn layers() -> Vec<Layer> {
+        let (src, tgt) = (format!("(B, S_src, {D})"), format!("(B, S_tgt, {D})"));
+        let mut out = vec![
+            Layer::new("src_embed", format!("TokenEmbedding({SV}, {D})"), &src),
+            Layer::new("src_pos", format!("{} positions({P})", K::NAME), &src),
+        ];
+        let block = block_kind("EncoderLayer", H, HD, F, A::NAME, N::NAME);
+        out.extend(stack_layers("encoder", LE, N::FINAL_NORM, &block, &src, None));
+        let memory = out.last().map(|l| l.path.clone()).unwrap_or_default();
+        let tgt_embed = if L::SHARED {
+            "TokenEmbedding(shared with src_embed)".into()
+        } else {
+            format!("TokenEmbedding({TV}, {D})")
+        };
+        out.push(Layer::new("tgt_embed", tgt_embed, &tgt).reading(&["input"]));
+        out.push(Layer::new("tgt_pos", format!("{} positions({P})", K::NAME), &tgt));
+        let block = block_kind("DecoderLayer", H, HD, F, A::NAME, N::NAME);
+        let mut decoder = stack_layers("decoder", LD, N::FINAL_NORM, &block, &tgt, Some(&memory));
+        if let Some(first) = decoder.first_mut() {
+            first.inputs[0] = "tgt_pos".into();
+        }
+        out.extend(decoder);
+        let generator =
+            if L::TIED { "Linear(tied to the target embedding)".into() } else { format!("Linear({D}, {TV})") };
+        out.push(Layer::new("generator", generator, format!("(B, S_tgt, {TV})")));
+        out
+    }
 
     /// The table that embeds target tokens (the source one when shared).
     pub fn target_embedding(&self) -> &TokenEmbedding<TV, D, E, Dev> {

@@ -1,11 +1,13 @@
 //! Whole architectures built from the [`nn`](crate::nn) blocks.
 
+mod architecture;
 mod bert;
 mod decoder_only;
 mod embedding_layout;
 mod encoder_decoder;
 mod language_model;
 
+pub use architecture::*;
 pub use bert::*;
 pub use decoder_only::*;
 pub use embedding_layout::*;

@@ -7,7 +7,7 @@ use super::{l2_normalize, mean_pool, Bert};
 use crate::data::TextTokenizer;
 use crate::error::{Error, Result};
 use crate::io::load_hf_bert;
-use crate::nn::{set_dropout, set_layer_norm_eps, Activation};
+use crate::nn::{set_dropout, set_layer_norm_eps, Activation, NormPlacement, PositionKind};
 
 use crate::shape::Tokens;
 use crate::FloatDtype;
@@ -92,16 +92,18 @@ impl<
         const L: usize,
         const P: usize,
         const TT: usize,
+        N: NormPlacement,
         A: Activation,
+        K: PositionKind,
         E: FloatDtype,
         Dev: Device<E>,
-    > SentenceEncoder<Bert<V, D, H, HD, F, L, P, TT, A, E, Dev>>
+    > SentenceEncoder<Bert<V, D, H, HD, F, L, P, TT, N, A, K, E, Dev>>
 {
     /// Loads the model in directory `dir` onto `dev`. An error says what is missing or which
     /// dimensions of `config.json` differ from the model type.
     pub fn load(dir: &Path, dev: &Dev) -> Result<Self> {
         let config = BertConfig::from_file(&dir.join("config.json"))?;
-        let mismatches = Bert::<V, D, H, HD, F, L, P, TT, A, E, Dev>::config_mismatches(&config);
+        let mismatches = Bert::<V, D, H, HD, F, L, P, TT, N, A, K, E, Dev>::config_mismatches(&config);
         if !mismatches.is_empty() {
             return Err(Error::InvalidConfig(format!(
                 "{} does not describe this model type:\n{}",
@@ -131,8 +133,9 @@ impl<
                 tokenizer.vocab_size()
             )));
         }
-        let mut model = <Bert<V, D, H, HD, F, L, P, TT, A, E, Dev> as BuildOnDevice<Dev, E>>::try_build_on_device(dev)
-            .map_err(|e| Error::Training(format!("device error: {e:?}")))?;
+        let mut model =
+            <Bert<V, D, H, HD, F, L, P, TT, N, A, K, E, Dev> as BuildOnDevice<Dev, E>>::try_build_on_device(dev)
+                .map_err(|e| Error::Training(format!("device error: {e:?}")))?;
         load_hf_bert(&mut model, &dir.join("model.safetensors"))?;
         set_layer_norm_eps(&mut model, config.layer_norm_eps)?;
         set_dropout(&mut model, 0.0)?;

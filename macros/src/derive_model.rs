@@ -1,0 +1,158 @@
+//! `#[derive(Model)]`: dfdx's `TensorCollection` (parameter traversal with dotted names, which
+//! gives building, checkpoints, optimizers and summaries) and `BuildOnDevice` for a model struct.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote};
+use syn::spanned::Spanned;
+use syn::{Data, DeriveInput, Fields, GenericParam, Ident, Member};
+
+/// How one field takes part in traversal.
+enum Role {
+    /// A sub-module (anything that is a `TensorCollection`), visited under the field's name.
+    Module,
+    /// An `f64`/`f32` hyperparameter, saved in checkpoints, with this default.
+    Scalar(TokenStream),
+    /// Not visited; rebuilt with `Default::default()` (for `PhantomData` and the like).
+    Skip,
+}
+
+fn role(field: &syn::Field) -> syn::Result<Role> {
+    let mut role = Role::Module;
+    for attr in field.attrs.iter().filter(|a| a.path().is_ident("model")) {
+        attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("skip") {
+                role = Role::Skip;
+                Ok(())
+            } else if meta.path.is_ident("scalar") {
+                role = Role::Scalar(quote!(0.0));
+                Ok(())
+            } else if meta.path.is_ident("default") {
+                let value: syn::Expr = meta.value()?.parse()?;
+                role = Role::Scalar(quote!(#value));
+                Ok(())
+            } else {
+                Err(meta.error("expected `#[model(skip)]`, `#[model(scalar)]` or `#[model(scalar, default = 0.1)]`"))
+            }
+        })?;
+    }
+    Ok(role)
+}
+
+/// Groups items into nested tuples of at most 6 (the most dfdx's `visit_fields` takes at once).
+fn nest(items: Vec<TokenStream>) -> TokenStream {
+    if items.len() <= 6 {
+        return quote!((#(#items,)*));
+    }
+    let groups: Vec<TokenStream> = items.chunks(6).map(|c| nest(c.to_vec())).collect();
+    nest(groups)
+}
+
+pub fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
+    let name = &input.ident;
+    let Data::Struct(data) = &input.data else {
+        return Err(syn::Error::new(
+            input.span(),
+            "#[derive(Model)] needs a struct whose fields are the model's parts",
+        ));
+    };
+    let type_params: Vec<&Ident> = input
+        .generics
+        .params
+        .iter()
+        .filter_map(|p| match p {
+            GenericParam::Type(t) => Some(&t.ident),
+            _ => None,
+        })
+        .collect();
+    let [.., dtype, device] = type_params[..] else {
+        return Err(syn::Error::new(
+            input.generics.span(),
+            "#[derive(Model)] needs the struct's last two type parameters to be the dtype and the device, \
+             as in `struct MyModel<E: Dtype, Dev: Storage<E>>`",
+        ));
+    };
+    let tf = quote!(::typeformer);
+    let dfdx = quote!(#tf::dfdx);
+
+    // impl generics: the struct's, with the dtype and device bounds typeformer's blocks need.
+    let mut impl_generics = input.generics.clone();
+    for param in impl_generics.params.iter_mut() {
+        if let GenericParam::Type(t) = param {
+            if t.ident == *dtype {
+                t.bounds = syn::parse_quote!(#tf::FloatDtype);
+            } else if t.ident == *device {
+                t.bounds = syn::parse_quote!(#dfdx::prelude::Device<#dtype>);
+            }
+        }
+    }
+    let (impl_generics, _, where_clause) = impl_generics.split_for_impl();
+    let (_, ty_generics, _) = input.generics.split_for_impl();
+    // The same struct over another dtype and device.
+    let to_args = input.generics.params.iter().map(|p| match p {
+        GenericParam::Type(t) if t.ident == *dtype => quote!(E2__),
+        GenericParam::Type(t) if t.ident == *device => quote!(D2__),
+        GenericParam::Type(t) => {
+            let i = &t.ident;
+            quote!(#i)
+        }
+        GenericParam::Const(c) => {
+            let i = &c.ident;
+            quote!(#i)
+        }
+        GenericParam::Lifetime(l) => {
+            let l = &l.lifetime;
+            quote!(#l)
+        }
+    });
+
+    let fields: Vec<(Member, &syn::Field)> = match &data.fields {
+        Fields::Named(f) => f.named.iter().map(|x| (Member::Named(x.ident.clone().expect("named")), x)).collect(),
+        Fields::Unnamed(f) => f.unnamed.iter().enumerate().map(|(i, x)| (Member::Unnamed(i.into()), x)).collect(),
+        Fields::Unit => Vec::new(),
+    };
+    let mut visits = Vec::new();
+    let mut bindings = Vec::new();
+    let mut rebuild = Vec::new();
+    for (i, (member, field)) in fields.iter().enumerate() {
+        let label = match member {
+            Member::Named(id) => id.to_string(),
+            Member::Unnamed(idx) => idx.index.to_string(),
+        };
+        let binding = format_ident!("field_{}", i);
+        match role(field)? {
+            Role::Module => {
+                visits.push(quote!(Self::module(#label, |s| &s.#member, |s| &mut s.#member)));
+                bindings.push(quote!(#binding));
+                rebuild.push(quote!(#member: #binding));
+            }
+            Role::Scalar(default) => {
+                visits.push(quote!(Self::scalar(
+                    #label,
+                    |s| &s.#member,
+                    |s| &mut s.#member,
+                    #dfdx::nn::tensor_collection::ScalarOptions::from_default(#default)
+                )));
+                bindings.push(quote!(#binding));
+                rebuild.push(quote!(#member: #binding));
+            }
+            Role::Skip => rebuild.push(quote!(#member: ::core::default::Default::default())),
+        }
+    }
+    let visits = nest(visits);
+    let bindings = nest(bindings);
+    Ok(quote! {
+        impl #impl_generics #dfdx::nn::tensor_collection::TensorCollection<#dtype, #device> for #name #ty_generics #where_clause {
+            type To<E2__: #dfdx::prelude::Dtype, D2__: #dfdx::prelude::Device<E2__>> = #name<#(#to_args),*>;
+
+            fn iter_tensors<V__: #dfdx::nn::tensor_collection::ModuleVisitor<Self, #dtype, #device>>(
+                visitor: &mut V__,
+            ) -> ::core::result::Result<::core::option::Option<Self::To<V__::E2, V__::D2>>, V__::Err> {
+                visitor.visit_fields(#visits, |#bindings| #name { #(#rebuild,)* })
+            }
+        }
+
+        impl #impl_generics #dfdx::nn::BuildOnDevice<#device, #dtype> for #name #ty_generics #where_clause {
+            type Built = Self;
+        }
+    })
+}

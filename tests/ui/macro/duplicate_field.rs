@@ -1,0 +1,6 @@
+// A field given twice.
+typeformer::transformer! {
+    pub Bad: DecoderOnly { vocab: 256, d_model: 64, heads: 4, d_ff: 256, layers: 2, max_len: 128, heads: 8 }
+}
+
+fn main() {}
