@@ -9,9 +9,10 @@ the Rust reader only reads F32/F64; small descriptive strings live in the metada
       names, input.x [2,5,16], input.memory [2,7,16], input.memory_lengths [2] = [7,4]
       (right padding: positions >= length are padding), output.self_causal (causal
       self-attention of x), output.cross_padded (query x, key=value=memory, key padding).
-  encoder_layer_post_relu.safetensors, encoder_layer_pre_gelu.safetensors
+  encoder_layer_post_relu.safetensors, encoder_layer_pre_gelu.safetensors,
+  encoder_layer_pre_gelu_nobias.safetensors
       nn.TransformerEncoderLayer(16, 4, 32, dropout=0, batch_first=True,
-      norm_first=False/True, activation="relu"/"gelu") state dict, input.x [2,6,16],
+      norm_first=False/True, activation="relu"/"gelu", bias=True/True/False) state dict, input.x [2,6,16],
       input.lengths [2] = [6,3], input.probe [2,6,16], output.y = layer(x, key padding),
       grad.x and grad.<param> of loss = (y * probe).sum().
   transformer_post.safetensors, transformer_pre_gelu.safetensors
@@ -69,7 +70,8 @@ def randomise_layer_norms(module):
         for m in module.modules():
             if isinstance(m, nn.LayerNorm):
                 m.weight.copy_(1.0 + 0.1 * torch.randn_like(m.weight))
-                m.bias.copy_(0.1 * torch.randn_like(m.bias))
+                if m.bias is not None:
+                    m.bias.copy_(0.1 * torch.randn_like(m.bias))
 
 
 def as_f32(t):
@@ -150,7 +152,7 @@ def make_mha():
     )
 
 
-def make_encoder_layer(file_name, norm_first, activation, seed):
+def make_encoder_layer(file_name, norm_first, activation, seed, bias=True):
     torch.manual_seed(seed)
     layer = nn.TransformerEncoderLayer(
         d_model=D_MODEL,
@@ -160,6 +162,7 @@ def make_encoder_layer(file_name, norm_first, activation, seed):
         batch_first=True,
         norm_first=norm_first,
         activation=activation,
+        bias=bias,
     )
     randomise_layer_norms(layer)
     layer.train()
@@ -191,6 +194,7 @@ def make_encoder_layer(file_name, norm_first, activation, seed):
             "dim_feedforward": FF,
             "dropout": "0.0",
             "norm_first": str(norm_first).lower(),
+            "bias": str(bias).lower(),
             "activation": activation + (" (exact erf)" if activation == "gelu" else ""),
             "layer_norm_eps": layer.norm1.eps,
             "loss": "(output.y * input.probe).sum()",
@@ -318,6 +322,7 @@ def main():
     make_mha()
     make_encoder_layer("encoder_layer_post_relu.safetensors", norm_first=False, activation="relu", seed=1)
     make_encoder_layer("encoder_layer_pre_gelu.safetensors", norm_first=True, activation="gelu", seed=2)
+    make_encoder_layer("encoder_layer_pre_gelu_nobias.safetensors", norm_first=True, activation="gelu", seed=6, bias=False)
     make_transformer("transformer_post.safetensors", norm_first=False, activation="relu", seed=3)
     make_transformer("transformer_pre_gelu.safetensors", norm_first=True, activation="gelu", seed=5)
     make_gpt2()

@@ -83,7 +83,7 @@ pub use dfdx;
 /// | `dropout` | number in [0, 1) | all | 0.1 |
 /// | `tie_embeddings` | bool | EncoderDecoder, DecoderOnly | true |
 /// | `layer_norm_eps` | number in (0, 1) | all | 1e-12 for EncoderOnly, else 1e-5 |
-/// | `bias` | `true` (`false` is refused: every block has biases) | all | true |
+/// | `bias` | bool: biases in the layers' projections and norms (nanoGPT's `bias=False`) | all | true |
 ///
 /// An EncoderDecoder with `tie_embeddings: true` shares one table between source, target and
 /// output when the vocabularies are equal ([`SharedTied`](models::SharedTied)), and ties only the
@@ -94,6 +94,10 @@ pub use dfdx;
 /// missing field, a duplicated one, a field of another kind, a zero size, `heads` that do not
 /// divide `d_model`, an odd `d_model` with sinusoidal positions, an unknown kind or activation,
 /// a dropout outside [0, 1).
+///
+/// With `bias: false` the layers' Q/K/V, output and feed-forward projections and their layer
+/// norms have no biases (they are fixed zeros that are never trained, saved or counted); the
+/// embeddings, the pooler and an untied output projection keep theirs.
 ///
 /// # Examples
 ///

@@ -144,3 +144,36 @@ fn derived_models_have_dotted_names_build_and_round_trip_through_checkpoints() {
     assert_eq!(loaded.mix, 0.75);
     std::fs::remove_file(path).unwrap();
 }
+
+typeformer::transformer! {
+    /// nanoGPT's `bias=False`.
+    NoBiasGpt: DecoderOnly { vocab: 40, d_model: 16, heads: 2, d_ff: 32, layers: 2, max_len: 12, bias: false, dropout: 0.0 }
+}
+
+#[test]
+fn models_without_biases_train_and_save_no_bias_tensors() {
+    use typeformer::io::parameter_shapes;
+    use typeformer::train::{label_smoothed_cross_entropy, Adam, AdamConfig};
+    // Per block: 4 projections of 16 x 16, two feed-forward matrices of 16 x 32, two norm scales;
+    // plus embeddings, positions and the final norm's scale.
+    assert_eq!(NoBiasGptSpec::NUM_PARAMS, 40 * 16 + 12 * 16 + 2 * (4 * 256 + 2 * 512 + 2 * 16) + 16);
+    let dev = Cpu::seed_from_u64(3);
+    let mut model: NoBiasGpt = NoBiasGptSpec::build(&dev).unwrap();
+    assert_eq!(model.num_trainable_params(), NoBiasGptSpec::NUM_PARAMS);
+    let names: Vec<String> = parameter_shapes(&model).unwrap().into_iter().map(|(n, _)| n).collect();
+    assert!(names.iter().all(|n| !n.ends_with(".bias")), "{names:?}");
+
+    let tokens = Tokens::<40>::from_sequences(&[vec![3, 4, 5, 6], vec![7, 8]]).unwrap();
+    let labels = Tokens::<40>::from_sequences(&[vec![4, 5, 6, 7], vec![8, 9]]).unwrap();
+    let mut opt = Adam::new(AdamConfig::default()).unwrap();
+    let grads = model.alloc_grads();
+    let loss = label_smoothed_cross_entropy(model.forward_traced(&tokens, grads).unwrap(), &labels, 0.0).unwrap();
+    let grads = loss.backward();
+    let before = model.blocks.modules[0].ffn.linear1.weight.as_vec();
+    opt.update(&mut model, &grads, 1e-2).unwrap();
+    assert_ne!(model.blocks.modules[0].ffn.linear1.weight.as_vec(), before, "weights train");
+    let block = &model.blocks.modules[1];
+    for bias in [block.self_attn.w_q.bias.as_vec(), block.ffn.linear2.bias.as_vec(), block.norm2.bias.as_vec()] {
+        assert!(bias.iter().all(|&b| b == 0.0), "biases stay absent (zero)");
+    }
+}

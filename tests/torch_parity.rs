@@ -85,13 +85,15 @@ fn encoder_layer_matches<N: NormPlacement, A: Activation>(file: &str) {
     let in_proj = &t["grad.self_attn.in_proj_weight"];
     assert_close(&grads.get(&layer.self_attn.w_q.weight).as_vec(), block(in_proj, 0, 3), "grad of W_q");
     assert_close(&grads.get(&layer.self_attn.w_v.weight).as_vec(), block(in_proj, 2, 3), "grad of W_v");
-    let in_bias = &t["grad.self_attn.in_proj_bias"];
-    assert_close(&grads.get(&layer.self_attn.w_k.bias).as_vec(), block(in_bias, 1, 3), "grad of b_k");
     assert_close(&grads.get(&layer.self_attn.w_o.weight).as_vec(), &t["grad.self_attn.out_proj.weight"], "grad of W_o");
     assert_close(&grads.get(&layer.ffn.linear1.weight).as_vec(), &t["grad.linear1.weight"], "grad of linear1");
-    assert_close(&grads.get(&layer.ffn.linear2.bias).as_vec(), &t["grad.linear2.bias"], "grad of linear2.bias");
     assert_close(&grads.get(&layer.norm1.weight).as_vec(), &t["grad.norm1.weight"], "grad of norm1");
-    assert_close(&grads.get(&layer.norm2.bias).as_vec(), &t["grad.norm2.bias"], "grad of norm2.bias");
+    if <N::Bias as BiasKind>::ON {
+        let in_bias = &t["grad.self_attn.in_proj_bias"];
+        assert_close(&grads.get(&layer.self_attn.w_k.bias).as_vec(), block(in_bias, 1, 3), "grad of b_k");
+        assert_close(&grads.get(&layer.ffn.linear2.bias).as_vec(), &t["grad.linear2.bias"], "grad of linear2.bias");
+        assert_close(&grads.get(&layer.norm2.bias).as_vec(), &t["grad.norm2.bias"], "grad of norm2.bias");
+    }
 }
 
 #[test]
@@ -102,6 +104,14 @@ fn post_norm_relu_encoder_layer_matches_pytorch_forward_and_backward() {
 #[test]
 fn pre_norm_gelu_encoder_layer_matches_pytorch_forward_and_backward() {
     encoder_layer_matches::<PreNorm<false>, Gelu>("encoder_layer_pre_gelu.safetensors");
+}
+
+#[test]
+fn a_layer_without_biases_matches_pytorch_bias_false() {
+    encoder_layer_matches::<PreNorm<false, false>, Gelu>("encoder_layer_pre_gelu_nobias.safetensors");
+    // Its biases are not parameters: not counted, not loaded, not saved.
+    let layer = Cpu::default().build_module::<EncoderLayer<16, 4, 4, 32, PreNorm<false, false>, Gelu, f32, Cpu>, f32>();
+    assert_eq!(layer.num_trainable_params(), 4 * 16 * 16 + 2 * 16 * 32 + 2 * 16);
 }
 
 fn transformer_matches<N: NormPlacement, A: Activation>(file: &str) {

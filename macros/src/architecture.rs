@@ -232,6 +232,7 @@ struct Config {
     dropout: f64,
     tie: bool,
     eps: f64,
+    bias: bool,
 }
 
 impl Declaration {
@@ -370,14 +371,6 @@ impl Declaration {
                 }
             }
         }
-        if let Some(f) = get("bias") {
-            if bools.get("bias").map(|b| b.0) == Some(false) {
-                errors.add(
-                    f.value.span(),
-                    "`bias: false` is not supported yet: typeformer's projections and norms always have biases",
-                );
-            }
-        }
         if let Some(e) = errors.0.take() {
             return Err(e);
         }
@@ -465,6 +458,7 @@ impl Declaration {
             activation: choices.get("activation").map_or(default_activation.to_string(), |c| c.0.clone()),
             dropout: floats.get("dropout").map_or(0.1, |f| f.0),
             tie: bools.get("tie_embeddings").is_none_or(|b| b.0),
+            bias: bools.get("bias").is_none_or(|b| b.0),
             eps: floats.get("layer_norm_eps").map_or(if kind == EO { 1e-12 } else { 1e-5 }, |f| f.0),
         })
     }
@@ -479,9 +473,12 @@ impl Declaration {
         let spec = format_ident!("{}Spec", name);
         let (sv, tv, d, h, hd, f, p, tt) =
             (c.src_vocab, c.tgt_vocab, c.d_model, c.heads, c.head_dim, c.d_ff, c.max_len, c.token_types);
-        let final_norm = c.final_norm;
-        let norm =
-            if c.pre_norm { quote!(#tf::nn::PreNorm<#final_norm>) } else { quote!(#tf::nn::PostNorm<#final_norm>) };
+        let (final_norm, bias) = (c.final_norm, c.bias);
+        let norm = if c.pre_norm {
+            quote!(#tf::nn::PreNorm<#final_norm, #bias>)
+        } else {
+            quote!(#tf::nn::PostNorm<#final_norm, #bias>)
+        };
         let activation = match c.activation.as_str() {
             "relu" => quote!(#tf::nn::Relu),
             "gelu" => quote!(#tf::nn::Gelu),
@@ -511,7 +508,7 @@ impl Declaration {
         let vocab_text = if sv == tv { format!("vocabulary {sv}") } else { format!("vocabularies {sv} / {tv}") };
         let description = format!(
             "{}: {vocab_text}, d_model {d}, {h} heads of {hd}, d_ff {f}, {layers_text}, {p} positions, {} positions, \
-             {}-norm{}, {}, dropout {}, layer-norm eps {:e}{}.",
+             {}-norm{}, {}, dropout {}, layer-norm eps {:e}{}{}.",
             c.kind.name(),
             if c.sinusoidal { "sinusoidal" } else { "learned" },
             if c.pre_norm { "pre" } else { "post" },
@@ -519,6 +516,7 @@ impl Declaration {
             c.activation,
             c.dropout,
             c.eps,
+            if c.bias { "" } else { ", no biases" },
             match c.kind {
                 EO => String::new(),
                 _ if c.tie => ", tied output projection".into(),

@@ -5,8 +5,8 @@ use super::summary::{block_kind, stack_layers};
 use super::{BertConfig, Layer};
 use crate::error::{Error, Result};
 use crate::nn::{
-    dropout_when_training, Activation, Encoder, LayerNorm, MaskSpec, NormPlacement, PositionKind, PositionalEncoding,
-    TokenEmbedding,
+    dropout_when_training, layer_params, norm_params, Activation, BiasKind, Encoder, LayerNorm, MaskSpec,
+    NormPlacement, PositionKind, PositionalEncoding, TokenEmbedding,
 };
 use crate::shape::{Hidden, Tokens, TrainHidden};
 use crate::train::training_tape;
@@ -52,7 +52,7 @@ pub struct Bert<
     const L: usize,
     const P: usize,
     const TT: usize,
-    N,
+    N: NormPlacement,
     A,
     K,
     E: Dtype,
@@ -65,7 +65,7 @@ pub struct Bert<
     /// Token-type (segment) embedding.
     pub token_type: TokenEmbedding<TT, D, E, Dev>,
     /// Norm of the summed embeddings.
-    pub embed_norm: LayerNorm<D, E, Dev>,
+    pub embed_norm: LayerNorm<D, E, Dev, N::Bias>,
     /// The encoder layers (post-LN without a final norm in BERT).
     pub encoder: Encoder<D, H, HD, F, L, N, A, E, Dev>,
     /// The pooler: `tanh(W h_0 + b)`.
@@ -140,12 +140,11 @@ impl<
 {
     /// Trainable parameters, computed from the type alone (pooler included).
     pub const NUM_PARAMS: usize = {
-        let mha = 3 * (H * HD * D + H * HD) + (D * H * HD + D);
-        let ffn = D * F + F + F * D + D;
-        let layer = mha + ffn + 2 * 2 * D;
+        let bias = <N::Bias as BiasKind>::ON;
+        let layer = layer_params(D, H, HD, F, 1, 2, bias);
         let positions = if K::LEARNED { P * D } else { 0 };
-        let final_norm = if N::FINAL_NORM { 2 * D } else { 0 };
-        V * D + positions + TT * D + 2 * D + L * layer + final_norm + D * D + D
+        let final_norm = if N::FINAL_NORM { norm_params(D, bias) } else { 0 };
+        V * D + positions + TT * D + norm_params(D, bias) + L * layer + final_norm + D * D + D
     };
 
     /// The layers in forward order, with output shapes, for [`Summary`](super::Summary).

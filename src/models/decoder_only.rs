@@ -4,8 +4,8 @@ use super::summary::{block_kind, stack_layers};
 use super::{Generator, Layer, LayoutFlags};
 use crate::error::{Error, Result};
 use crate::nn::{
-    dropout_when_training, Activation, EncoderLayer, FinalNorm, KvCache, MaskSpec, NormPlacement, PositionKind,
-    PositionalEncoding, TokenEmbedding,
+    dropout_when_training, layer_params, norm_params, Activation, BiasKind, EncoderLayer, FinalNorm, KvCache, MaskSpec,
+    NormPlacement, PositionKind, PositionalEncoding, TokenEmbedding,
 };
 use crate::shape::{Logits, Tokens, TrainLogits};
 use crate::train::training_tape;
@@ -43,7 +43,7 @@ pub struct DecoderOnly<
     const F: usize,
     const L: usize,
     const P: usize,
-    N,
+    N: NormPlacement,
     A,
     K,
     O,
@@ -166,10 +166,9 @@ where
 {
     /// Trainable parameters, computed from the type alone.
     pub const NUM_PARAMS: usize = {
-        let mha = 3 * (H * HD * D + H * HD) + (D * H * HD + D);
-        let ffn = D * F + F + F * D + D;
-        let block = mha + ffn + 2 * 2 * D;
-        let final_norm = if N::FINAL_NORM { 2 * D } else { 0 };
+        let bias = <N::Bias as BiasKind>::ON;
+        let block = layer_params(D, H, HD, F, 1, 2, bias);
+        let final_norm = if N::FINAL_NORM { norm_params(D, bias) } else { 0 };
         let positions = if K::LEARNED { P * D } else { 0 };
         let head = if O::TIED { 0 } else { D * V + V };
         V * D + positions + L * block + final_norm + head

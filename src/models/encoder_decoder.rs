@@ -5,8 +5,8 @@ use super::Layer;
 use super::{EmbeddingLayout, Generator, TargetEmbedding};
 use crate::error::{Error, Result};
 use crate::nn::{
-    dropout_when_training, Activation, Decoder, DecoderLayerCache, DecoderMasks, Encoder, MaskSpec, NormPlacement,
-    PositionKind, PositionalEncoding, TokenEmbedding,
+    dropout_when_training, layer_params, norm_params, Activation, BiasKind, Decoder, DecoderLayerCache, DecoderMasks,
+    Encoder, MaskSpec, NormPlacement, PositionKind, PositionalEncoding, TokenEmbedding,
 };
 use crate::shape::{Hidden, Logits, Tokens, TrainLogits};
 use crate::train::training_tape;
@@ -50,7 +50,7 @@ pub struct EncoderDecoder<
     const LE: usize,
     const LD: usize,
     const P: usize,
-    N,
+    N: NormPlacement,
     A,
     K,
     L,
@@ -190,12 +190,10 @@ where
     /// Trainable parameters, computed from the type alone (no weights are allocated).
     pub const NUM_PARAMS: usize = {
         // Q, K, V projections with biases, then the output projection with its bias.
-        let mha = 3 * (H * HD * D + H * HD) + (D * H * HD + D);
-        let ffn = D * F + F + F * D + D;
-        let norm = 2 * D;
-        let final_norm = if N::FINAL_NORM { norm } else { 0 };
-        let encoder = LE * (mha + ffn + 2 * norm) + final_norm;
-        let decoder = LD * (2 * mha + ffn + 3 * norm) + final_norm;
+        let bias = <N::Bias as BiasKind>::ON;
+        let final_norm = if N::FINAL_NORM { norm_params(D, bias) } else { 0 };
+        let encoder = LE * layer_params(D, H, HD, F, 1, 2, bias) + final_norm;
+        let decoder = LD * layer_params(D, H, HD, F, 2, 3, bias) + final_norm;
         let embeddings = SV * D + if L::SHARED { 0 } else { TV * D } + if L::TIED { 0 } else { D * TV + TV };
         let positions = if K::LEARNED { 2 * P * D } else { 0 };
         encoder + decoder + embeddings + positions

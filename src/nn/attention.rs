@@ -6,7 +6,7 @@
 //! disagree with the model's dimensions.
 
 use super::init::uniform_fan_in;
-use super::{dropout_when_training, MaskSpec};
+use super::{bias_options, dropout_when_training, BiasKind, MaskSpec, WithBias};
 use crate::error::{Error, Result};
 use crate::shape::{Heads, Hidden};
 use crate::FloatDtype;
@@ -58,30 +58,38 @@ where
 ///
 /// The weight `(H, HD, D)` has the memory layout of PyTorch's `[H*HD, D]` Linear weight.
 #[derive(Debug, Clone)]
-pub struct HeadProjection<const D: usize, const H: usize, const HD: usize, E: Dtype, Dev: Storage<E>> {
+pub struct HeadProjection<const D: usize, const H: usize, const HD: usize, E: Dtype, Dev: Storage<E>, Bias = WithBias> {
     /// `(H, HD, D)`.
     pub weight: Tensor<Rank3<H, HD, D>, E, Dev>,
-    /// `(H, HD)`.
+    /// `(H, HD)`; fixed zeros under [`NoBias`].
     pub bias: Tensor<Rank2<H, HD>, E, Dev>,
+    bias_kind: std::marker::PhantomData<Bias>,
 }
 
-impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device<E>> TensorCollection<E, Dev>
-    for HeadProjection<D, H, HD, E, Dev>
+impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device<E>, Bias: BiasKind>
+    TensorCollection<E, Dev> for HeadProjection<D, H, HD, E, Dev, Bias>
 {
-    type To<E2: Dtype, D2: Device<E2>> = HeadProjection<D, H, HD, E2, D2>;
+    type To<E2: Dtype, D2: Device<E2>> = HeadProjection<D, H, HD, E2, D2, Bias>;
 
     fn iter_tensors<V: ModuleVisitor<Self, E, Dev>>(visitor: &mut V) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
         visitor.visit_fields(
             (
                 Self::tensor("weight", |s| &s.weight, |s| &mut s.weight, uniform_fan_in::<_, _, _, D>()),
-                Self::tensor("bias", |s| &s.bias, |s| &mut s.bias, uniform_fan_in::<_, _, _, D>()),
+                Self::tensor(
+                    "bias",
+                    |s| &s.bias,
+                    |s| &mut s.bias,
+                    bias_options::<Bias, _, _, _>(uniform_fan_in::<_, _, _, D>()),
+                ),
             ),
-            |(weight, bias)| HeadProjection { weight, bias },
+            |(weight, bias)| HeadProjection { weight, bias, bias_kind: Default::default() },
         )
     }
 }
 
-impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device<E>> HeadProjection<D, H, HD, E, Dev> {
+impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device<E>, Bias: BiasKind>
+    HeadProjection<D, H, HD, E, Dev, Bias>
+{
     /// `(B, S, D) -> (B, H, S, HD)`.
     pub fn forward<B: Dim, S: Dim, T: Tape<E, Dev>>(
         &self,
@@ -89,10 +97,11 @@ impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device
     ) -> Heads<B, H, S, HD, E, Dev, T> {
         let (b, s, _) = *x.shape();
         let w = self.weight.retaped::<T>().reshape_like(&(H * HD, Const::<D>)); // (H*HD, D)
-        let y = x.matmul(w.permute::<_, Axes2<1, 0>>()); // (B, S, H*HD)
-        let bias = self.bias.retaped::<T>().reshape_like(&(H * HD,)).broadcast_like(&(b, s, H * HD));
-        (y + bias)
-            .reshape_like(&(b, s, Const::<H>, Const::<HD>)) // (B, S, H, HD)
+        let mut y = x.matmul(w.permute::<_, Axes2<1, 0>>()); // (B, S, H*HD)
+        if Bias::ON {
+            y = y + self.bias.retaped::<T>().reshape_like(&(H * HD,)).broadcast_like(&(b, s, H * HD));
+        }
+        y.reshape_like(&(b, s, Const::<H>, Const::<HD>)) // (B, S, H, HD)
             .permute::<_, Axes4<0, 2, 1, 3>>() // (B, H, S, HD)
     }
 }
@@ -100,30 +109,38 @@ impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device
 /// Concatenates `H` heads of width `HD` and projects them to width `D`:
 /// `(B, H, S, HD) -> (B, S, D)`. The weight `(D, H, HD)` is PyTorch's `out_proj.weight [D, H*HD]`.
 #[derive(Debug, Clone)]
-pub struct HeadMerge<const H: usize, const HD: usize, const D: usize, E: Dtype, Dev: Storage<E>> {
+pub struct HeadMerge<const H: usize, const HD: usize, const D: usize, E: Dtype, Dev: Storage<E>, Bias = WithBias> {
     /// `(D, H, HD)`.
     pub weight: Tensor<Rank3<D, H, HD>, E, Dev>,
-    /// `(D,)`.
+    /// `(D,)`; fixed zeros under [`NoBias`].
     pub bias: Tensor<Rank1<D>, E, Dev>,
+    bias_kind: std::marker::PhantomData<Bias>,
 }
 
-impl<const H: usize, const HD: usize, const D: usize, E: FloatDtype, Dev: Device<E>> TensorCollection<E, Dev>
-    for HeadMerge<H, HD, D, E, Dev>
+impl<const H: usize, const HD: usize, const D: usize, E: FloatDtype, Dev: Device<E>, Bias: BiasKind>
+    TensorCollection<E, Dev> for HeadMerge<H, HD, D, E, Dev, Bias>
 {
-    type To<E2: Dtype, D2: Device<E2>> = HeadMerge<H, HD, D, E2, D2>;
+    type To<E2: Dtype, D2: Device<E2>> = HeadMerge<H, HD, D, E2, D2, Bias>;
 
     fn iter_tensors<V: ModuleVisitor<Self, E, Dev>>(visitor: &mut V) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
         visitor.visit_fields(
             (
                 Self::tensor("weight", |s| &s.weight, |s| &mut s.weight, uniform_fan_in::<_, _, _, D>()),
-                Self::tensor("bias", |s| &s.bias, |s| &mut s.bias, TensorOptions::reset_to_zeros()),
+                Self::tensor(
+                    "bias",
+                    |s| &s.bias,
+                    |s| &mut s.bias,
+                    bias_options::<Bias, _, _, _>(TensorOptions::reset_to_zeros()),
+                ),
             ),
-            |(weight, bias)| HeadMerge { weight, bias },
+            |(weight, bias)| HeadMerge { weight, bias, bias_kind: Default::default() },
         )
     }
 }
 
-impl<const H: usize, const HD: usize, const D: usize, E: FloatDtype, Dev: Device<E>> HeadMerge<H, HD, D, E, Dev> {
+impl<const H: usize, const HD: usize, const D: usize, E: FloatDtype, Dev: Device<E>, Bias: BiasKind>
+    HeadMerge<H, HD, D, E, Dev, Bias>
+{
     /// `(B, H, S, HD) -> (B, S, D)`.
     pub fn forward<B: Dim, S: Dim, T: Tape<E, Dev>>(
         &self,
@@ -133,6 +150,9 @@ impl<const H: usize, const HD: usize, const D: usize, E: FloatDtype, Dev: Device
         let x = x.permute::<_, Axes4<0, 2, 1, 3>>().reshape_like(&(b, s, H * HD)); // (B, S, H*HD)
         let w = self.weight.retaped::<T>().reshape_like(&(Const::<D>, H * HD)); // (D, H*HD)
         let y = x.matmul(w.permute::<_, Axes2<1, 0>>()); // (B, S, D)
+        if !Bias::ON {
+            return y;
+        }
         let shape = *y.shape();
         y + self.bias.retaped::<T>().broadcast_like(&shape)
     }
@@ -158,23 +178,30 @@ impl<const H: usize, const HD: usize, const D: usize, E: FloatDtype, Dev: Device
 /// assert_eq!(y.shape(), &(2, 5, Const::<16>));
 /// ```
 #[derive(Debug, Clone)]
-pub struct MultiHeadAttention<const D: usize, const H: usize, const HD: usize, E: Dtype, Dev: Storage<E>> {
+pub struct MultiHeadAttention<
+    const D: usize,
+    const H: usize,
+    const HD: usize,
+    E: Dtype,
+    Dev: Storage<E>,
+    Bias = WithBias,
+> {
     /// Query projection.
-    pub w_q: HeadProjection<D, H, HD, E, Dev>,
+    pub w_q: HeadProjection<D, H, HD, E, Dev, Bias>,
     /// Key projection.
-    pub w_k: HeadProjection<D, H, HD, E, Dev>,
+    pub w_k: HeadProjection<D, H, HD, E, Dev, Bias>,
     /// Value projection.
-    pub w_v: HeadProjection<D, H, HD, E, Dev>,
+    pub w_v: HeadProjection<D, H, HD, E, Dev, Bias>,
     /// Output projection.
-    pub w_o: HeadMerge<H, HD, D, E, Dev>,
+    pub w_o: HeadMerge<H, HD, D, E, Dev, Bias>,
     /// Dropout on the attention weights when training (0.1 by default, as in PyTorch).
     pub dropout: f64,
 }
 
-impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device<E>> TensorCollection<E, Dev>
-    for MultiHeadAttention<D, H, HD, E, Dev>
+impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device<E>, Bias: BiasKind>
+    TensorCollection<E, Dev> for MultiHeadAttention<D, H, HD, E, Dev, Bias>
 {
-    type To<E2: Dtype, D2: Device<E2>> = MultiHeadAttention<D, H, HD, E2, D2>;
+    type To<E2: Dtype, D2: Device<E2>> = MultiHeadAttention<D, H, HD, E2, D2, Bias>;
 
     fn iter_tensors<V: ModuleVisitor<Self, E, Dev>>(visitor: &mut V) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
         visitor.visit_fields(
@@ -190,8 +217,8 @@ impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device
     }
 }
 
-impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device<E>>
-    MultiHeadAttention<D, H, HD, E, Dev>
+impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device<E>, Bias: BiasKind>
+    MultiHeadAttention<D, H, HD, E, Dev, Bias>
 {
     /// Self-attention: queries, keys and values all come from `x: (B, S, D)`.
     pub fn self_attention<B: Dim, S: Dim, T: Tape<E, Dev>>(
@@ -236,9 +263,9 @@ impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device
     }
 }
 
-build_on_device!([const D: usize, const H: usize, const HD: usize] HeadProjection<D, H, HD, E, Dev>);
-build_on_device!([const H: usize, const HD: usize, const D: usize] HeadMerge<H, HD, D, E, Dev>);
-build_on_device!([const D: usize, const H: usize, const HD: usize] MultiHeadAttention<D, H, HD, E, Dev>);
+build_on_device!([const D: usize, const H: usize, const HD: usize, Bias: BiasKind] HeadProjection<D, H, HD, E, Dev, Bias>);
+build_on_device!([const H: usize, const HD: usize, const D: usize, Bias: BiasKind] HeadMerge<H, HD, D, E, Dev, Bias>);
+build_on_device!([const D: usize, const H: usize, const HD: usize, Bias: BiasKind] MultiHeadAttention<D, H, HD, E, Dev, Bias>);
 
 /// Keys and values an attention layer has already computed, `(B, H, S, HD)` each: the
 /// positions generated so far (self-attention), or the encoder memory (cross-attention).
@@ -263,8 +290,8 @@ impl<const H: usize, const HD: usize, E: Dtype, Dev: Storage<E>> KvCache<H, HD, 
     }
 }
 
-impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device<E>>
-    MultiHeadAttention<D, H, HD, E, Dev>
+impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device<E>, Bias: BiasKind>
+    MultiHeadAttention<D, H, HD, E, Dev, Bias>
 {
     /// Projects `memory: (B, Sk, D)` to the keys and values that cross-attention reads at every
     /// decoding step.

@@ -22,23 +22,23 @@ pub struct DecoderLayer<
     const H: usize,
     const HD: usize,
     const F: usize,
-    N,
+    N: NormPlacement,
     A,
     E: Dtype,
     Dev: Storage<E>,
 > {
     /// Masked (causal) self-attention.
-    pub self_attn: MultiHeadAttention<D, H, HD, E, Dev>,
+    pub self_attn: MultiHeadAttention<D, H, HD, E, Dev, N::Bias>,
     /// Attention over the encoder's output.
-    pub cross_attn: MultiHeadAttention<D, H, HD, E, Dev>,
+    pub cross_attn: MultiHeadAttention<D, H, HD, E, Dev, N::Bias>,
     /// Position-wise feed-forward network.
-    pub ffn: PositionWiseFeedForward<D, F, A, E, Dev>,
+    pub ffn: PositionWiseFeedForward<D, F, A, E, Dev, N::Bias>,
     /// Norm of the self-attention sub-layer.
-    pub norm1: LayerNorm<D, E, Dev>,
+    pub norm1: LayerNorm<D, E, Dev, N::Bias>,
     /// Norm of the cross-attention sub-layer.
-    pub norm2: LayerNorm<D, E, Dev>,
+    pub norm2: LayerNorm<D, E, Dev, N::Bias>,
     /// Norm of the feed-forward sub-layer.
-    pub norm3: LayerNorm<D, E, Dev>,
+    pub norm3: LayerNorm<D, E, Dev, N::Bias>,
     /// Residual dropout when training.
     pub dropout: f64,
     placement: std::marker::PhantomData<N>,

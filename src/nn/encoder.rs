@@ -23,19 +23,19 @@ pub struct EncoderLayer<
     const H: usize,
     const HD: usize,
     const F: usize,
-    N,
+    N: NormPlacement,
     A,
     E: Dtype,
     Dev: Storage<E>,
 > {
     /// Multi-head self-attention.
-    pub self_attn: MultiHeadAttention<D, H, HD, E, Dev>,
+    pub self_attn: MultiHeadAttention<D, H, HD, E, Dev, N::Bias>,
     /// Position-wise feed-forward network.
-    pub ffn: PositionWiseFeedForward<D, F, A, E, Dev>,
+    pub ffn: PositionWiseFeedForward<D, F, A, E, Dev, N::Bias>,
     /// Norm of the attention sub-layer.
-    pub norm1: LayerNorm<D, E, Dev>,
+    pub norm1: LayerNorm<D, E, Dev, N::Bias>,
     /// Norm of the feed-forward sub-layer.
-    pub norm2: LayerNorm<D, E, Dev>,
+    pub norm2: LayerNorm<D, E, Dev, N::Bias>,
     /// Residual dropout on each sub-layer's output when training (0.1 in the paper).
     pub dropout: f64,
     placement: std::marker::PhantomData<N>,

@@ -1,6 +1,8 @@
 //! The position-wise feed-forward network (section 3.3).
 
 use super::dropout_when_training;
+use super::init::uniform_fan_in;
+use super::{bias_options, BiasKind, WithBias};
 use crate::shape::Hidden;
 use crate::FloatDtype;
 use dfdx::nn::modules::Linear;
@@ -72,31 +74,54 @@ impl Activation for GeluTanh {
 /// - `F`: inner width (`d_ff`, 2048 in the paper).
 /// - `A`: [`Relu`], [`Gelu`] or [`GeluTanh`].
 #[derive(Debug, Clone)]
-pub struct PositionWiseFeedForward<const D: usize, const F: usize, A, E: Dtype, Dev: Storage<E>> {
+pub struct PositionWiseFeedForward<const D: usize, const F: usize, A, E: Dtype, Dev: Storage<E>, Bias = WithBias> {
     /// `D -> F`.
     pub linear1: Linear<D, F, E, Dev>,
     /// `F -> D`.
     pub linear2: Linear<F, D, E, Dev>,
     /// Dropout after the activation when training (0.1 by default).
     pub dropout: f64,
-    activation: PhantomData<A>,
+    activation: PhantomData<(A, Bias)>,
 }
 
-impl<const D: usize, const F: usize, A: Activation, E: FloatDtype, Dev: Device<E>> TensorCollection<E, Dev>
-    for PositionWiseFeedForward<D, F, A, E, Dev>
+impl<const D: usize, const F: usize, A: Activation, E: FloatDtype, Dev: Device<E>, Bias: BiasKind>
+    TensorCollection<E, Dev> for PositionWiseFeedForward<D, F, A, E, Dev, Bias>
 {
-    type To<E2: Dtype, D2: Device<E2>> = PositionWiseFeedForward<D, F, A, E2, D2>;
+    type To<E2: Dtype, D2: Device<E2>> = PositionWiseFeedForward<D, F, A, E2, D2, Bias>;
 
     fn iter_tensors<V: ModuleVisitor<Self, E, Dev>>(visitor: &mut V) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
         visitor.visit_fields(
             (
-                Self::module("linear1", |s| &s.linear1, |s| &mut s.linear1),
-                Self::module("linear2", |s| &s.linear2, |s| &mut s.linear2),
+                // The linears' tensors, visited here so that their biases follow `Bias`.
+                Self::tensor(
+                    "linear1.weight",
+                    |s| &s.linear1.weight,
+                    |s| &mut s.linear1.weight,
+                    uniform_fan_in::<_, _, _, D>(),
+                ),
+                Self::tensor(
+                    "linear1.bias",
+                    |s| &s.linear1.bias,
+                    |s| &mut s.linear1.bias,
+                    bias_options::<Bias, _, _, _>(uniform_fan_in::<_, _, _, D>()),
+                ),
+                Self::tensor(
+                    "linear2.weight",
+                    |s| &s.linear2.weight,
+                    |s| &mut s.linear2.weight,
+                    uniform_fan_in::<_, _, _, F>(),
+                ),
+                Self::tensor(
+                    "linear2.bias",
+                    |s| &s.linear2.bias,
+                    |s| &mut s.linear2.bias,
+                    bias_options::<Bias, _, _, _>(uniform_fan_in::<_, _, _, F>()),
+                ),
                 Self::scalar("dropout", |s| &s.dropout, |s| &mut s.dropout, ScalarOptions::from_default(0.1)),
             ),
-            |(linear1, linear2, dropout)| PositionWiseFeedForward {
-                linear1,
-                linear2,
+            |(w1, b1, w2, b2, dropout)| PositionWiseFeedForward {
+                linear1: Linear { weight: w1, bias: b1 },
+                linear2: Linear { weight: w2, bias: b2 },
                 dropout,
                 activation: PhantomData,
             },
@@ -104,17 +129,24 @@ impl<const D: usize, const F: usize, A: Activation, E: FloatDtype, Dev: Device<E
     }
 }
 
-impl<const D: usize, const F: usize, A: Activation, E: FloatDtype, Dev: Device<E>>
-    PositionWiseFeedForward<D, F, A, E, Dev>
+impl<const D: usize, const F: usize, A: Activation, E: FloatDtype, Dev: Device<E>, Bias: BiasKind>
+    PositionWiseFeedForward<D, F, A, E, Dev, Bias>
 {
     /// `(B, S, D) -> (B, S, D)`.
     pub fn forward<B: Dim, S: Dim, T: Tape<E, Dev>>(
         &self,
         x: Hidden<B, S, D, E, Dev, T>,
     ) -> Hidden<B, S, D, E, Dev, T> {
-        let h = A::apply(self.linear1.forward(x)); // (B, S, F)
-        self.linear2.forward(dropout_when_training(h, self.dropout)) // (B, S, D)
+        if Bias::ON {
+            let h = A::apply(self.linear1.forward(x)); // (B, S, F)
+            return self.linear2.forward(dropout_when_training(h, self.dropout));
+            // (B, S, D)
+        }
+        let w1 = self.linear1.weight.retaped::<T>().permute::<_, Axes2<1, 0>>();
+        let h = A::apply(x.matmul(w1)); // (B, S, F)
+        let w2 = self.linear2.weight.retaped::<T>().permute::<_, Axes2<1, 0>>();
+        dropout_when_training(h, self.dropout).matmul(w2) // (B, S, D)
     }
 }
 
-build_on_device!([const D: usize, const F: usize, A: Activation] PositionWiseFeedForward<D, F, A, E, Dev>);
+build_on_device!([const D: usize, const F: usize, A: Activation, Bias: BiasKind] PositionWiseFeedForward<D, F, A, E, Dev, Bias>);

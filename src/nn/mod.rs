@@ -6,6 +6,7 @@
 //! for training. Dropout is active exactly when the input is traced.
 
 mod attention;
+mod bias;
 mod decoder;
 mod dropout;
 mod embedding;
@@ -20,6 +21,7 @@ mod scalars;
 mod stack;
 
 pub use attention::*;
+pub use bias::*;
 pub use decoder::*;
 pub use dropout::*;
 pub use embedding::*;

@@ -1,5 +1,6 @@
 //! Layer normalization (Ba et al., 2016), over the model width.
 
+use super::{bias_options, BiasKind, WithBias};
 use crate::shape::Hidden;
 use crate::FloatDtype;
 use dfdx::prelude::*;
@@ -11,31 +12,46 @@ use dfdx::prelude::*;
 /// # Generics
 /// - `D`: the normalized width.
 #[derive(Debug, Clone)]
-pub struct LayerNorm<const D: usize, E: Dtype, Dev: Storage<E>> {
+pub struct LayerNorm<const D: usize, E: Dtype, Dev: Storage<E>, Bias = WithBias> {
     /// Scale, initialised to ones.
     pub weight: Tensor<Rank1<D>, E, Dev>,
-    /// Shift, initialised to zeros.
+    /// Shift, initialised to zeros (fixed zeros under [`NoBias`](super::NoBias)).
     pub bias: Tensor<Rank1<D>, E, Dev>,
     /// Added to the variance; 1e-5 by default, as in PyTorch.
     pub eps: f64,
+    bias_kind: std::marker::PhantomData<Bias>,
 }
 
-impl<const D: usize, E: FloatDtype, Dev: Device<E>> TensorCollection<E, Dev> for LayerNorm<D, E, Dev> {
-    type To<E2: Dtype, D2: Device<E2>> = LayerNorm<D, E2, D2>;
+impl<const D: usize, E: FloatDtype, Dev: Device<E>, Bias: BiasKind> TensorCollection<E, Dev>
+    for LayerNorm<D, E, Dev, Bias>
+{
+    type To<E2: Dtype, D2: Device<E2>> = LayerNorm<D, E2, D2, Bias>;
 
     fn iter_tensors<V: ModuleVisitor<Self, E, Dev>>(visitor: &mut V) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
         visitor.visit_fields(
             (
                 Self::tensor("weight", |s| &s.weight, |s| &mut s.weight, TensorOptions::reset_to_ones()),
-                Self::tensor("bias", |s| &s.bias, |s| &mut s.bias, TensorOptions::reset_to_zeros()),
+                Self::tensor(
+                    "bias",
+                    |s| &s.bias,
+                    |s| &mut s.bias,
+                    bias_options::<Bias, _, _, _>(TensorOptions::reset_to_zeros()),
+                ),
                 Self::scalar("eps", |s| &s.eps, |s| &mut s.eps, ScalarOptions::from_default(1e-5)),
             ),
-            |(weight, bias, eps)| LayerNorm { weight, bias, eps },
+            |(weight, bias, eps)| LayerNorm::from_parts(weight, bias, eps),
         )
     }
 }
 
-impl<const D: usize, E: FloatDtype, Dev: Device<E>> LayerNorm<D, E, Dev> {
+impl<const D: usize, E: Dtype, Dev: Storage<E>, Bias> LayerNorm<D, E, Dev, Bias> {
+    /// A norm from its scale, shift and epsilon.
+    pub fn from_parts(weight: Tensor<Rank1<D>, E, Dev>, bias: Tensor<Rank1<D>, E, Dev>, eps: f64) -> Self {
+        Self { weight, bias, eps, bias_kind: std::marker::PhantomData }
+    }
+}
+
+impl<const D: usize, E: FloatDtype, Dev: Device<E>, Bias: BiasKind> LayerNorm<D, E, Dev, Bias> {
     /// Normalizes each position of `x: (B, S, D)`.
     pub fn forward<B: Dim, S: Dim, T: Tape<E, Dev>>(
         &self,
@@ -43,12 +59,15 @@ impl<const D: usize, E: FloatDtype, Dev: Device<E>> LayerNorm<D, E, Dev> {
     ) -> Hidden<B, S, D, E, Dev, T> {
         let shape = *x.shape();
         let w = self.weight.retaped::<T>().broadcast_like(&shape);
-        let b = self.bias.retaped::<T>().broadcast_like(&shape);
-        x.normalize::<Axis<2>>(self.eps) * w + b
+        let y = x.normalize::<Axis<2>>(self.eps) * w;
+        if !Bias::ON {
+            return y;
+        }
+        y + self.bias.retaped::<T>().broadcast_like(&shape)
     }
 }
 
-build_on_device!([const D: usize] LayerNorm<D, E, Dev>);
+build_on_device!([const D: usize, Bias: BiasKind] LayerNorm<D, E, Dev, Bias>);
 
 /// Sets the epsilon of every layer norm in `model` (1e-12 in BERT, 1e-5 in PyTorch and GPT-2).
 /// An error unless `eps` is positive and finite.

@@ -1,7 +1,7 @@
 //! Residual connections around a sub-layer, with layer norm after (the paper) or before
 //! (pre-LN, as in GPT-2 and most modern LLMs). The placement is chosen by type.
 
-use super::{dropout_when_training, LayerNorm};
+use super::{bias_options, dropout_when_training, BiasKind, Biases, LayerNorm};
 use crate::error::Result;
 use crate::shape::Hidden;
 use crate::FloatDtype;
@@ -15,34 +15,40 @@ pub trait NormPlacement: 'static + Copy + Default + std::fmt::Debug + Send + Syn
     const FINAL_NORM: bool;
     /// Short name, for summaries.
     const NAME: &'static str;
+    /// Whether the layers' projections and norms have biases ([`WithBias`] unless `BIAS` is
+    /// false). Carried here because every layer and stack already names its placement.
+    type Bias: BiasKind;
 }
 
 /// `LayerNorm(x + Dropout(Sublayer(x)))`, section 3.1 and 5.4 of the paper. `FINAL` adds a norm
-/// after the stack, as PyTorch's `nn.Transformer` does; the paper has none.
+/// after the stack, as PyTorch's `nn.Transformer` does; the paper has none. `BIAS: false` removes
+/// every bias of the layers (projections and norms).
 #[derive(Debug, Default, Clone, Copy)]
-pub struct PostNorm<const FINAL: bool = false>;
+pub struct PostNorm<const FINAL: bool = false, const BIAS: bool = true>;
 
 /// `x + Dropout(Sublayer(LayerNorm(x)))` (Xiong et al., 2020), with a final norm after the stack
-/// unless `FINAL` is false.
+/// unless `FINAL` is false. `BIAS: false` removes every bias of the layers.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct PreNorm<const FINAL: bool = true>;
+pub struct PreNorm<const FINAL: bool = true, const BIAS: bool = true>;
 
-impl<const FINAL: bool> NormPlacement for PostNorm<FINAL> {
+impl<const FINAL: bool, const BIAS: bool> NormPlacement for PostNorm<FINAL, BIAS> {
     const PRE: bool = false;
     const FINAL_NORM: bool = FINAL;
     const NAME: &'static str = "post";
+    type Bias = Biases<BIAS>;
 }
-impl<const FINAL: bool> NormPlacement for PreNorm<FINAL> {
+impl<const FINAL: bool, const BIAS: bool> NormPlacement for PreNorm<FINAL, BIAS> {
     const PRE: bool = true;
     const FINAL_NORM: bool = FINAL;
     const NAME: &'static str = "pre";
+    type Bias = Biases<BIAS>;
 }
 
 /// One residual sub-layer: applies `sublayer` to `x` with the norm placed as `N` says, and
 /// dropout on the sub-layer's output when training.
 pub fn residual<N, B, S, const D: usize, E, Dev, T, F>(
     x: Hidden<B, S, D, E, Dev, T>,
-    norm: &LayerNorm<D, E, Dev>,
+    norm: &LayerNorm<D, E, Dev, N::Bias>,
     dropout_p: f64,
     sublayer: F,
 ) -> Result<Hidden<B, S, D, E, Dev, T>>
@@ -67,9 +73,9 @@ where
 
 /// The layer norm after a stack, present only when `N::FINAL_NORM`.
 #[derive(Debug, Clone)]
-pub struct FinalNorm<const D: usize, N, E: Dtype, Dev: Storage<E>> {
+pub struct FinalNorm<const D: usize, N: NormPlacement, E: Dtype, Dev: Storage<E>> {
     /// The norm, or `None` for placements without one.
-    pub norm: Option<LayerNorm<D, E, Dev>>,
+    pub norm: Option<LayerNorm<D, E, Dev, N::Bias>>,
     placement: std::marker::PhantomData<N>,
 }
 
@@ -94,7 +100,7 @@ impl<const D: usize, N: NormPlacement, E: FloatDtype, Dev: Device<E>> TensorColl
                         "bias",
                         |s| &s.norm.as_ref().expect(PRESENT).bias,
                         |s| &mut s.norm.as_mut().expect(PRESENT).bias,
-                        TensorOptions::reset_to_zeros(),
+                        bias_options::<N::Bias, _, _, _>(TensorOptions::reset_to_zeros()),
                     ),
                     Self::scalar(
                         "eps",
@@ -104,7 +110,7 @@ impl<const D: usize, N: NormPlacement, E: FloatDtype, Dev: Device<E>> TensorColl
                     ),
                 ),
                 |(weight, bias, eps)| FinalNorm {
-                    norm: Some(LayerNorm { weight, bias, eps }),
+                    norm: Some(LayerNorm::from_parts(weight, bias, eps)),
                     placement: Default::default(),
                 },
             )

@@ -9,7 +9,7 @@ use dfdx::prelude::*;
 /// `D` when the placement `N` has one. [`Encoder`](super::Encoder) and
 /// [`Decoder`](super::Decoder) are stacks of their layers.
 #[derive(Debug, Clone)]
-pub struct Stack<Layer, const L: usize, const D: usize, N, E: Dtype, Dev: Storage<E>> {
+pub struct Stack<Layer, const L: usize, const D: usize, N: NormPlacement, E: Dtype, Dev: Storage<E>> {
     /// The layers.
     pub layers: Repeated<Layer, L>,
     /// The final norm (present when `N::FINAL_NORM`).
@@ -44,4 +44,27 @@ where
     Dev: Device<E>,
 {
     type Built = Self;
+}
+
+/// Trainable parameters of one layer of width `d` with `attentions` attention blocks (`h` heads
+/// of width `hd`), a feed-forward network of width `f` and `norms` layer norms; biases counted
+/// only when `bias`. An encoder layer has 1 attention and 2 norms, a decoder layer 2 and 3.
+pub const fn layer_params(
+    d: usize,
+    h: usize,
+    hd: usize,
+    f: usize,
+    attentions: usize,
+    norms: usize,
+    bias: bool,
+) -> usize {
+    let b = bias as usize;
+    let mha = 3 * (h * hd * d + b * h * hd) + (d * h * hd + b * d);
+    let ffn = d * f + b * f + f * d + b * d;
+    attentions * mha + ffn + norms * norm_params(d, bias)
+}
+
+/// Trainable parameters of a layer norm of width `d`.
+pub const fn norm_params(d: usize, bias: bool) -> usize {
+    (1 + bias as usize) * d
 }
