@@ -236,3 +236,29 @@ fn half_precision_checkpoints_load() {
         block(&t["in_proj_weight"], 0, 3).iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect();
     assert_eq!(mha.w_q.weight.as_vec(), expected);
 }
+
+#[test]
+fn a_tensor_of_the_wrong_dtype_is_reported_by_name() {
+    let t = tensors("mha.safetensors");
+    let ints: Vec<u8> = t["in_proj_weight"].iter().flat_map(|&v| (v as i32).to_le_bytes()).collect();
+    let floats = |name: &str| -> Vec<u8> { t[name].iter().flat_map(|v| v.to_le_bytes()).collect() };
+    let (bias, out_w, out_b) = (floats("in_proj_bias"), floats("out_proj.weight"), floats("out_proj.bias"));
+    let views = vec![
+        (
+            "in_proj_weight",
+            ::safetensors::tensor::TensorView::new(::safetensors::Dtype::I32, vec![48, 16], &ints).unwrap(),
+        ),
+        ("in_proj_bias", ::safetensors::tensor::TensorView::new(::safetensors::Dtype::F32, vec![48], &bias).unwrap()),
+        (
+            "out_proj.weight",
+            ::safetensors::tensor::TensorView::new(::safetensors::Dtype::F32, vec![16, 16], &out_w).unwrap(),
+        ),
+        ("out_proj.bias", ::safetensors::tensor::TensorView::new(::safetensors::Dtype::F32, vec![16], &out_b).unwrap()),
+    ];
+    let path = std::env::temp_dir().join(format!("typeformer-i32-{}.safetensors", std::process::id()));
+    std::fs::write(&path, ::safetensors::serialize(views, &None).unwrap()).unwrap();
+    let mut mha = Cpu::default().build_module::<MultiHeadAttention<16, 4, 4, f32, Cpu>, f32>();
+    let msg = load_torch(&mut mha, &path).unwrap_err().to_string();
+    std::fs::remove_file(&path).unwrap();
+    assert!(msg.contains("wrong dtype: in_proj_weight is I32 in the file, expected F32, F64, F16 or BF16"), "{msg}");
+}

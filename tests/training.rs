@@ -54,9 +54,14 @@ fn the_model_learns_the_reverse_task() {
         report.evaluation.exact_match
     );
 
-    // Beam search is never worse than greedy, and width 1 is greedy.
+    // Beam search does about as well as greedy (it may pick a likelier wrong output now and then:
+    // a higher score is not exact match), and width 1 is greedy.
     let beam = report.evaluation.beam_exact_match.unwrap();
-    assert!(beam >= report.evaluation.exact_match, "beam {beam:.3} < greedy {:.3}", report.evaluation.exact_match);
+    assert!(
+        beam >= report.evaluation.exact_match - 0.03,
+        "beam {beam:.3} is well below greedy {:.3}",
+        report.evaluation.exact_match
+    );
     let (width_one, outputs) = exact_match::<Tiny, TASK_VOCAB, TASK_VOCAB, f32, Cpu>(
         &model,
         data.held_out(),

@@ -6,7 +6,7 @@
 //! disagree with the model's dimensions.
 
 use super::init::uniform_fan_in;
-use super::{bias_options, dropout_when_training, BiasKind, MaskSpec, WithBias};
+use super::{bias_options, dropout_when_training, project, BiasKind, MaskSpec, WithBias};
 use crate::error::{Error, Result};
 use crate::shape::{Heads, Hidden};
 use crate::FloatDtype;
@@ -97,11 +97,9 @@ impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device
     ) -> Heads<B, H, S, HD, E, Dev, T> {
         let (b, s, _) = *x.shape();
         let w = self.weight.retaped::<T>().reshape_like(&(H * HD, Const::<D>)); // (H*HD, D)
-        let mut y = x.matmul(w.permute::<_, Axes2<1, 0>>()); // (B, S, H*HD)
-        if Bias::ON {
-            y = y + self.bias.retaped::<T>().reshape_like(&(H * HD,)).broadcast_like(&(b, s, H * HD));
-        }
-        y.reshape_like(&(b, s, Const::<H>, Const::<HD>)) // (B, S, H, HD)
+        let bias = self.bias.retaped::<T>().reshape_like(&(H * HD,));
+        project::<Bias, _, _, _, _, _, _, _>(x, w, Some(bias)) // (B, S, H*HD)
+            .reshape_like(&(b, s, Const::<H>, Const::<HD>)) // (B, S, H, HD)
             .permute::<_, Axes4<0, 2, 1, 3>>() // (B, H, S, HD)
     }
 }
@@ -149,12 +147,8 @@ impl<const H: usize, const HD: usize, const D: usize, E: FloatDtype, Dev: Device
         let (b, _, s, _) = *x.shape();
         let x = x.permute::<_, Axes4<0, 2, 1, 3>>().reshape_like(&(b, s, H * HD)); // (B, S, H*HD)
         let w = self.weight.retaped::<T>().reshape_like(&(Const::<D>, H * HD)); // (D, H*HD)
-        let y = x.matmul(w.permute::<_, Axes2<1, 0>>()); // (B, S, D)
-        if !Bias::ON {
-            return y;
-        }
-        let shape = *y.shape();
-        y + self.bias.retaped::<T>().broadcast_like(&shape)
+        project::<Bias, _, _, _, _, _, _, _>(x, w, Some(self.bias.retaped::<T>()))
+        // (B, S, D)
     }
 }
 

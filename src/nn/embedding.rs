@@ -70,7 +70,8 @@ impl<const V: usize, const D: usize, E: FloatDtype, Dev: Device<E>> TokenEmbeddi
     /// let _ = emb.logits(h); // width 32 is not 16
     /// ```
     pub fn logits<B: Dim, S: Dim, T: Tape<E, Dev>>(&self, h: Hidden<B, S, D, E, Dev, T>) -> Logits<B, S, V, E, Dev, T> {
-        h.matmul(self.weight.retaped::<T>().permute()) // (B, S, D) x (D, V)
+        super::project::<super::NoBias, _, _, _, _, _, _, _>(h, self.weight.retaped::<T>(), None)
+        // (B, S, D) x (D, V)
     }
 }
 

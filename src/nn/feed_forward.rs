@@ -2,7 +2,7 @@
 
 use super::dropout_when_training;
 use super::init::uniform_fan_in;
-use super::{bias_options, BiasKind, WithBias};
+use super::{bias_options, project, BiasKind, WithBias};
 use crate::shape::Hidden;
 use crate::FloatDtype;
 use dfdx::nn::modules::Linear;
@@ -137,15 +137,11 @@ impl<const D: usize, const F: usize, A: Activation, E: FloatDtype, Dev: Device<E
         &self,
         x: Hidden<B, S, D, E, Dev, T>,
     ) -> Hidden<B, S, D, E, Dev, T> {
-        if Bias::ON {
-            let h = A::apply(self.linear1.forward(x)); // (B, S, F)
-            return self.linear2.forward(dropout_when_training(h, self.dropout));
-            // (B, S, D)
-        }
-        let w1 = self.linear1.weight.retaped::<T>().permute::<_, Axes2<1, 0>>();
-        let h = A::apply(x.matmul(w1)); // (B, S, F)
-        let w2 = self.linear2.weight.retaped::<T>().permute::<_, Axes2<1, 0>>();
-        dropout_when_training(h, self.dropout).matmul(w2) // (B, S, D)
+        let (l1, l2) = (&self.linear1, &self.linear2);
+        let h = A::apply(project::<Bias, _, _, _, _, _, _, _>(x, l1.weight.retaped(), Some(l1.bias.retaped()))); // (B, S, F)
+        let h = dropout_when_training(h, self.dropout);
+        project::<Bias, _, _, _, _, _, _, _>(h, l2.weight.retaped(), Some(l2.bias.retaped()))
+        // (B, S, D)
     }
 }
 

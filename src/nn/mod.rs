@@ -13,6 +13,8 @@ mod embedding;
 mod encoder;
 mod feed_forward;
 pub(crate) mod init;
+mod linear;
+pub(crate) use linear::project;
 mod mask;
 mod norm;
 mod positional;

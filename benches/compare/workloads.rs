@@ -1,0 +1,159 @@
+//! typeformer's side of `benches/compare/run.sh`: runs one named workload for about `seconds`
+//! and prints its throughput, `<workload> <tokens per second>`. PyTorch's side is
+//! `torch_workloads.py`; the script alternates the two and prints the ratios.
+//!
+//! `cargo bench --bench compare -- <workload> [seconds]`; `cargo bench --bench compare -- list`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+use typeformer::prelude::*;
+use typeformer::train::{label_smoothed_cross_entropy, Adam, AdamConfig};
+
+/// The d-512 encoder of the issue: 8 heads, d_ff 2048, 6 post-LN ReLU layers.
+type Encoder512 = Encoder<512, 8, 64, 2048, 6, PostNorm, Relu, f32, Cpu>;
+type Layer512 = EncoderLayer<512, 8, 64, 2048, PostNorm, Relu, f32, Cpu>;
+
+typeformer::transformer! {
+    /// The GPT-style training workload: d 128, 4 heads, 4 layers, d_ff 512, vocab 256, context 128.
+    BenchGpt: DecoderOnly {
+        vocab: 256, d_model: 128, heads: 4, d_ff: 512, layers: 4, max_len: 256,
+        positional: learned, norm: pre, activation: gelu, dropout: 0.0,
+    }
+}
+
+const WORKLOADS: [&str; 8] = [
+    "attention",
+    "encoder-layer",
+    "encoder-forward",
+    "encoder-forward-backward",
+    "gpt-train-step",
+    "generate-cached",
+    "generate-recompute",
+    "minilm-embed",
+];
+
+/// Calls `f` (which processes `tokens` tokens) repeatedly for about `seconds`, after one warm-up
+/// call, and returns tokens per second.
+fn throughput(tokens: usize, seconds: f64, mut f: impl FnMut()) -> f64 {
+    f();
+    let start = Instant::now();
+    let mut calls = 0usize;
+    while start.elapsed() < Duration::from_secs_f64(seconds) || calls < 3 {
+        f();
+        calls += 1;
+    }
+    (tokens * calls) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn hidden<const D: usize>(dev: &Cpu, b: usize, s: usize) -> Tensor<(usize, usize, Const<D>), f32, Cpu> {
+    dev.sample_normal_like(&(b, s, Const::<D>))
+}
+
+fn run(workload: &str, seconds: f64) -> typeformer::Result<f64> {
+    let dev = Cpu::seed_from_u64(0);
+    let (b, s) = (1, 128);
+    Ok(match workload {
+        "attention" => {
+            let mha = dev.build_module::<MultiHeadAttention<512, 8, 64, f32, Cpu>, f32>();
+            let x = hidden::<512>(&dev, b, s);
+            throughput(b * s, seconds, || drop(mha.self_attention(x.clone(), &MaskSpec::none()).unwrap()))
+        }
+        "encoder-layer" => {
+            let layer = dev.build_module::<Layer512, f32>();
+            let x = hidden::<512>(&dev, b, s);
+            throughput(b * s, seconds, || drop(layer.forward(x.clone(), &MaskSpec::none()).unwrap()))
+        }
+        "encoder-forward" => {
+            let encoder = dev.build_module::<Encoder512, f32>();
+            let x = hidden::<512>(&dev, b, s);
+            throughput(b * s, seconds, || drop(encoder.forward(x.clone(), &MaskSpec::none()).unwrap()))
+        }
+        "encoder-forward-backward" => {
+            let mut encoder = dev.build_module::<Encoder512, f32>();
+            set_dropout(&mut encoder, 0.0)?;
+            let x = hidden::<512>(&dev, b, s);
+            let mut grads = Some(encoder.alloc_grads());
+            throughput(b * s, seconds, || {
+                let y = encoder.forward(x.clone().traced(grads.take().unwrap()), &MaskSpec::none()).unwrap();
+                let mut g = y.sum().backward();
+                encoder.zero_grads(&mut g);
+                grads = Some(g);
+            })
+        }
+        "gpt-train-step" => {
+            let mut model: BenchGpt = BenchGptSpec::build(&dev)?;
+            let (batch, seq) = (8, 128);
+            let ids: Vec<Vec<usize>> =
+                (0..batch).map(|i| (0..=seq).map(|t| (i * 31 + t * 7) % 256).collect()).collect();
+            let inputs = Tokens::<256>::from_sequences(&ids.iter().map(|s| s[..seq].to_vec()).collect::<Vec<_>>())?;
+            let labels = Tokens::<256>::from_sequences(&ids.iter().map(|s| s[1..].to_vec()).collect::<Vec<_>>())?;
+            let mut opt = Adam::new(AdamConfig::default())?;
+            let mut grads = Some(model.alloc_grads());
+            throughput(batch * seq, seconds, || {
+                let logits = model.forward_traced(&inputs, grads.take().unwrap()).unwrap();
+                let loss = label_smoothed_cross_entropy(logits, &labels, 0.0).unwrap();
+                let mut g = loss.backward();
+                opt.update(&mut model, &g, 1e-4).unwrap();
+                model.zero_grads(&mut g);
+                grads = Some(g);
+            })
+        }
+        "generate-cached" | "generate-recompute" => {
+            // 64 new tokens after a 64-token prompt, greedy; throughput counts the new tokens.
+            let model: BenchGpt = BenchGptSpec::build(&dev)?;
+            let prompt: Vec<usize> = (0..64).map(|i| (i * 13) % 256).collect();
+            let cached = workload == "generate-cached";
+            throughput(64, seconds, || {
+                let mut sequence = prompt.clone();
+                let mut state = model.start();
+                let mut next = Tokens::<256>::from_sequences(std::slice::from_ref(&sequence)).unwrap();
+                for _ in 0..64 {
+                    let logits = if cached {
+                        model.step(&mut state, &next).unwrap()
+                    } else {
+                        model.forward(&Tokens::from_sequences(std::slice::from_ref(&sequence)).unwrap()).unwrap()
+                    };
+                    let (_, len, _) = *logits.shape();
+                    let last = logits.as_vec()[(len - 1) * 256..].to_vec();
+                    let token = typeformer::generate::argmax(&last);
+                    sequence.push(token);
+                    next = Tokens::from_sequences(&[vec![token]]).unwrap();
+                }
+            })
+        }
+        "minilm-embed" => {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2");
+            let encoder = SentenceEncoder::<MiniLmL6>::load(&dir, &dev)?;
+            let texts: Vec<String> = (0..32)
+                .map(|i| format!("sentence number {i} is about the weather and the things people do on weekends"))
+                .collect();
+            let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let tokens: usize = encoder.tokenizer.encode_batch(&texts)?.iter().map(Vec::len).sum();
+            throughput(tokens, seconds, || drop(encoder.embed_all(&texts, 32).unwrap()))
+        }
+        other => {
+            return Err(typeformer::Error::InvalidConfig(format!(
+                "unknown workload `{other}`; workloads: {}",
+                WORKLOADS.join(", ")
+            )))
+        }
+    })
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; skip flags.
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let workload = args.first().map(String::as_str).unwrap_or("list");
+    if workload == "list" {
+        println!("{}", WORKLOADS.join("\n"));
+        return;
+    }
+    let seconds = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(3.0);
+    match run(workload, seconds) {
+        Ok(tokens_per_second) => println!("{workload} {tokens_per_second:.1}"),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    }
+}
