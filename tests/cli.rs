@@ -297,6 +297,8 @@ fn embed_writes_one_json_array_per_line_and_refuses_bad_models() {
     assert!(lines.iter().all(|l| l.len() == 384));
     assert!((lines[0][0] - -0.034477).abs() < 2e-6 && (lines[1][0] - 0.053139).abs() < 2e-6, "{:?}", &lines[0][..2]);
 
+    let (ok, _, err) = typeformer(&["embed", "--model", dir.to_str().unwrap(), "--batch-size", "0"]);
+    assert!(!ok && err.contains("--batch-size must be at least 1"), "{err}");
     let (ok, _, err) = typeformer(&["embed", "--model", "/nonexistent-model"]);
     assert!(!ok && err.contains("/nonexistent-model/config.json"), "{err}");
 }

@@ -105,3 +105,60 @@ fn tempdir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[test]
+fn bad_inputs_to_the_encoder_get_clear_errors() {
+    type Tiny = Bert<30, 16, 2, 8, 32, 1, 12, 2, PostNorm, Gelu, Learned, f32, Cpu>;
+    let model = Cpu::default().build_module::<Tiny, f32>();
+    let tokens = Tokens::<30>::from_sequences(&[vec![3, 4, 5], vec![6]]).unwrap();
+    let types = Tokens::<2>::from_sequences(&[vec![0, 1]]).unwrap();
+    let err = model.forward(&tokens, Some(&types)).unwrap_err().to_string();
+    assert!(err.contains("token types are 1x2, the tokens 2x3"), "{err}");
+    let hidden = model.forward(&tokens, None).unwrap();
+    let err = mean_pool(&hidden, &[3]).unwrap_err().to_string();
+    assert!(err.contains("number of lengths"), "{err}");
+    let err = mean_pool(&hidden, &[3, 0]).unwrap_err().to_string();
+    assert!(err.contains("cannot mean-pool a sequence of length 0"), "{err}");
+    let mut model = model;
+    let err = set_layer_norm_eps(&mut model, 0.0).unwrap_err().to_string();
+    assert!(err.contains("layer-norm epsilon must be positive"), "{err}");
+    let err = typeformer::data::TextTokenizer::from_file(&model_dir().join("tokenizer.json"), 1).unwrap_err();
+    assert!(err.to_string().contains("max_len must leave room"), "{err}");
+    let err = typeformer::data::TextTokenizer::from_file(&model_dir().join("config.json"), 16).unwrap_err();
+    assert!(err.to_string().contains("not a Hugging Face tokenizer.json"), "{err}");
+    let err = encoder().embed_all(&["x"], 0).unwrap_err().to_string();
+    assert!(err.contains("batch size must be at least 1"), "{err}");
+}
+
+#[test]
+fn unsupported_model_directories_are_refused() {
+    let config = std::fs::read_to_string(model_dir().join("config.json")).unwrap();
+    let relative = tempdir("relative-positions");
+    std::fs::write(
+        relative.join("config.json"),
+        config.replace("\"position_embedding_type\": \"absolute\"", "\"position_embedding_type\": \"relative_key\""),
+    )
+    .unwrap();
+    let err = Encoder::load(&relative, &Cpu::default()).unwrap_err().to_string();
+    assert!(err.contains("position_embedding_type `relative_key` is not supported"), "{err}");
+
+    let cls = tempdir("cls-pooling");
+    for file in ["config.json", "tokenizer.json", "sentence_bert_config.json", "modules.json"] {
+        std::fs::copy(model_dir().join(file), cls.join(file)).unwrap();
+    }
+    std::fs::create_dir_all(cls.join("1_Pooling")).unwrap();
+    std::fs::write(
+        cls.join("1_Pooling/config.json"),
+        r#"{"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": false}"#,
+    )
+    .unwrap();
+    let err = Encoder::load(&cls, &Cpu::default()).unwrap_err().to_string();
+    assert!(err.contains("only mean pooling is supported"), "{err}");
+
+    let no_weights = tempdir("no-weights");
+    for file in ["config.json", "tokenizer.json"] {
+        std::fs::copy(model_dir().join(file), no_weights.join(file)).unwrap();
+    }
+    let err = Encoder::load(&no_weights, &Cpu::default()).unwrap_err().to_string();
+    assert!(err.contains("model.safetensors"), "{err}");
+}
