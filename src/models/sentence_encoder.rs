@@ -8,7 +8,6 @@ use crate::data::TextTokenizer;
 use crate::error::{Error, Result};
 use crate::io::load_hf_bert;
 use crate::nn::{set_dropout, set_layer_norm_eps, Activation, NormPlacement, PositionKind};
-
 use crate::shape::Tokens;
 use crate::FloatDtype;
 use dfdx::prelude::*;
@@ -79,7 +78,8 @@ pub struct SentenceEncoder<M> {
     pub model: M,
     /// Its tokenizer.
     pub tokenizer: TextTokenizer,
-    /// Whether embeddings are scaled to unit length (the model lists a `Normalize` module).
+    /// Whether embeddings are scaled to unit length: the model lists a `Normalize` module in
+    /// `modules.json` (or has no `modules.json`).
     pub normalize: bool,
 }
 
