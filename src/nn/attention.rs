@@ -61,7 +61,7 @@ where
 pub struct HeadProjection<const D: usize, const H: usize, const HD: usize, E: Dtype, Dev: Storage<E>, Bias = WithBias> {
     /// `(H, HD, D)`.
     pub weight: Tensor<Rank3<H, HD, D>, E, Dev>,
-    /// `(H, HD)`; fixed zeros under [`NoBias`].
+    /// `(H, HD)`; fixed zeros under [`NoBias`](super::NoBias).
     pub bias: Tensor<Rank2<H, HD>, E, Dev>,
     bias_kind: std::marker::PhantomData<Bias>,
 }
@@ -110,7 +110,7 @@ impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device
 pub struct HeadMerge<const H: usize, const HD: usize, const D: usize, E: Dtype, Dev: Storage<E>, Bias = WithBias> {
     /// `(D, H, HD)`.
     pub weight: Tensor<Rank3<D, H, HD>, E, Dev>,
-    /// `(D,)`; fixed zeros under [`NoBias`].
+    /// `(D,)`; fixed zeros under [`NoBias`](super::NoBias).
     pub bias: Tensor<Rank1<D>, E, Dev>,
     bias_kind: std::marker::PhantomData<Bias>,
 }

@@ -15,7 +15,7 @@ pub trait NormPlacement: 'static + Copy + Default + std::fmt::Debug + Send + Syn
     const FINAL_NORM: bool;
     /// Short name, for summaries.
     const NAME: &'static str;
-    /// Whether the layers' projections and norms have biases ([`WithBias`] unless `BIAS` is
+    /// Whether the layers' projections and norms have biases ([`WithBias`](super::WithBias) unless `BIAS` is
     /// false). Carried here because every layer and stack already names its placement.
     type Bias: BiasKind;
 }
