@@ -180,6 +180,17 @@ pub struct ReadmeDoctests;
 pub trait FloatDtype: dfdx::shapes::Dtype + num_traits::Float + rand_distr::uniform::SampleUniform {}
 impl<T: dfdx::shapes::Dtype + num_traits::Float + rand_distr::uniform::SampleUniform> FloatDtype for T {}
 
+/// Builds (allocates and initialises) a module on `dev`, with a device error as an [`Error`].
+pub(crate) fn try_build<
+    M: dfdx::nn::BuildOnDevice<Dev, E>,
+    E: dfdx::shapes::Dtype,
+    Dev: dfdx::tensor_ops::Device<E>,
+>(
+    dev: &Dev,
+) -> Result<M::Built> {
+    M::try_build_on_device(dev).map_err(|e| Error::Training(format!("device error: {e:?}")))
+}
+
 /// `x` as the element type `E` (every `FloatDtype` represents every finite `f64` approximately).
 pub(crate) fn scalar<E: FloatDtype>(x: f64) -> E {
     E::from_f64(x).expect("a float dtype converts from any f64")

@@ -5,21 +5,11 @@ use typeformer::dfdx::nn::modules::Linear;
 use typeformer::io::{load_checkpoint, save_checkpoint};
 use typeformer::prelude::*;
 
-/// Trainable elements whose names start with one of `prefixes`.
-fn params_under(summary: &Summary, prefixes: &[&str]) -> usize {
-    summary
-        .params
-        .iter()
-        .filter(|p| p.trainable && prefixes.iter().any(|x| p.name.starts_with(x)))
-        .map(|p| p.shape.iter().product::<usize>())
-        .sum()
-}
-
 #[test]
 fn preset_counts_match_the_reference_implementations() {
     // torch.nn.Transformer(512, 8, 6, 6, 2048) and (1024, 16, 6, 6, 4096): stacks without embeddings.
-    assert_eq!(params_under(&PaperBaseSpec::summary(), &["encoder.", "decoder."]), 44_140_544);
-    assert_eq!(params_under(&PaperBigSpec::summary(), &["encoder.", "decoder."]), 176_361_472);
+    assert_eq!(PaperBaseSpec::summary().trainable_under(&["encoder.", "decoder."]), 44_140_544);
+    assert_eq!(PaperBigSpec::summary().trainable_under(&["encoder.", "decoder."]), 176_361_472);
     // Hugging Face: GPT2LMHeadModel (tied), BertModel and all-MiniLM-L6-v2 (with the pooler).
     assert_eq!(Gpt2SmallSpec::NUM_PARAMS, 124_439_808);
     assert_eq!(BertBaseSpec::NUM_PARAMS, 109_482_240);

@@ -100,6 +100,14 @@ impl Value {
             Value::Ident(v) => v.span(),
         }
     }
+    /// A number's digits, without underscores or a type suffix.
+    fn digits(&self) -> String {
+        match self {
+            Value::Int(v) => v.base10_digits().to_string(),
+            Value::Float(v) => v.base10_digits().to_string(),
+            _ => self.text(),
+        }
+    }
     fn text(&self) -> String {
         match self {
             Value::Int(v) => v.to_string(),
@@ -306,17 +314,11 @@ impl Declaration {
                     }
                     Err(e) => errors.add(v.span(), e),
                 },
-                (Expect::Float, Value::Float(v)) => match v.base10_parse::<f64>() {
+                (Expect::Float, Value::Float(_) | Value::Int(_)) => match field.value.digits().parse::<f64>() {
                     Ok(x) => {
-                        floats.insert(*name, (x, v.span()));
+                        floats.insert(*name, (x, field.value.span()));
                     }
-                    Err(e) => errors.add(v.span(), e),
-                },
-                (Expect::Float, Value::Int(v)) => match v.base10_parse::<f64>() {
-                    Ok(x) => {
-                        floats.insert(*name, (x, v.span()));
-                    }
-                    Err(e) => errors.add(v.span(), e),
+                    Err(e) => errors.add(field.value.span(), e),
                 },
                 (Expect::Bool, Value::Bool(v)) => {
                     bools.insert(*name, (v.value, v.span));

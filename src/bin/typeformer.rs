@@ -475,12 +475,7 @@ fn summary_of<S: Architecture>(args: &SummaryArgs, paper: Option<&str>) {
     say!("{} ({})", S::NAME, S::KIND);
     say!("{s}");
     if let Some(paper) = paper {
-        let stacks: usize = s
-            .params
-            .iter()
-            .filter(|p| p.trainable && (p.name.starts_with("encoder.") || p.name.starts_with("decoder.")))
-            .map(|p| p.shape.iter().product::<usize>())
-            .sum();
+        let stacks = s.trainable_under(&["encoder.", "decoder."]);
         say!("encoder and decoder stacks without embeddings: {stacks} (as torch.nn.Transformer counts them)");
         say!("with embeddings: {} (the paper reports {paper})", s.trainable_params());
     }

@@ -42,8 +42,7 @@ pub trait Architecture {
     /// Builds the model on `dev` (random initialisation) with the declared dropout and layer-norm
     /// epsilon.
     fn build<E: FloatDtype, Dev: Device<E>>(dev: &Dev) -> Result<Self::Model<E, Dev>> {
-        let mut model = <Self::Model<E, Dev> as BuildOnDevice<Dev, E>>::try_build_on_device(dev)
-            .map_err(|e| crate::Error::Training(format!("device error: {e:?}")))?;
+        let mut model = crate::try_build::<Self::Model<E, Dev>, E, Dev>(dev)?;
         set_dropout(&mut model, Self::DROPOUT)?;
         set_layer_norm_eps(&mut model, Self::LAYER_NORM_EPS)?;
         Ok(model)

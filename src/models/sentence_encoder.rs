@@ -133,9 +133,7 @@ impl<
                 tokenizer.vocab_size()
             )));
         }
-        let mut model =
-            <Bert<V, D, H, HD, F, L, P, TT, N, A, K, E, Dev> as BuildOnDevice<Dev, E>>::try_build_on_device(dev)
-                .map_err(|e| Error::Training(format!("device error: {e:?}")))?;
+        let mut model = crate::try_build::<Bert<V, D, H, HD, F, L, P, TT, N, A, K, E, Dev>, E, Dev>(dev)?;
         load_hf_bert(&mut model, &dir.join("model.safetensors"))?;
         set_layer_norm_eps(&mut model, config.layer_norm_eps)?;
         set_dropout(&mut model, 0.0)?;

@@ -101,11 +101,16 @@ impl Summary {
     /// Trainable elements under `layer.path`.
     pub fn layer_params(&self, layer: &Layer) -> usize {
         let prefix = format!("{}.", layer.path);
-        self.params
-            .iter()
-            .filter(|p| p.trainable && (p.name.starts_with(&prefix) || p.name == layer.path))
-            .map(|p| p.shape.iter().product::<usize>())
-            .sum()
+        self.trainable_where(|name| name == layer.path || name.starts_with(&prefix))
+    }
+
+    /// Trainable elements whose dotted names start with one of `prefixes` (`"encoder."`).
+    pub fn trainable_under(&self, prefixes: &[&str]) -> usize {
+        self.trainable_where(|name| prefixes.iter().any(|p| name.starts_with(p)))
+    }
+
+    fn trainable_where(&self, keep: impl Fn(&str) -> bool) -> usize {
+        self.params.iter().filter(|p| p.trainable && keep(&p.name)).map(|p| p.shape.iter().product::<usize>()).sum()
     }
 
     /// One row per tensor: name, shape, count (the `--params` table).
@@ -150,7 +155,7 @@ impl Summary {
 
     /// Elements in trainable tensors.
     pub fn trainable_params(&self) -> usize {
-        self.params.iter().filter(|p| p.trainable).map(|p| p.shape.iter().product::<usize>()).sum()
+        self.trainable_where(|_| true)
     }
 
     /// Elements in fixed buffers.
