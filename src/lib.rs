@@ -19,7 +19,10 @@
 //! - [`train`] holds the loss, schedule, optimizer and training loop;
 //! - [`generate`] holds decoding;
 //! - [`data`] holds the built-in tasks;
-//! - [`io`] holds checkpoints and loss curves.
+//! - [`io`] holds checkpoints and loss curves;
+//! - `kernels` (private) holds the fast CPU matrix product, the one place with `unsafe`.
+
+#![deny(unsafe_code)]
 
 /// `impl BuildOnDevice for $ty { type Built = Self; }`, so that `dev.build_module::<$ty, E>()`
 /// works for a module whose type already names its dtype and device.
@@ -35,6 +38,7 @@ pub mod data;
 pub mod error;
 pub mod generate;
 pub mod io;
+mod kernels;
 pub mod models;
 pub mod nn;
 pub mod shape;

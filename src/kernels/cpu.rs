@@ -1,0 +1,217 @@
+//! The two `unsafe` operations the fast CPU path needs, each behind a checked, safe function.
+//!
+//! - [`gemm`]: `gemm::gemm` takes raw pointers and strides. Every call first checks that each
+//!   strided matrix lies inside its slice and that the destination's strides never map two
+//!   elements to one address (the product writes it from several threads). A call that fails a
+//!   check returns `false` and writes nothing; the caller then uses dfdx's kernel.
+//! - [`buffer`]: dfdx 0.13 exposes neither a CPU tensor's buffer nor its strides, only element
+//!   references through `Index`. Element `[0, .., 0]` sits at the buffer's start and the last
+//!   element at the largest offset the view reaches, both bounds-checked by dfdx, so the slice
+//!   between them is inside the buffer; the strides are read off element addresses.
+
+use dfdx::shapes::{HasShape, Shape, Unit};
+use dfdx::tensor::{Cpu, Tensor};
+use std::any::TypeId;
+
+/// A CPU tensor's buffer, without copying, and its strides (in elements).
+///
+/// The slice covers every element the view reaches; `None` for an empty tensor.
+pub(crate) fn buffer<S: Shape, E: Unit, T>(t: &Tensor<S, E, Cpu, T>) -> Option<(&[E], S::Concrete)> {
+    let dims = t.shape().concrete();
+    if dims.as_ref().contains(&0) {
+        return None;
+    }
+    let origin = S::Concrete::default();
+    let start: *const E = &t[origin];
+    let address =
+        |index: S::Concrete| (&t[index] as *const E as usize - start as usize) / std::mem::size_of::<E>().max(1);
+    let mut strides = S::Concrete::default();
+    let mut last = S::Concrete::default();
+    for d in 0..S::NUM_DIMS {
+        last[d] = dims[d] - 1;
+        if dims[d] > 1 {
+            let mut unit = origin;
+            unit[d] = 1;
+            strides[d] = address(unit);
+        }
+    }
+    let len = address(last) + 1; // `t[last]` was bounds-checked by dfdx's `Index`
+                                 // SAFETY: `start` is element 0 of the tensor's `Vec` (dfdx's index of all-zeros is offset
+                                 // 0), and `t[last]`, at offset `len - 1` of the same `Vec`, was bounds-checked, so
+                                 // `start..start + len` is initialised memory of that `Vec`. It is only read, for as long as
+                                 // `t` is borrowed; dfdx clones a shared buffer before writing to it (`Arc::make_mut`).
+    #[allow(unsafe_code)]
+    let slice = unsafe { std::slice::from_raw_parts(start, len) };
+    Some((slice, strides))
+}
+
+/// A strided matrix view: `rows x cols`, element `(i, j)` at `i * strides[0] + j * strides[1]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Layout {
+    pub rows: usize,
+    pub cols: usize,
+    pub strides: [usize; 2],
+}
+
+impl Layout {
+    /// The transpose of the same memory.
+    pub fn t(self) -> Self {
+        Self { rows: self.cols, cols: self.rows, strides: [self.strides[1], self.strides[0]] }
+    }
+
+    /// One past the largest offset the view touches (0 for an empty view).
+    fn extent(self) -> Option<usize> {
+        if self.rows == 0 || self.cols == 0 {
+            return Some(0);
+        }
+        let last =
+            (self.rows - 1).checked_mul(self.strides[0])?.checked_add((self.cols - 1).checked_mul(self.strides[1])?)?;
+        last.checked_add(1)
+    }
+
+    /// Whether distinct elements have distinct addresses: true for row- and column-major
+    /// layouts (padded or not), false for broadcasts (a zero stride) and overlapping views.
+    pub fn injective(self) -> bool {
+        let [r, c] = self.strides;
+        if self.rows <= 1 && self.cols <= 1 {
+            return true;
+        }
+        if self.rows <= 1 {
+            return c >= 1;
+        }
+        if self.cols <= 1 {
+            return r >= 1;
+        }
+        (c >= 1 && r >= self.cols.saturating_mul(c)) || (r >= 1 && c >= self.rows.saturating_mul(r))
+    }
+
+    fn fits(self, len: usize) -> bool {
+        self.extent().is_some_and(|end| end <= len) && self.strides.iter().all(|&s| s <= isize::MAX as usize)
+    }
+}
+
+/// Whether [`gemm`] computes in `E` (f32 and f64); other dtypes use dfdx's kernels.
+pub(crate) fn supports<E: 'static>() -> bool {
+    TypeId::of::<E>() == TypeId::of::<f32>() || TypeId::of::<E>() == TypeId::of::<f64>()
+}
+
+/// `dst (+)= lhs x rhs` on strided views, multi-threaded on the rayon pool: `dst` is overwritten,
+/// or added to when `accumulate`. Returns `false`, touching nothing, when the dtype is not
+/// supported, the shapes disagree, a view reaches outside its slice or `dst` overlaps itself.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm<E: num_traits::Float + 'static>(
+    dst: &mut [E],
+    dst_layout: Layout,
+    accumulate: bool,
+    lhs: &[E],
+    lhs_layout: Layout,
+    rhs: &[E],
+    rhs_layout: Layout,
+) -> bool {
+    let (m, k, n) = (lhs_layout.rows, lhs_layout.cols, rhs_layout.cols);
+    let shapes_agree = rhs_layout.rows == k && dst_layout.rows == m && dst_layout.cols == n;
+    if !supports::<E>()
+        || !shapes_agree
+        || !dst_layout.fits(dst.len())
+        || !dst_layout.injective()
+        || !lhs_layout.fits(lhs.len())
+        || !rhs_layout.fits(rhs.len())
+    {
+        return false;
+    }
+    if m == 0 || n == 0 {
+        return true;
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                for j in 0..n {
+                    dst[i * dst_layout.strides[0] + j * dst_layout.strides[1]] = E::zero();
+                }
+            }
+        }
+        return true;
+    }
+    let s = |x: usize| x as isize; // checked above: every stride fits in isize
+                                   // SAFETY: `supports` restricts `E` to f32/f64, which `gemm::gemm` implements. Every offset
+                                   // the product reads or writes is below the slice lengths (`fits`), `dst` is a unique borrow
+                                   // whose elements have distinct addresses (`injective`), so the threads never write one
+                                   // address twice, and `lhs`/`rhs` are only read.
+    #[allow(unsafe_code)]
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            s(dst_layout.strides[1]),
+            s(dst_layout.strides[0]),
+            accumulate,
+            lhs.as_ptr(),
+            s(lhs_layout.strides[1]),
+            s(lhs_layout.strides[0]),
+            rhs.as_ptr(),
+            s(rhs_layout.strides[1]),
+            s(rhs_layout.strides[0]),
+            E::one(),
+            E::one(),
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(0),
+        );
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: &[f64], al: Layout, b: &[f64], bl: Layout) -> Vec<f64> {
+        let mut out = vec![0.0; al.rows * bl.cols];
+        for i in 0..al.rows {
+            for j in 0..bl.cols {
+                out[i * bl.cols + j] = (0..al.cols)
+                    .map(|p| a[i * al.strides[0] + p * al.strides[1]] * b[p * bl.strides[0] + j * bl.strides[1]])
+                    .sum();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_naive_product_on_strided_views_and_accumulates() {
+        let (m, k, n) = (7, 5, 3);
+        let a: Vec<f64> = (0..m * k).map(|i| (i as f64 * 0.37).sin()).collect();
+        let b: Vec<f64> = (0..k * n).map(|i| (i as f64 * 0.11).cos()).collect();
+        let al = Layout { rows: m, cols: k, strides: [k, 1] };
+        // b stored transposed (n, k), viewed as (k, n).
+        let bl = Layout { rows: k, cols: n, strides: [1, k] };
+        let want = naive(&a, al, &b, bl);
+        let dl = Layout { rows: m, cols: n, strides: [n, 1] };
+        let mut dst = vec![1.0; m * n];
+        assert!(gemm(&mut dst, dl, false, &a, al, &b, bl));
+        for (x, y) in dst.iter().zip(&want) {
+            assert!((x - y).abs() < 1e-12);
+        }
+        assert!(gemm(&mut dst, dl, true, &a, al, &b, bl));
+        for (x, y) in dst.iter().zip(&want) {
+            assert!((x - 2.0 * y).abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn refuses_views_outside_the_slice_or_overlapping_destinations() {
+        let a = vec![1.0f32; 6];
+        let mut dst = vec![0.0f32; 4];
+        let l = Layout { rows: 2, cols: 3, strides: [3, 1] };
+        let r = Layout { rows: 3, cols: 2, strides: [2, 1] };
+        let d = Layout { rows: 2, cols: 2, strides: [2, 1] };
+        assert!(gemm(&mut dst, d, false, &a, l, &a, r));
+        assert!(!gemm(&mut dst, d, false, &a, l, &a[..5], r), "rhs view reaches past its slice");
+        let broadcast = Layout { rows: 2, cols: 2, strides: [0, 1] };
+        assert!(!gemm(&mut dst, broadcast, false, &a, l, &a, r), "two rows share addresses");
+        assert!(!gemm(&mut dst, d, false, &a, l, &a, Layout { rows: 2, cols: 2, strides: [2, 1] }), "k disagrees");
+    }
+}
