@@ -45,6 +45,19 @@ pub(crate) fn buffer<S: Shape, E: Unit, T>(t: &Tensor<S, E, Cpu, T>) -> Option<(
     Some((slice, strides))
 }
 
+/// Whether `strides` are the dense row-major strides of `dims` (ignoring axes of size 1, whose
+/// stride is never used).
+pub(crate) fn row_major(dims: &[usize], strides: &[usize]) -> bool {
+    let mut expected = 1;
+    for (&d, &s) in dims.iter().zip(strides).rev() {
+        if d > 1 && s != expected {
+            return false;
+        }
+        expected *= d;
+    }
+    true
+}
+
 /// A strided matrix view: `rows x cols`, element `(i, j)` at `i * strides[0] + j * strides[1]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Layout {

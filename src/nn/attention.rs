@@ -26,15 +26,8 @@ where
     T: Tape<E, Dev>,
 {
     let scale = E::from_f64(1.0 / (HD as f64).sqrt()).unwrap();
-    let scores = q.matmul(k.permute::<_, Axes4<0, 1, 3, 2>>()) * scale; // (B, H, Sq, Sk)
-    let scores = match bias {
-        Some(bias) => {
-            let shape = *scores.shape();
-            scores + bias.clone().broadcast_like::<_, Axis<1>>(&shape)
-        }
-        None => scores,
-    };
-    scores.softmax::<Axis<3>>()
+    let scores = q.matmul(k.permute::<_, Axes4<0, 1, 3, 2>>()); // (B, H, Sq, Sk)
+    crate::kernels::attention_softmax(scores, scale, bias)
 }
 
 /// `Attention(Q, K, V) = softmax(Q Kᵀ / sqrt(d_k)) V` (equation 1), with an optional additive

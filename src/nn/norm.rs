@@ -57,13 +57,8 @@ impl<const D: usize, E: FloatDtype, Dev: Device<E>, Bias: BiasKind> LayerNorm<D,
         &self,
         x: Hidden<B, S, D, E, Dev, T>,
     ) -> Hidden<B, S, D, E, Dev, T> {
-        let shape = *x.shape();
-        let w = self.weight.retaped::<T>().broadcast_like(&shape);
-        let y = x.normalize::<Axis<2>>(self.eps) * w;
-        if !Bias::ON {
-            return y;
-        }
-        y + self.bias.retaped::<T>().broadcast_like(&shape)
+        let bias = Bias::ON.then(|| self.bias.retaped::<T>());
+        crate::kernels::layer_norm(x, self.weight.retaped::<T>(), bias, self.eps)
     }
 }
 

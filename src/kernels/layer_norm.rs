@@ -1,0 +1,201 @@
+//! Layer norm over the last axis in one pass forward and one backward, in place of the ten
+//! elementwise ops (mean, centre, square, mean, add, sqrt, divide, scale, shift and their
+//! broadcasts) dfdx composes it from, each with its own buffer.
+
+use super::cpu;
+use super::{cast, cast_mut, cast_ref, fast_cpu};
+use crate::FloatDtype;
+use dfdx::prelude::*;
+
+type Rows<B, S, const D: usize, E, Dev, T = NoneTape> = Tensor<(B, S, Const<D>), E, Dev, T>;
+type Vector<const D: usize, E, Dev, T = NoneTape> = Tensor<(Const<D>,), E, Dev, T>;
+
+/// `(x - mean) / sqrt(var + eps) * weight (+ bias)` over the last axis of `x: (B, S, D)`, with
+/// the biased variance, as `torch.nn.LayerNorm`.
+pub(crate) fn layer_norm<B: Dim, S: Dim, const D: usize, E: FloatDtype, Dev: Device<E>, T: Tape<E, Dev>>(
+    x: Rows<B, S, D, E, Dev, T>,
+    weight: Vector<D, E, Dev, T>,
+    bias: Option<Vector<D, E, Dev, T>>,
+    eps: f64,
+) -> Rows<B, S, D, E, Dev, T> {
+    if !fast_cpu::<E, Dev>() {
+        return composed(x, weight, bias, eps);
+    }
+    let (x, tape_x) = x.split_tape();
+    let (w, tape_w) = weight.split_tape();
+    let (b, tape_b) = match bias {
+        Some(b) => {
+            let (b, t) = b.split_tape();
+            (Some(b), t)
+        }
+        None => (None, T::default()),
+    };
+    let Some(forward) = cpu_forward::<B, S, D, E>(cast_ref(&x), cast_ref(&w), b.as_ref().map(cast_ref), eps) else {
+        return composed(x.put_tape(tape_x), w.put_tape(tape_w), b.map(|b| b.put_tape(tape_b)), eps);
+    };
+    let mut tape = tape_x.merge(tape_w).merge(tape_b);
+    let Forward { out, mean, rstd } = forward;
+    if T::OWNS_TAPE {
+        let out_id = out.ghost();
+        tape.add_backward_op(move |grads| {
+            let grads: &mut Gradients<E, Cpu> = cast_mut(grads);
+            let grad_out: Vec<E> = std::mem::take(&mut **grads.get_or_alloc_mut(&out_id).map_err(cast)?);
+            let inputs = (cast_ref(&x), cast_ref(&w), b.as_ref().map(cast_ref));
+            cpu_backward::<B, S, D, E>(inputs, &mean, &rstd, &grad_out, grads).map_err(cast)?;
+            **grads.get_or_alloc_mut(&out_id).map_err(cast)? = grad_out;
+            Ok(())
+        });
+    }
+    cast::<Rows<B, S, D, E, Cpu>, Rows<B, S, D, E, Dev>>(out).put_tape(tape)
+}
+
+/// dfdx's own ops: every device and dtype.
+fn composed<B: Dim, S: Dim, const D: usize, E: FloatDtype, Dev: Device<E>, T: Tape<E, Dev>>(
+    x: Rows<B, S, D, E, Dev, T>,
+    weight: Vector<D, E, Dev, T>,
+    bias: Option<Vector<D, E, Dev, T>>,
+    eps: f64,
+) -> Rows<B, S, D, E, Dev, T> {
+    let shape = *x.shape();
+    let y = x.normalize::<Axis<2>>(eps) * weight.broadcast_like(&shape);
+    match bias {
+        Some(bias) => y + bias.broadcast_like(&shape),
+        None => y,
+    }
+}
+
+struct Forward<B: Dim, S: Dim, const D: usize, E: FloatDtype> {
+    out: Rows<B, S, D, E, Cpu>,
+    mean: Vec<E>,
+    rstd: Vec<E>,
+}
+
+/// The rows of a dense `(B, S, D)` tensor and a dense `(D,)` vector; `None` for other layouts.
+fn dense<B: Dim, S: Dim, const D: usize, E: FloatDtype>(x: &Rows<B, S, D, E, Cpu>) -> Option<&[E]> {
+    let (data, strides) = cpu::buffer(x)?;
+    cpu::row_major(x.shape().concrete().as_ref(), strides.as_ref()).then_some(data)
+}
+
+fn dense_vector<const D: usize, E: FloatDtype>(v: &Vector<D, E, Cpu>) -> Option<&[E]> {
+    let (data, strides) = cpu::buffer(v)?;
+    cpu::row_major(&[D], strides.as_ref()).then_some(data)
+}
+
+fn cpu_forward<B: Dim, S: Dim, const D: usize, E: FloatDtype>(
+    x: &Rows<B, S, D, E, Cpu>,
+    w: &Vector<D, E, Cpu>,
+    b: Option<&Vector<D, E, Cpu>>,
+    eps: f64,
+) -> Option<Forward<B, S, D, E>> {
+    let xs = dense(x)?;
+    let ws = dense_vector(w)?;
+    let bs = match b {
+        Some(b) => Some(dense_vector(b)?),
+        None => None,
+    };
+    let eps = E::from(eps)?;
+    let n = E::from(D)?;
+    let rows = xs.len() / D;
+    let (mut out, mut mean, mut rstd) = (vec![E::zero(); rows * D], Vec::with_capacity(rows), Vec::with_capacity(rows));
+    for (row, y) in xs.chunks_exact(D).zip(out.chunks_exact_mut(D)) {
+        let mu = row.iter().fold(E::zero(), |acc, &v| acc + v) / n;
+        let var = row.iter().fold(E::zero(), |acc, &v| acc + (v - mu) * (v - mu)) / n;
+        let r = (var + eps).sqrt().recip();
+        for (i, (y, &v)) in y.iter_mut().zip(row).enumerate() {
+            *y = (v - mu) * r * ws[i] + bs.map_or(E::zero(), |bs| bs[i]);
+        }
+        mean.push(mu);
+        rstd.push(r);
+    }
+    let out = x.device().try_tensor_from_vec(out, *x.shape()).ok()?;
+    Some(Forward { out, mean, rstd })
+}
+
+type Inputs<'a, B, S, const D: usize, E> =
+    (&'a Rows<B, S, D, E, Cpu>, &'a Vector<D, E, Cpu>, Option<&'a Vector<D, E, Cpu>>);
+
+/// With `x̂ = (x - mean) rstd` and `ĝ = g weight`:
+/// `dx = rstd (ĝ - mean(ĝ) - x̂ mean(ĝ x̂))`, `dweight = Σ g x̂`, `dbias = Σ g`.
+fn cpu_backward<B: Dim, S: Dim, const D: usize, E: FloatDtype>(
+    (x, w, b): Inputs<'_, B, S, D, E>,
+    mean: &[E],
+    rstd: &[E],
+    grad_out: &[E],
+    grads: &mut Gradients<E, Cpu>,
+) -> Result<(), CpuError> {
+    let xs = dense(x).expect("checked in the forward pass");
+    let ws = dense_vector(w).expect("checked in the forward pass");
+    let n = E::from(D).expect("a width is a float");
+    let (mut dw, mut db) = (vec![E::zero(); D], vec![E::zero(); D]);
+    let mut xhat = vec![E::zero(); D];
+    let grad_x: &mut Vec<E> = grads.get_or_alloc_mut(x)?;
+    let rows = xs.chunks_exact(D).zip(grad_out.chunks_exact(D)).zip(grad_x.chunks_exact_mut(D));
+    for (r, ((row, g), dx)) in rows.enumerate() {
+        let (mut sum_g, mut sum_gx) = (E::zero(), E::zero());
+        for i in 0..D {
+            xhat[i] = (row[i] - mean[r]) * rstd[r];
+            let gi = g[i] * ws[i];
+            sum_g = sum_g + gi;
+            sum_gx = sum_gx + gi * xhat[i];
+            dw[i] = dw[i] + g[i] * xhat[i];
+            db[i] = db[i] + g[i];
+        }
+        let (mean_g, mean_gx) = (sum_g / n, sum_gx / n);
+        for i in 0..D {
+            dx[i] = dx[i] + rstd[r] * (g[i] * ws[i] - mean_g - xhat[i] * mean_gx);
+        }
+    }
+    add(grads.get_or_alloc_mut(w)?, &dw);
+    if let Some(b) = b {
+        add(grads.get_or_alloc_mut(b)?, &db);
+    }
+    Ok(())
+}
+
+fn add<E: FloatDtype>(dst: &mut [E], src: &[E]) {
+    dst.iter_mut().zip(src).for_each(|(d, &s)| *d = *d + s);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The fused kernel against dfdx's composition: output and the gradients of x, weight, bias.
+    fn check(b: usize, s: usize, with_bias: bool, seed: u64) {
+        const D: usize = 24;
+        let dev = Cpu::seed_from_u64(seed);
+        let x: Tensor<(usize, usize, Const<D>), f64, Cpu> = dev.sample_normal_like(&(b, s, Const));
+        let w: Tensor<Rank1<D>, f64, Cpu> = dev.sample_normal();
+        let bias: Tensor<Rank1<D>, f64, Cpu> = dev.sample_normal();
+        let probe: Tensor<(usize, usize, Const<D>), f64, Cpu> = dev.sample_normal_like(&(b, s, Const));
+        assert!(cpu_forward::<_, _, D, _>(&x, &w, Some(&bias), 1e-5).is_some(), "the fused kernel must apply");
+        let run = |fused: bool| {
+            let xt = x.clone().traced(Gradients::leaky());
+            let wt = w.retaped::<OwnedTape<f64, Cpu>>();
+            let bt = with_bias.then(|| bias.retaped::<OwnedTape<f64, Cpu>>());
+            let y = if fused { layer_norm(xt, wt, bt, 1e-5) } else { composed(xt, wt, bt, 1e-5) };
+            let out = y.as_vec();
+            let grads = (y * probe.clone()).sum().backward();
+            let db = if with_bias { grads.get(&bias).as_vec() } else { vec![] };
+            (out, grads.get(&x).as_vec(), grads.get(&w).as_vec(), db)
+        };
+        let (fused, reference) = (run(true), run(false));
+        for (got, want) in
+            [(fused.0, reference.0), (fused.1, reference.1), (fused.2, reference.2), (fused.3, reference.3)]
+        {
+            assert_eq!(got.len(), want.len());
+            for (g, w) in got.into_iter().zip(want) {
+                assert!((g - w).abs() <= 1e-9 * (1.0 + w.abs()), "{g} vs {w}");
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+        #[test]
+        fn fused_layer_norm_and_its_gradients_match_dfdx(b in 1usize..4, s in 1usize..6, with_bias: bool, seed in 0u64..1000) {
+            check(b, s, with_bias, seed);
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Attention's `softmax(scale * scores + bias)` over the keys in one pass forward and one
+//! backward, in place of dfdx's scale, broadcast-add and five-op softmax (max, subtract, exp,
+//! sum, divide), each with its own buffer of `B x H x Sq x Sk`.
+
+use super::cpu;
+use super::{cast, cast_mut, cast_ref, fast_cpu};
+use crate::FloatDtype;
+use dfdx::prelude::*;
+
+type Scores<B, const H: usize, Sq, Sk, E, Dev, T = NoneTape> = Tensor<(B, Const<H>, Sq, Sk), E, Dev, T>;
+
+/// `softmax(scale * scores + bias)` over the last axis; `bias: (B, Sq, Sk)` is shared by the heads
+/// and carries no gradient (it is a mask).
+pub(crate) fn attention_softmax<B: Dim, const H: usize, Sq: Dim, Sk: Dim, E, Dev, T>(
+    scores: Scores<B, H, Sq, Sk, E, Dev, T>,
+    scale: E,
+    bias: Option<&Tensor<(B, Sq, Sk), E, Dev>>,
+) -> Scores<B, H, Sq, Sk, E, Dev, T>
+where
+    E: FloatDtype,
+    Dev: Device<E>,
+    T: Tape<E, Dev>,
+{
+    if !fast_cpu::<E, Dev>() {
+        return composed(scores, scale, bias);
+    }
+    let (scores, tape) = scores.split_tape();
+    let Some(out) = cpu_forward::<B, H, Sq, Sk, E>(cast_ref(&scores), scale, bias.map(cast_ref)) else {
+        return composed(scores.put_tape(tape), scale, bias);
+    };
+    let out: Scores<B, H, Sq, Sk, E, Dev> = cast(out);
+    let mut tape = tape;
+    if T::OWNS_TAPE {
+        let scores_id = cast_ref::<_, Scores<B, H, Sq, Sk, E, Cpu>>(&scores).ghost();
+        let weights = out.clone();
+        drop(scores); // the backward needs only the weights
+        tape.add_backward_op(move |grads| {
+            let grads: &mut Gradients<E, Cpu> = cast_mut(grads);
+            let weights: &Scores<B, H, Sq, Sk, E, Cpu> = cast_ref(&weights);
+            let y = dense(weights).expect("the forward pass wrote it densely");
+            let grad_out: Vec<E> = std::mem::take(&mut **grads.get_or_alloc_mut(weights).map_err(cast)?);
+            let grad_scores: &mut Vec<E> = grads.get_or_alloc_mut(&scores_id).map_err(cast)?;
+            backward_rows(y, &grad_out, grad_scores, y.len() / weights.shape().3.size(), scale);
+            **grads.get_or_alloc_mut(weights).map_err(cast)? = grad_out;
+            Ok(())
+        });
+    }
+    out.put_tape(tape)
+}
+
+/// dfdx's own ops: every device and dtype.
+fn composed<B: Dim, const H: usize, Sq: Dim, Sk: Dim, E: FloatDtype, Dev: Device<E>, T: Tape<E, Dev>>(
+    scores: Scores<B, H, Sq, Sk, E, Dev, T>,
+    scale: E,
+    bias: Option<&Tensor<(B, Sq, Sk), E, Dev>>,
+) -> Scores<B, H, Sq, Sk, E, Dev, T> {
+    let scores = scores * scale;
+    let scores = match bias {
+        Some(bias) => {
+            let shape = *scores.shape();
+            scores + bias.clone().broadcast_like::<_, Axis<1>>(&shape)
+        }
+        None => scores,
+    };
+    scores.softmax::<Axis<3>>()
+}
+
+fn dense<S: Shape, E: FloatDtype>(t: &Tensor<S, E, Cpu>) -> Option<&[E]> {
+    let (data, strides) = cpu::buffer(t)?;
+    cpu::row_major(t.shape().concrete().as_ref(), strides.as_ref()).then_some(data)
+}
+
+fn cpu_forward<B: Dim, const H: usize, Sq: Dim, Sk: Dim, E: FloatDtype>(
+    scores: &Scores<B, H, Sq, Sk, E, Cpu>,
+    scale: E,
+    bias: Option<&Tensor<(B, Sq, Sk), E, Cpu>>,
+) -> Option<Scores<B, H, Sq, Sk, E, Cpu>> {
+    let s = dense(scores)?;
+    let bias = match bias {
+        Some(bias) => Some(dense(bias)?),
+        None => None,
+    };
+    let (_, _, sq, sk) = *scores.shape();
+    let (sq, sk) = (sq.size(), sk.size());
+    let mut out = vec![E::zero(); s.len()];
+    for (r, (x, y)) in s.chunks_exact(sk).zip(out.chunks_exact_mut(sk)).enumerate() {
+        // row r is (batch, head, query) = (r / (H sq), _, r % sq); the bias skips the head
+        let mask = bias.map(|bias| {
+            let (item, query) = (r / (H * sq), r % sq);
+            &bias[(item * sq + query) * sk..][..sk]
+        });
+        for (k, y) in y.iter_mut().enumerate() {
+            *y = x[k] * scale + mask.map_or(E::zero(), |m| m[k]);
+        }
+        let max = y.iter().fold(E::neg_infinity(), |m, &v| m.max(v));
+        let mut sum = E::zero();
+        for y in y.iter_mut() {
+            *y = (*y - max).exp();
+            sum = sum + *y;
+        }
+        let inv = sum.recip();
+        y.iter_mut().for_each(|y| *y = *y * inv);
+    }
+    scores.device().try_tensor_from_vec(out, *scores.shape()).ok()
+}
+
+/// `dscores += scale * y * (g - Σ g y)` for each row of `y` (the softmax weights).
+fn backward_rows<E: FloatDtype>(y: &[E], g: &[E], grad_scores: &mut [E], rows: usize, scale: E) {
+    let width = y.len() / rows.max(1);
+    for ((y, g), d) in y.chunks_exact(width).zip(g.chunks_exact(width)).zip(grad_scores.chunks_exact_mut(width)) {
+        let dot = y.iter().zip(g).fold(E::zero(), |acc, (&y, &g)| acc + y * g);
+        for k in 0..width {
+            d[k] = d[k] + scale * y[k] * (g[k] - dot);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::MaskSpec;
+    use proptest::prelude::*;
+
+    fn check(b: usize, sq: usize, sk: usize, causal: bool, seed: u64) {
+        const H: usize = 3;
+        let dev = Cpu::seed_from_u64(seed);
+        let scores: Scores<usize, H, usize, usize, f64, Cpu> = dev.sample_normal_like(&(b, Const, sq, sk));
+        let probe: Scores<usize, H, usize, usize, f64, Cpu> = dev.sample_normal_like(&(b, Const, sq, sk));
+        let lengths: Vec<usize> = (0..b).map(|i| sk - i % sk).collect();
+        let spec = if causal { MaskSpec::causal(Some(&lengths)) } else { MaskSpec::padding(&lengths) };
+        let bias = spec.bias::<_, _, _, f64, _>(&dev, (b, sq, sk));
+        assert!(cpu_forward(&scores, 0.5, bias.as_ref()).is_some(), "the fused kernel must apply");
+        let run = |fused: bool| {
+            let s = scores.clone().traced(Gradients::leaky());
+            let y = if fused { attention_softmax(s, 0.5, bias.as_ref()) } else { composed(s, 0.5, bias.as_ref()) };
+            let out = y.as_vec();
+            let grads = (y * probe.clone()).sum().backward();
+            (out, grads.get(&scores).as_vec())
+        };
+        let (fused, reference) = (run(true), run(false));
+        for (got, want) in [(fused.0, reference.0), (fused.1, reference.1)] {
+            for (g, w) in got.into_iter().zip(want) {
+                assert!((g - w).abs() <= 1e-12 * (1.0 + w.abs()), "{g} vs {w}");
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+        #[test]
+        fn fused_attention_softmax_and_its_gradient_match_dfdx(b in 1usize..4, sq in 1usize..7, sk in 1usize..7, causal: bool, seed in 0u64..1000) {
+            check(b, sq, sk, causal, seed);
+        }
+    }
+}
