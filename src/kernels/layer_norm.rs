@@ -135,14 +135,14 @@ fn cpu_backward<B: Dim, S: Dim, const D: usize, E: FloatDtype>(
         for i in 0..D {
             xhat[i] = (row[i] - mean[r]) * rstd[r];
             let gi = g[i] * ws[i];
-            sum_g = sum_g + gi;
-            sum_gx = sum_gx + gi * xhat[i];
-            dw[i] = dw[i] + g[i] * xhat[i];
-            db[i] = db[i] + g[i];
+            sum_g += gi;
+            sum_gx += gi * xhat[i];
+            dw[i] += g[i] * xhat[i];
+            db[i] += g[i];
         }
         let (mean_g, mean_gx) = (sum_g / n, sum_gx / n);
         for i in 0..D {
-            dx[i] = dx[i] + rstd[r] * (g[i] * ws[i] - mean_g - xhat[i] * mean_gx);
+            dx[i] += rstd[r] * (g[i] * ws[i] - mean_g - xhat[i] * mean_gx);
         }
     }
     add(grads.get_or_alloc_mut(w)?, &dw);
@@ -153,7 +153,7 @@ fn cpu_backward<B: Dim, S: Dim, const D: usize, E: FloatDtype>(
 }
 
 fn add<E: FloatDtype>(dst: &mut [E], src: &[E]) {
-    dst.iter_mut().zip(src).for_each(|(d, &s)| *d = *d + s);
+    dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
 }
 
 #[cfg(test)]

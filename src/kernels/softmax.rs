@@ -96,10 +96,10 @@ fn cpu_forward<B: Dim, const H: usize, Sq: Dim, Sk: Dim, E: FloatDtype>(
         let mut sum = E::zero();
         for y in y.iter_mut() {
             *y = (*y - max).exp();
-            sum = sum + *y;
+            sum += *y;
         }
         let inv = sum.recip();
-        y.iter_mut().for_each(|y| *y = *y * inv);
+        y.iter_mut().for_each(|y| *y *= inv);
     }
     scores.device().try_tensor_from_vec(out, *scores.shape()).ok()
 }
@@ -110,7 +110,7 @@ fn backward_rows<E: FloatDtype>(y: &[E], g: &[E], grad_scores: &mut [E], rows: u
     for ((y, g), d) in y.chunks_exact(width).zip(g.chunks_exact(width)).zip(grad_scores.chunks_exact_mut(width)) {
         let dot = y.iter().zip(g).fold(E::zero(), |acc, (&y, &g)| acc + y * g);
         for k in 0..width {
-            d[k] = d[k] + scale * y[k] * (g[k] - dot);
+            d[k] += scale * y[k] * (g[k] - dot);
         }
     }
 }
