@@ -19,6 +19,7 @@
 //! - [`train`] holds the loss, schedule, optimizer and training loop;
 //! - [`generate`] holds decoding;
 //! - [`data`] holds the built-in tasks;
+//! - [`device`] opens a CUDA GPU (with the `cuda` feature) without panicking when there is none;
 //! - [`io`] holds checkpoints and loss curves;
 //! - `kernels` (private) holds the fast CPU matrix product, the one place with `unsafe`.
 
@@ -34,11 +35,14 @@ macro_rules! build_on_device {
     };
 }
 
+mod allocator;
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod generate;
 pub mod io;
 mod kernels;
+pub use allocator::reuse_freed_memory;
 pub mod models;
 pub mod nn;
 pub mod shape;

@@ -141,7 +141,8 @@ fn run(workload: &str, seconds: f64) -> typeformer::Result<f64> {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; skip flags.
+    typeformer::reuse_freed_memory(); // as the command-line tool does
+                                      // `cargo bench` passes `--bench`; skip flags.
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let workload = args.first().map(String::as_str).unwrap_or("list");
     if workload == "list" {

@@ -263,8 +263,7 @@ macro_rules! on_device {
             DeviceArg::Cuda => {
                 #[cfg(feature = "cuda")]
                 {
-                    let dev = Cuda::try_seed_from_u64($seed)
-                        .map_err(|e| typeformer::Error::InvalidConfig(format!("cannot open the GPU: {e:?}")))?;
+                    let dev = typeformer::device::open_cuda(0, $seed)?;
                     $f(&dev, $($arg),*)
                 }
                 #[cfg(not(feature = "cuda"))]
@@ -369,6 +368,7 @@ impl TaskArg {
 }
 
 fn main() -> ExitCode {
+    typeformer::reuse_freed_memory();
     let command = Cli::parse().command.unwrap_or_else(|| {
         // The main job: `train` with every default.
         Cli::parse_from(["typeformer", "train"]).command.expect("train parses")
