@@ -3,18 +3,21 @@
 //!
 //! dfdx 0.13 multiplies matrices with `gemm` 0.15, which on stable Rust has no AVX-512 path;
 //! `gemm` 0.19 with `x86-v4` runs about twice as fast on CPUs that have it (and falls back to
-//! AVX2/FMA at run time on those that do not). [`matmul`] sends CPU products of f32 and f64
+//! AVX2/FMA at run time on those that do not). [`affine`] sends CPU products of f32 and f64
 //! through it, forward and backward (the backward is recorded on the tape like any dfdx op), and
-//! leaves every other device and dtype to dfdx. The choice is made per call from the types, so
+//! leaves every other device and dtype to dfdx; layer norm, attention's masked softmax and the
+//! exact GELU are fused into one pass each way. The choice is made per call from the types, so
 //! the typed API does not change and generic code needs no new bounds.
 
 mod cpu;
+mod gelu;
 mod layer_norm;
 mod matmul;
 mod softmax;
 
+pub(crate) use gelu::gelu;
 pub(crate) use layer_norm::layer_norm;
-pub(crate) use matmul::matmul;
+pub(crate) use matmul::affine;
 pub(crate) use softmax::attention_softmax;
 
 use dfdx::prelude::*;

@@ -25,13 +25,7 @@ pub(crate) fn project<
     let (b, s, k) = *x.shape();
     let n = weight.shape().0;
     let flat = x.reshape_like(&(b.size() * s.size(), k)); // free when x is contiguous
-    let y = crate::kernels::matmul(flat, weight.permute::<_, Axes2<1, 0>>()); // (B*S, N)
-    let y = match bias {
-        Some(bias) if Bias::ON => {
-            let shape = *y.shape();
-            y + bias.broadcast_like(&shape)
-        }
-        _ => y,
-    };
-    y.reshape_like(&(b, s, n))
+    let bias = bias.filter(|_| Bias::ON);
+    crate::kernels::affine(flat, weight.permute::<_, Axes2<1, 0>>(), bias) // (B*S, N)
+        .reshape_like(&(b, s, n))
 }
