@@ -21,6 +21,55 @@ typeformer::transformer! {
     }
 }
 
+/// `VmRSS` or `VmHWM` (peak) of this process from /proc/self/status, in bytes (Linux).
+fn rss(field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    Some(line.split_whitespace().nth(1)?.parse::<f64>().ok()? * 1024.0)
+}
+
+/// Peak memory of the GPT-style training step against what the step must hold: parameters,
+/// gradients and Adam's two moments (4 x 4 bytes per parameter), and the activations a backward
+/// pass needs, counted per layer as PyTorch keeps them: the two norm inputs, Q/K/V, the attention
+/// weights (B x H x S x S), the merged heads, the FFN's hidden layer before and after GELU, the
+/// residual stream, and the logits with their softmax.
+fn gpt_train_step_memory() -> typeformer::Result<()> {
+    let before = rss("VmRSS:").ok_or_else(|| typeformer::Error::Training("no /proc/self/status".into()))?;
+    let dev = Cpu::default();
+    let (batch, seq, d, h, f, v, layers) = (8.0, 128.0, 128.0, 4.0, 512.0, 256.0, 4.0);
+    let mut model: BenchGpt = BenchGptSpec::build(&dev)?;
+    let ids: Vec<Vec<usize>> = (0..8).map(|i| (0..=128).map(|t| (i * 31 + t * 7) % 256).collect()).collect();
+    let inputs = Tokens::<256>::from_sequences(&ids.iter().map(|s| s[..128].to_vec()).collect::<Vec<_>>())?;
+    let labels = Tokens::<256>::from_sequences(&ids.iter().map(|s| s[1..].to_vec()).collect::<Vec<_>>())?;
+    let mut opt = Adam::new(AdamConfig::default())?;
+    let mut grads = Some(model.alloc_grads());
+    for _ in 0..5 {
+        let logits = model.forward_traced(&inputs, grads.take().unwrap())?;
+        let mut g = label_smoothed_cross_entropy(logits, &labels, 0.0)?.backward();
+        opt.update(&mut model, &g, 1e-4)?;
+        model.zero_grads(&mut g);
+        grads = Some(g);
+    }
+    let peak = rss("VmHWM:").unwrap_or(f64::NAN);
+    let params = BenchGptSpec::NUM_PARAMS as f64;
+    let state = 4.0 * params * 4.0;
+    let (bsd, bhss, bsf, bsv) = (batch * seq * d, batch * h * seq * seq, batch * seq * f, batch * seq * v);
+    let activations = 4.0 * (layers * (6.0 * bsd + bhss + 2.0 * bsf) + 2.0 * bsv);
+    let mib = |x: f64| x / (1024.0 * 1024.0);
+    println!(
+        "gpt-train-step memory: peak RSS {:.1} MiB, {:.1} MiB above the process before the model; \
+         the step must hold {:.1} MiB (parameters, gradients, Adam moments {:.1} MiB; activations {:.1} MiB); \
+         ratio {:.2}",
+        mib(peak),
+        mib(peak - before),
+        mib(state + activations),
+        mib(state),
+        mib(activations),
+        (peak - before) / (state + activations)
+    );
+    Ok(())
+}
+
 const WORKLOADS: [&str; 8] = [
     "attention",
     "encoder-layer",
@@ -141,10 +190,18 @@ fn run(workload: &str, seconds: f64) -> typeformer::Result<f64> {
 }
 
 fn main() {
-    typeformer::reuse_freed_memory(); // as the command-line tool does
-                                      // `cargo bench` passes `--bench`; skip flags.
+    // As the command-line tool does.
+    typeformer::reuse_freed_memory();
+    // `cargo bench` passes `--bench`; skip flags.
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let workload = args.first().map(String::as_str).unwrap_or("list");
+    if workload == "memory" {
+        if let Err(e) = gpt_train_step_memory() {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if workload == "list" {
         println!("{}", WORKLOADS.join("\n"));
         return;
