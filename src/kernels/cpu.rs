@@ -111,7 +111,6 @@ pub(crate) fn supports<E: 'static>() -> bool {
 /// `dst (+)= lhs x rhs` on strided views, multi-threaded on the rayon pool: `dst` is overwritten,
 /// or added to when `accumulate`. Returns `false`, touching nothing, when the dtype is not
 /// supported, the shapes disagree, a view reaches outside its slice or `dst` overlaps itself.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm<E: num_traits::Float + 'static>(
     dst: &mut [E],
     dst_layout: Layout,
@@ -120,6 +119,33 @@ pub(crate) fn gemm<E: num_traits::Float + 'static>(
     lhs_layout: Layout,
     rhs: &[E],
     rhs_layout: Layout,
+) -> bool {
+    product(dst, dst_layout, accumulate, lhs, lhs_layout, rhs, rhs_layout, gemm::Parallelism::Rayon(0))
+}
+
+/// [`gemm`] on the calling thread only, for callers that run one product per rayon task.
+pub(crate) fn gemm_serial<E: num_traits::Float + 'static>(
+    dst: &mut [E],
+    dst_layout: Layout,
+    accumulate: bool,
+    lhs: &[E],
+    lhs_layout: Layout,
+    rhs: &[E],
+    rhs_layout: Layout,
+) -> bool {
+    product(dst, dst_layout, accumulate, lhs, lhs_layout, rhs, rhs_layout, gemm::Parallelism::None)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn product<E: num_traits::Float + 'static>(
+    dst: &mut [E],
+    dst_layout: Layout,
+    accumulate: bool,
+    lhs: &[E],
+    lhs_layout: Layout,
+    rhs: &[E],
+    rhs_layout: Layout,
+    parallelism: gemm::Parallelism,
 ) -> bool {
     let (m, k, n) = (lhs_layout.rows, lhs_layout.cols, rhs_layout.cols);
     let shapes_agree = rhs_layout.rows == k && dst_layout.rows == m && dst_layout.cols == n;
@@ -171,7 +197,7 @@ pub(crate) fn gemm<E: num_traits::Float + 'static>(
             false,
             false,
             false,
-            gemm::Parallelism::Rayon(0),
+            parallelism,
         );
     }
     true

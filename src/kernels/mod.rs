@@ -9,12 +9,14 @@
 //! exact GELU are fused into one pass each way. The choice is made per call from the types, so
 //! the typed API does not change and generic code needs no new bounds.
 
+mod batched;
 mod cpu;
 mod gelu;
 mod layer_norm;
 mod matmul;
 mod softmax;
 
+pub(crate) use batched::batched_matmul;
 pub(crate) use gelu::gelu;
 pub(crate) use layer_norm::layer_norm;
 pub(crate) use matmul::affine;

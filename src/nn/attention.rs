@@ -26,7 +26,7 @@ where
     T: Tape<E, Dev>,
 {
     let scale = E::from_f64(1.0 / (HD as f64).sqrt()).unwrap();
-    let scores = q.matmul(k.permute::<_, Axes4<0, 1, 3, 2>>()); // (B, H, Sq, Sk)
+    let scores = crate::kernels::batched_matmul(q, k.permute::<_, Axes4<0, 1, 3, 2>>()); // (B, H, Sq, Sk)
     crate::kernels::attention_softmax(scores, scale, bias)
 }
 
@@ -44,7 +44,8 @@ where
     Dev: Device<E>,
     T: Tape<E, Dev>,
 {
-    dropout_when_training(attention_weights(q, k, bias), dropout_p).matmul(v) // (B, H, Sq, Sk) x (B, H, Sk, HD)
+    let weights = dropout_when_training(attention_weights(q, k, bias), dropout_p);
+    crate::kernels::batched_matmul(weights, v) // (B, H, Sq, Sk) x (B, H, Sk, HD)
 }
 
 /// A projection from width `D` into `H` heads of width `HD`: `(B, S, D) -> (B, H, S, HD)`.

@@ -1,0 +1,196 @@
+//! Attention's per-head products, `(B, H, M, K) x (B, H, K, N)`, through
+//! [`cpu::gemm`](super::cpu::gemm), one head per rayon task. The operands are usually views
+//! (heads split out of a projection, keys transposed), read in place through their strides.
+
+use super::cpu::{self, Layout};
+use super::{cast, cast_mut, cast_ref, fast_cpu};
+use crate::FloatDtype;
+use dfdx::prelude::*;
+use rayon::prelude::*;
+
+type Batch<B, H, R, C, E, Dev, T = NoneTape> = Tensor<(B, H, R, C), E, Dev, T>;
+
+/// `a x b` for every batch item and head, with gradients for both when traced.
+pub(crate) fn batched_matmul<B: Dim, H: Dim, M: Dim, K: Dim, N: Dim, E: FloatDtype, Dev: Device<E>, T: Tape<E, Dev>>(
+    a: Batch<B, H, M, K, E, Dev, T>,
+    b: Batch<B, H, K, N, E, Dev, T>,
+) -> Batch<B, H, M, N, E, Dev, T> {
+    if !fast_cpu::<E, Dev>() {
+        return a.matmul(b);
+    }
+    let (a, tape_a) = a.split_tape();
+    let (b, tape_b) = b.split_tape();
+    let Some(out) = cpu_forward::<B, H, M, K, N, E>(cast_ref(&a), cast_ref(&b), T::OWNS_TAPE) else {
+        return a.put_tape(tape_a).matmul(b.put_tape(tape_b));
+    };
+    let mut tape = tape_a.merge(tape_b);
+    if T::OWNS_TAPE {
+        let out_id = out.ghost();
+        tape.add_backward_op(move |grads| {
+            let grads: &mut Gradients<E, Cpu> = cast_mut(grads);
+            let grad_out: Vec<E> = std::mem::take(&mut **grads.get_or_alloc_mut(&out_id).map_err(cast)?);
+            cpu_backward::<B, H, M, K, N, E>(cast_ref(&a), cast_ref(&b), &grad_out, grads).map_err(cast)?;
+            **grads.get_or_alloc_mut(&out_id).map_err(cast)? = grad_out;
+            Ok(())
+        });
+    }
+    cast::<Batch<B, H, M, N, E, Cpu>, Batch<B, H, M, N, E, Dev>>(out).put_tape(tape)
+}
+
+/// A 4-d tensor as `B x H` matrices: the buffer, each matrix's offset, and the matrix layout.
+struct Matrices<'a, E> {
+    data: &'a [E],
+    offsets: Vec<usize>,
+    layout: Layout,
+}
+
+impl<'a, E> Matrices<'a, E> {
+    /// The matrix at `i`, as a slice starting at its first element.
+    fn get(&self, i: usize) -> &'a [E] {
+        &self.data[self.offsets[i]..]
+    }
+}
+
+fn matrices<B: Dim, H: Dim, R: Dim, C: Dim, E: FloatDtype>(t: &Batch<B, H, R, C, E, Cpu>) -> Option<Matrices<'_, E>> {
+    let (data, strides) = cpu::buffer(t)?;
+    let (b, h, r, c) = *t.shape();
+    let offsets = (0..b.size()).flat_map(|i| (0..h.size()).map(move |j| i * strides[0] + j * strides[1])).collect();
+    Some(Matrices {
+        data,
+        offsets,
+        layout: Layout { rows: r.size(), cols: c.size(), strides: [strides[2], strides[3]] },
+    })
+}
+
+/// Whether no two elements of the 4-d view share an address (its gradient is written through it).
+fn injective<B: Dim, H: Dim, R: Dim, C: Dim, E: FloatDtype>(t: &Batch<B, H, R, C, E, Cpu>) -> bool {
+    let (Some((_, strides)), (b, h, r, c)) = (cpu::buffer(t), *t.shape()) else { return true };
+    let mut axes: Vec<(usize, usize)> =
+        [b.size(), h.size(), r.size(), c.size()].into_iter().zip(strides).filter(|&(n, _)| n > 1).collect();
+    axes.sort_by_key(|&(_, s)| s);
+    let mut span = 1; // each axis's stride must step past everything the smaller axes reach
+    for (n, s) in axes {
+        if s < span {
+            return false;
+        }
+        span = s * (n - 1) + span;
+    }
+    true
+}
+
+fn cpu_forward<B: Dim, H: Dim, M: Dim, K: Dim, N: Dim, E: FloatDtype>(
+    a: &Batch<B, H, M, K, E, Cpu>,
+    b: &Batch<B, H, K, N, E, Cpu>,
+    traced: bool,
+) -> Option<Batch<B, H, M, N, E, Cpu>> {
+    if traced && !(injective(a) && injective(b)) {
+        return None;
+    }
+    let (am, bm) = (matrices(a)?, matrices(b)?);
+    let (bs, h, m, _) = *a.shape();
+    let n = b.shape().3;
+    let size = m.size() * n.size();
+    let layout = Layout { rows: m.size(), cols: n.size(), strides: [n.size(), 1] };
+    let mut out = vec![E::zero(); bs.size() * h.size() * size];
+    let ok = out
+        .par_chunks_mut(size.max(1))
+        .enumerate()
+        .all(|(i, dst)| cpu::gemm_serial(dst, layout, false, am.get(i), am.layout, bm.get(i), bm.layout));
+    ok.then_some(())?;
+    a.device().try_tensor_from_vec(out, (bs, h, m, n)).ok()
+}
+
+/// `grad_a += g bᵀ`, `grad_b += aᵀ g` per matrix: computed densely in parallel, then added
+/// through each input's strides (its gradient shares its source's layout).
+fn cpu_backward<B: Dim, H: Dim, M: Dim, K: Dim, N: Dim, E: FloatDtype>(
+    a: &Batch<B, H, M, K, E, Cpu>,
+    b: &Batch<B, H, K, N, E, Cpu>,
+    grad_out: &[E],
+    grads: &mut Gradients<E, Cpu>,
+) -> Result<(), CpuError> {
+    let (am, bm) = (matrices(a).expect("checked forward"), matrices(b).expect("checked forward"));
+    let (m, k, n) = (am.layout.rows, am.layout.cols, bm.layout.cols);
+    let g_layout = Layout { rows: m, cols: n, strides: [n, 1] };
+    let g = |i: usize| &grad_out[i * m * n..];
+    let dense_a = Layout { rows: m, cols: k, strides: [k, 1] };
+    let dense_b = Layout { rows: k, cols: n, strides: [n, 1] };
+    let mut da = vec![E::zero(); am.offsets.len() * m * k];
+    let mut db = vec![E::zero(); bm.offsets.len() * k * n];
+    let ok_a = da
+        .par_chunks_mut((m * k).max(1))
+        .enumerate()
+        .all(|(i, dst)| cpu::gemm_serial(dst, dense_a, false, g(i), g_layout, bm.get(i), bm.layout.t()));
+    let ok_b = db
+        .par_chunks_mut((k * n).max(1))
+        .enumerate()
+        .all(|(i, dst)| cpu::gemm_serial(dst, dense_b, false, am.get(i), am.layout.t(), g(i), g_layout));
+    assert!(ok_a && ok_b, "batched matmul backward: layouts checked in the forward pass");
+    scatter_add(grads.get_or_alloc_mut(a)?, &am.offsets, am.layout, &da);
+    scatter_add(grads.get_or_alloc_mut(b)?, &bm.offsets, bm.layout, &db);
+    Ok(())
+}
+
+/// Adds dense matrices `src` into `dst` at `offsets`, through `layout`'s strides.
+fn scatter_add<E: FloatDtype>(dst: &mut [E], offsets: &[usize], layout: Layout, src: &[E]) {
+    let (rows, cols) = (layout.rows, layout.cols);
+    for (&offset, matrix) in offsets.iter().zip(src.chunks_exact((rows * cols).max(1))) {
+        for r in 0..rows {
+            for c in 0..cols {
+                dst[offset + r * layout.strides[0] + c * layout.strides[1]] += matrix[r * cols + c];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// As attention uses it: queries and keys split out of a `(B, S, H*HD)` projection (views),
+    /// keys transposed; product and both gradients against dfdx's batched matmul.
+    fn check(b: usize, s: usize, seed: u64) {
+        const H: usize = 3;
+        const HD: usize = 5;
+        let dev = Cpu::seed_from_u64(seed);
+        let qp: Tensor<(usize, usize, Const<H>, Const<HD>), f64, Cpu> = dev.sample_normal_like(&(b, s, Const, Const));
+        let kp: Tensor<(usize, usize, Const<H>, Const<HD>), f64, Cpu> = dev.sample_normal_like(&(b, s, Const, Const));
+        let probe: Tensor<(usize, Const<H>, usize, usize), f64, Cpu> = dev.sample_normal_like(&(b, Const, s, s));
+        let q0 = qp.clone().permute::<_, Axes4<0, 2, 1, 3>>();
+        let k0 = kp.clone().permute::<_, Axes4<0, 2, 3, 1>>();
+        assert!(cpu_forward(&q0, &k0, true).is_some(), "the kernel must apply to head views");
+        let run = |fast: bool| {
+            let q = qp.clone().traced(Gradients::leaky()).permute::<_, Axes4<0, 2, 1, 3>>();
+            let k = kp.retaped::<OwnedTape<f64, Cpu>>().permute::<_, Axes4<0, 2, 3, 1>>();
+            let y = if fast { batched_matmul(q, k) } else { q.matmul(k) };
+            let out = y.as_vec();
+            let grads = (y * probe.clone()).sum().backward();
+            [out, grads.get(&qp).as_vec(), grads.get(&kp).as_vec()]
+        };
+        for (got, want) in run(true).into_iter().zip(run(false)) {
+            assert_eq!(got.len(), want.len());
+            for (g, w) in got.into_iter().zip(want) {
+                assert!((g - w).abs() <= 1e-10 * (1.0 + w.abs()), "{g} vs {w}");
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+        #[test]
+        fn batched_matmul_and_its_gradients_match_dfdx(b in 1usize..4, s in 1usize..9, seed in 0u64..1000) {
+            check(b, s, seed);
+        }
+    }
+
+    #[test]
+    fn broadcast_views_are_not_injective() {
+        let dev = Cpu::default();
+        let t: Tensor<(usize, Const<2>, usize, usize), f32, Cpu> = dev.zeros_like(&(1, Const, 3, 4));
+        assert!(injective(&t));
+        let row: Tensor<(usize, usize), f32, Cpu> = dev.zeros_like(&(3, 4));
+        let broadcast: Tensor<(usize, Const<2>, usize, usize), f32, Cpu> =
+            row.broadcast_like::<_, Axes2<0, 1>>(&(2, Const, 3, 4));
+        assert!(!injective(&broadcast));
+    }
+}
