@@ -73,7 +73,7 @@ fn injective<B: Dim, H: Dim, R: Dim, C: Dim, E: FloatDtype>(t: &Batch<B, H, R, C
         if s < span {
             return false;
         }
-        span = s * (n - 1) + span;
+        span += s * (n - 1);
     }
     true
 }
