@@ -70,6 +70,9 @@ pub enum Error {
     /// The optimizer found a parameter without a gradient, or another training-time failure.
     #[error("training: {0}")]
     Training(String),
+    /// A device that cannot be opened (no CUDA driver, no GPU, no GPU of that ordinal).
+    #[error("device: {0}")]
+    Device(String),
 }
 
 /// `Result` with [`Error`].
