@@ -7,19 +7,13 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 use typeformer::prelude::*;
-use typeformer::train::{label_smoothed_cross_entropy, Adam, AdamConfig};
+use typeformer::train::{Adam, AdamConfig};
 
-/// The d-512 encoder of the issue: 8 heads, d_ff 2048, 6 post-LN ReLU layers.
-type Encoder512 = Encoder<512, 8, 64, 2048, 6, PostNorm, Relu, f32, Cpu>;
+#[path = "../common/mod.rs"]
+mod common;
+use common::{gpt_batch, gpt_train_step, greedy, BenchGpt, BenchGptSpec, Encoder512};
+
 type Layer512 = EncoderLayer<512, 8, 64, 2048, PostNorm, Relu, f32, Cpu>;
-
-typeformer::transformer! {
-    /// The GPT-style training workload: d 128, 4 heads, 4 layers, d_ff 512, vocab 256, context 128.
-    BenchGpt: DecoderOnly {
-        vocab: 256, d_model: 128, heads: 4, d_ff: 512, layers: 4, max_len: 256,
-        positional: learned, norm: pre, activation: gelu, dropout: 0.0,
-    }
-}
 
 /// `VmRSS` or `VmHWM` (peak) of this process from /proc/self/status, in bytes (Linux).
 fn rss(field: &str) -> Option<f64> {
@@ -38,17 +32,11 @@ fn gpt_train_step_memory() -> typeformer::Result<()> {
     let dev = Cpu::default();
     let (batch, seq, d, h, f, v, layers) = (8.0, 128.0, 128.0, 4.0, 512.0, 256.0, 4.0);
     let mut model: BenchGpt = BenchGptSpec::build(&dev)?;
-    let ids: Vec<Vec<usize>> = (0..8).map(|i| (0..=128).map(|t| (i * 31 + t * 7) % 256).collect()).collect();
-    let inputs = Tokens::<256>::from_sequences(&ids.iter().map(|s| s[..128].to_vec()).collect::<Vec<_>>())?;
-    let labels = Tokens::<256>::from_sequences(&ids.iter().map(|s| s[1..].to_vec()).collect::<Vec<_>>())?;
+    let data = gpt_batch(8, 128)?;
     let mut opt = Adam::new(AdamConfig::default())?;
-    let mut grads = Some(model.alloc_grads());
+    let mut grads = model.alloc_grads();
     for _ in 0..5 {
-        let logits = model.forward_traced(&inputs, grads.take().unwrap())?;
-        let mut g = label_smoothed_cross_entropy(logits, &labels, 0.0)?.backward();
-        opt.update(&mut model, &g, 1e-4)?;
-        model.zero_grads(&mut g);
-        grads = Some(g);
+        grads = gpt_train_step(&mut model, &mut opt, &data, grads)?;
     }
     let peak = rss("VmHWM:").unwrap_or(f64::NAN);
     let params = BenchGptSpec::NUM_PARAMS as f64;
@@ -113,12 +101,12 @@ fn run(workload: &str, seconds: f64) -> typeformer::Result<f64> {
             throughput(b * s, seconds, || drop(layer.forward(x.clone(), &MaskSpec::none()).unwrap()))
         }
         "encoder-forward" => {
-            let encoder = dev.build_module::<Encoder512, f32>();
+            let encoder = dev.build_module::<Encoder512<Cpu>, f32>();
             let x = hidden::<512>(&dev, b, s);
             throughput(b * s, seconds, || drop(encoder.forward(x.clone(), &MaskSpec::none()).unwrap()))
         }
         "encoder-forward-backward" => {
-            let mut encoder = dev.build_module::<Encoder512, f32>();
+            let mut encoder = dev.build_module::<Encoder512<Cpu>, f32>();
             set_dropout(&mut encoder, 0.0)?;
             let x = hidden::<512>(&dev, b, s);
             let mut grads = Some(encoder.alloc_grads());
@@ -132,19 +120,11 @@ fn run(workload: &str, seconds: f64) -> typeformer::Result<f64> {
         "gpt-train-step" => {
             let mut model: BenchGpt = BenchGptSpec::build(&dev)?;
             let (batch, seq) = (8, 128);
-            let ids: Vec<Vec<usize>> =
-                (0..batch).map(|i| (0..=seq).map(|t| (i * 31 + t * 7) % 256).collect()).collect();
-            let inputs = Tokens::<256>::from_sequences(&ids.iter().map(|s| s[..seq].to_vec()).collect::<Vec<_>>())?;
-            let labels = Tokens::<256>::from_sequences(&ids.iter().map(|s| s[1..].to_vec()).collect::<Vec<_>>())?;
+            let data = gpt_batch(batch, seq)?;
             let mut opt = Adam::new(AdamConfig::default())?;
             let mut grads = Some(model.alloc_grads());
             throughput(batch * seq, seconds, || {
-                let logits = model.forward_traced(&inputs, grads.take().unwrap()).unwrap();
-                let loss = label_smoothed_cross_entropy(logits, &labels, 0.0).unwrap();
-                let mut g = loss.backward();
-                opt.update(&mut model, &g, 1e-4).unwrap();
-                model.zero_grads(&mut g);
-                grads = Some(g);
+                grads = Some(gpt_train_step(&mut model, &mut opt, &data, grads.take().unwrap()).unwrap());
             })
         }
         "generate-cached" | "generate-recompute" => {
@@ -152,23 +132,7 @@ fn run(workload: &str, seconds: f64) -> typeformer::Result<f64> {
             let model: BenchGpt = BenchGptSpec::build(&dev)?;
             let prompt: Vec<usize> = (0..64).map(|i| (i * 13) % 256).collect();
             let cached = workload == "generate-cached";
-            throughput(64, seconds, || {
-                let mut sequence = prompt.clone();
-                let mut state = model.start();
-                let mut next = Tokens::<256>::from_sequences(std::slice::from_ref(&sequence)).unwrap();
-                for _ in 0..64 {
-                    let logits = if cached {
-                        model.step(&mut state, &next).unwrap()
-                    } else {
-                        model.forward(&Tokens::from_sequences(std::slice::from_ref(&sequence)).unwrap()).unwrap()
-                    };
-                    let (_, len, _) = *logits.shape();
-                    let last = logits.as_vec()[(len - 1) * 256..].to_vec();
-                    let token = typeformer::generate::argmax(&last);
-                    sequence.push(token);
-                    next = Tokens::from_sequences(&[vec![token]]).unwrap();
-                }
-            })
+            throughput(64, seconds, || drop(greedy(&model, &prompt, 64, cached)))
         }
         "minilm-embed" => {
             let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2");
