@@ -3,7 +3,7 @@
 //! Every model, training loop and generation path is generic over the dfdx device; this module
 //! only opens a device and copies models between devices, working around two traps of dfdx 0.13:
 //!
-//! - with the `cuda` feature, [`open_cuda`] opens a GPU and returns an error when there is none,
+//! - with the `cuda` feature, `open_cuda` opens a GPU and returns an error when there is none,
 //!   where dfdx's `Cuda::try_build` panics inside cudarc 0.9 (which unwraps `cuInit` and
 //!   `cuDeviceGet`) when the driver finds no GPU or no GPU of that ordinal;
 //! - [`to_device`] copies a model with its hyperparameters, where dfdx's `ToDevice::to_device`
