@@ -8,6 +8,10 @@ use typeformer::data::{Seq2SeqBatch, Task, TaskData, TaskSpec};
 use typeformer::prelude::*;
 use typeformer::train::{label_smoothed_cross_entropy, Adam, AdamConfig};
 
+#[path = "common/mod.rs"]
+mod common;
+use common::{gpt_batch, gpt_train_step, greedy, BenchGpt, BenchGptSpec, Encoder512};
+
 fn blocks(c: &mut Criterion) {
     let dev = Cpu::seed_from_u64(0);
     let (b, s) = (8, 64);
@@ -72,5 +76,64 @@ fn generation_per_token(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, blocks, training_step, generation_per_token);
+/// The workloads of issue 6 (also compared with PyTorch by `benches/compare/run.sh`).
+fn issue_workloads(c: &mut Criterion) {
+    typeformer::reuse_freed_memory();
+    let dev = Cpu::seed_from_u64(0);
+    let (b, s) = (1, 128);
+    let mut group = c.benchmark_group("d-512 6-layer post-LN encoder (batch 1, seq 128)");
+    group.sample_size(10).throughput(Throughput::Elements((b * s) as u64));
+    let encoder = dev.build_module::<Encoder512<Cpu>, f32>();
+    let x: Tensor<(usize, usize, Const<512>), f32, _> = dev.sample_normal_like(&(b, s, Const));
+    group.bench_function("forward", |bench| bench.iter(|| encoder.forward(x.clone(), &MaskSpec::none()).unwrap()));
+    let mut grads = Some(encoder.alloc_grads());
+    group.bench_function("forward + backward", |bench| {
+        bench.iter(|| {
+            let y = encoder.forward(x.clone().traced(grads.take().unwrap()), &MaskSpec::none()).unwrap();
+            let mut g = y.sum().backward();
+            encoder.zero_grads(&mut g);
+            grads = Some(g);
+        })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("GPT d 128, 4 layers, vocab 256 (batch 8, seq 128)");
+    group.sample_size(10).throughput(Throughput::Elements(8 * 128));
+    let mut model: BenchGpt = BenchGptSpec::build(&dev).unwrap();
+    let data = gpt_batch(8, 128).unwrap();
+    let mut opt = Adam::new(AdamConfig::default()).unwrap();
+    let mut grads = Some(model.alloc_grads());
+    group.bench_function("training step (forward + backward + Adam)", |bench| {
+        bench.iter(|| grads = Some(gpt_train_step(&mut model, &mut opt, &data, grads.take().unwrap()).unwrap()))
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("GPT d 128: 64 new tokens after a 64-token prompt");
+    group.sample_size(10).throughput(Throughput::Elements(64));
+    let prompt: Vec<usize> = (0..64).map(|i| (i * 13) % 256).collect();
+    for cached in [true, false] {
+        let name = if cached { "kv cache" } else { "recompute" };
+        group.bench_function(name, |bench| bench.iter(|| greedy(&model, &prompt, 64, cached)));
+    }
+    group.finish();
+
+    // all-MiniLM-L6-v2 from scripts/fetch-minilm.sh; skipped (with a note) when absent.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2");
+    match SentenceEncoder::<MiniLmL6>::load(&dir, &dev) {
+        Ok(encoder) => {
+            let texts: Vec<String> = (0..32)
+                .map(|i| format!("sentence number {i} is about the weather and the things people do on weekends"))
+                .collect();
+            let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let tokens: usize = encoder.tokenizer.encode_batch(&texts).unwrap().iter().map(Vec::len).sum();
+            let mut group = c.benchmark_group("all-MiniLM-L6-v2");
+            group.sample_size(10).throughput(Throughput::Elements(tokens as u64));
+            group.bench_function("embed 32 sentences", |bench| bench.iter(|| encoder.embed_all(&texts, 32).unwrap()));
+            group.finish();
+        }
+        Err(e) => eprintln!("all-MiniLM-L6-v2 skipped (run scripts/fetch-minilm.sh): {e}"),
+    }
+}
+
+criterion_group!(benches, blocks, training_step, generation_per_token, issue_workloads);
 criterion_main!(benches);
