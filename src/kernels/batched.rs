@@ -2,7 +2,7 @@
 //! [`cpu::gemm`](super::cpu::gemm), one head per rayon task. The operands are usually views
 //! (heads split out of a projection, keys transposed), read in place through their strides.
 
-use super::cpu::{self, Layout};
+use super::cpu::{self, Layout, Threads};
 use super::{cast, cast_mut, cast_ref, fast_cpu};
 use crate::FloatDtype;
 use dfdx::prelude::*;
@@ -95,7 +95,7 @@ fn cpu_forward<B: Dim, H: Dim, M: Dim, K: Dim, N: Dim, E: FloatDtype>(
     let ok = out
         .par_chunks_mut(size.max(1))
         .enumerate()
-        .all(|(i, dst)| cpu::gemm_serial(dst, layout, false, am.get(i), am.layout, bm.get(i), bm.layout));
+        .all(|(i, dst)| cpu::gemm(dst, layout, false, am.get(i), am.layout, bm.get(i), bm.layout, Threads::Caller));
     ok.then_some(())?;
     a.device().try_tensor_from_vec(out, (bs, h, m, n)).ok()
 }
@@ -119,11 +119,11 @@ fn cpu_backward<B: Dim, H: Dim, M: Dim, K: Dim, N: Dim, E: FloatDtype>(
     let ok_a = da
         .par_chunks_mut((m * k).max(1))
         .enumerate()
-        .all(|(i, dst)| cpu::gemm_serial(dst, dense_a, false, g(i), g_layout, bm.get(i), bm.layout.t()));
+        .all(|(i, dst)| cpu::gemm(dst, dense_a, false, g(i), g_layout, bm.get(i), bm.layout.t(), Threads::Caller));
     let ok_b = db
         .par_chunks_mut((k * n).max(1))
         .enumerate()
-        .all(|(i, dst)| cpu::gemm_serial(dst, dense_b, false, am.get(i), am.layout.t(), g(i), g_layout));
+        .all(|(i, dst)| cpu::gemm(dst, dense_b, false, am.get(i), am.layout.t(), g(i), g_layout, Threads::Caller));
     assert!(ok_a && ok_b, "batched matmul backward: layouts checked in the forward pass");
     scatter_add(grads.get_or_alloc_mut(a)?, &am.offsets, am.layout, &da);
     scatter_add(grads.get_or_alloc_mut(b)?, &bm.offsets, bm.layout, &db);

@@ -45,6 +45,13 @@ pub(crate) fn buffer<S: Shape, E: Unit, T>(t: &Tensor<S, E, Cpu, T>) -> Option<(
     Some((slice, strides))
 }
 
+/// A CPU tensor's elements in row-major order, without copying; `None` unless its layout is
+/// dense row-major (a permuted or broadcast view) or it is empty.
+pub(crate) fn dense<S: Shape, E: Unit, T>(t: &Tensor<S, E, Cpu, T>) -> Option<&[E]> {
+    let (data, strides) = buffer(t)?;
+    row_major(t.shape().concrete().as_ref(), strides.as_ref()).then_some(data)
+}
+
 /// Whether `strides` are the dense row-major strides of `dims` (ignoring axes of size 1, whose
 /// stride is never used).
 pub(crate) fn row_major(dims: &[usize], strides: &[usize]) -> bool {
@@ -108,9 +115,10 @@ pub(crate) fn supports<E: 'static>() -> bool {
     TypeId::of::<E>() == TypeId::of::<f32>() || TypeId::of::<E>() == TypeId::of::<f64>()
 }
 
-/// `dst (+)= lhs x rhs` on strided views, multi-threaded on the rayon pool: `dst` is overwritten,
-/// or added to when `accumulate`. Returns `false`, touching nothing, when the dtype is not
+/// `dst (+)= lhs x rhs` on strided views, on the rayon pool or the calling thread: `dst` is
+/// overwritten, or added to when `accumulate`. Returns `false`, touching nothing, when the dtype is not
 /// supported, the shapes disagree, a view reaches outside its slice or `dst` overlaps itself.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm<E: num_traits::Float + 'static>(
     dst: &mut [E],
     dst_layout: Layout,
@@ -119,21 +127,22 @@ pub(crate) fn gemm<E: num_traits::Float + 'static>(
     lhs_layout: Layout,
     rhs: &[E],
     rhs_layout: Layout,
+    threads: Threads,
 ) -> bool {
-    product(dst, dst_layout, accumulate, lhs, lhs_layout, rhs, rhs_layout, gemm::Parallelism::Rayon(0))
+    let parallelism = match threads {
+        Threads::Pool => gemm::Parallelism::Rayon(0),
+        Threads::Caller => gemm::Parallelism::None,
+    };
+    product(dst, dst_layout, accumulate, lhs, lhs_layout, rhs, rhs_layout, parallelism)
 }
 
-/// [`gemm`] on the calling thread only, for callers that run one product per rayon task.
-pub(crate) fn gemm_serial<E: num_traits::Float + 'static>(
-    dst: &mut [E],
-    dst_layout: Layout,
-    accumulate: bool,
-    lhs: &[E],
-    lhs_layout: Layout,
-    rhs: &[E],
-    rhs_layout: Layout,
-) -> bool {
-    product(dst, dst_layout, accumulate, lhs, lhs_layout, rhs, rhs_layout, gemm::Parallelism::None)
+/// Where [`gemm`] runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Threads {
+    /// Split across the rayon pool (one large product).
+    Pool,
+    /// On the calling thread (one product per rayon task).
+    Caller,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -230,11 +239,11 @@ mod tests {
         let want = naive(&a, al, &b, bl);
         let dl = Layout { rows: m, cols: n, strides: [n, 1] };
         let mut dst = vec![1.0; m * n];
-        assert!(gemm(&mut dst, dl, false, &a, al, &b, bl));
+        assert!(gemm(&mut dst, dl, false, &a, al, &b, bl, Threads::Pool));
         for (x, y) in dst.iter().zip(&want) {
             assert!((x - y).abs() < 1e-12);
         }
-        assert!(gemm(&mut dst, dl, true, &a, al, &b, bl));
+        assert!(gemm(&mut dst, dl, true, &a, al, &b, bl, Threads::Pool));
         for (x, y) in dst.iter().zip(&want) {
             assert!((x - 2.0 * y).abs() < 1e-12);
         }
@@ -247,10 +256,13 @@ mod tests {
         let l = Layout { rows: 2, cols: 3, strides: [3, 1] };
         let r = Layout { rows: 3, cols: 2, strides: [2, 1] };
         let d = Layout { rows: 2, cols: 2, strides: [2, 1] };
-        assert!(gemm(&mut dst, d, false, &a, l, &a, r));
-        assert!(!gemm(&mut dst, d, false, &a, l, &a[..5], r), "rhs view reaches past its slice");
+        assert!(gemm(&mut dst, d, false, &a, l, &a, r, Threads::Pool));
+        assert!(!gemm(&mut dst, d, false, &a, l, &a[..5], r, Threads::Pool), "rhs view reaches past its slice");
         let broadcast = Layout { rows: 2, cols: 2, strides: [0, 1] };
-        assert!(!gemm(&mut dst, broadcast, false, &a, l, &a, r), "two rows share addresses");
-        assert!(!gemm(&mut dst, d, false, &a, l, &a, Layout { rows: 2, cols: 2, strides: [2, 1] }), "k disagrees");
+        assert!(!gemm(&mut dst, broadcast, false, &a, l, &a, r, Threads::Pool), "two rows share addresses");
+        assert!(
+            !gemm(&mut dst, d, false, &a, l, &a, Layout { rows: 2, cols: 2, strides: [2, 1] }, Threads::Pool),
+            "k disagrees"
+        );
     }
 }

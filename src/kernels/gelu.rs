@@ -28,7 +28,7 @@ pub(crate) fn gelu<S: Shape, E: FloatDtype, Dev: Device<E>, T: Tape<E, Dev>>(
         tape.add_backward_op(move |grads| {
             let grads: &mut Gradients<E, Cpu> = cast_mut(grads);
             let x: &Tensor<S, E, Cpu> = cast_ref(&x);
-            let xs = dense(x).expect("checked in the forward pass");
+            let xs = cpu::dense(x).expect("checked in the forward pass");
             let grad_out: Vec<E> = std::mem::take(&mut **grads.get_or_alloc_mut(&out_id).map_err(cast)?);
             let grad_x: &mut Vec<E> = grads.get_or_alloc_mut(x).map_err(cast)?;
             for ((d, &g), &v) in grad_x.iter_mut().zip(&grad_out).zip(xs) {
@@ -41,13 +41,8 @@ pub(crate) fn gelu<S: Shape, E: FloatDtype, Dev: Device<E>, T: Tape<E, Dev>>(
     Ok(cast::<Tensor<S, E, Cpu>, Tensor<S, E, Dev>>(out).put_tape(tape))
 }
 
-fn dense<S: Shape, E: FloatDtype>(t: &Tensor<S, E, Cpu>) -> Option<&[E]> {
-    let (data, strides) = cpu::buffer(t)?;
-    cpu::row_major(t.shape().concrete().as_ref(), strides.as_ref()).then_some(data)
-}
-
 fn cpu_forward<S: Shape, E: FloatDtype>(x: &Tensor<S, E, Cpu>) -> Option<Tensor<S, E, Cpu>> {
-    let xs = dense(x)?;
+    let xs = cpu::dense(x)?;
     let out: Vec<E> = xs.iter().map(|&v| v * normal(v).0).collect();
     x.device().try_tensor_from_vec(out, *x.shape()).ok()
 }

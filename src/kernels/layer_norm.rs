@@ -70,27 +70,16 @@ struct Forward<B: Dim, S: Dim, const D: usize, E: FloatDtype> {
     rstd: Vec<E>,
 }
 
-/// The rows of a dense `(B, S, D)` tensor and a dense `(D,)` vector; `None` for other layouts.
-fn dense<B: Dim, S: Dim, const D: usize, E: FloatDtype>(x: &Rows<B, S, D, E, Cpu>) -> Option<&[E]> {
-    let (data, strides) = cpu::buffer(x)?;
-    cpu::row_major(x.shape().concrete().as_ref(), strides.as_ref()).then_some(data)
-}
-
-fn dense_vector<const D: usize, E: FloatDtype>(v: &Vector<D, E, Cpu>) -> Option<&[E]> {
-    let (data, strides) = cpu::buffer(v)?;
-    cpu::row_major(&[D], strides.as_ref()).then_some(data)
-}
-
 fn cpu_forward<B: Dim, S: Dim, const D: usize, E: FloatDtype>(
     x: &Rows<B, S, D, E, Cpu>,
     w: &Vector<D, E, Cpu>,
     b: Option<&Vector<D, E, Cpu>>,
     eps: f64,
 ) -> Option<Forward<B, S, D, E>> {
-    let xs = dense(x)?;
-    let ws = dense_vector(w)?;
+    let xs = cpu::dense(x)?;
+    let ws = cpu::dense(w)?;
     let bs = match b {
-        Some(b) => Some(dense_vector(b)?),
+        Some(b) => Some(cpu::dense(b)?),
         None => None,
     };
     let eps = E::from(eps)?;
@@ -123,8 +112,8 @@ fn cpu_backward<B: Dim, S: Dim, const D: usize, E: FloatDtype>(
     grad_out: &[E],
     grads: &mut Gradients<E, Cpu>,
 ) -> Result<(), CpuError> {
-    let xs = dense(x).expect("checked in the forward pass");
-    let ws = dense_vector(w).expect("checked in the forward pass");
+    let xs = cpu::dense(x).expect("checked in the forward pass");
+    let ws = cpu::dense(w).expect("checked in the forward pass");
     let n = E::from(D).expect("a width is a float");
     let (mut dw, mut db) = (vec![E::zero(); D], vec![E::zero(); D]);
     let mut xhat = vec![E::zero(); D];

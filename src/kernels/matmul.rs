@@ -1,6 +1,6 @@
 //! The matrix product `(M, K) x (K, N)` through [`cpu::gemm`](super::cpu::gemm).
 
-use super::cpu::{self, Layout};
+use super::cpu::{self, Layout, Threads};
 use super::{cast, cast_mut, cast_ref, fast_cpu};
 use crate::FloatDtype;
 use dfdx::prelude::*;
@@ -70,12 +70,6 @@ fn matrix<E: Unit, R: Dim, C: Dim, T>(t: &Tensor<(R, C), E, Cpu, T>) -> Option<(
     cpu::buffer(t).map(|(data, strides)| (data, layout2(r.size(), c.size(), strides)))
 }
 
-/// A dense `(N,)` vector.
-fn vector<E: Unit, N: Dim>(t: &Tensor<(N,), E, Cpu>) -> Option<&[E]> {
-    let (data, strides) = cpu::buffer(t)?;
-    cpu::row_major(&[t.shape().0.size()], strides.as_ref()).then_some(data)
-}
-
 type Inputs<'a, M, K, N, E> =
     (&'a Tensor<(M, K), E, Cpu>, &'a Tensor<(K, N), E, Cpu>, Option<&'a Tensor<(N,), E, Cpu>>);
 
@@ -93,12 +87,12 @@ fn cpu_forward<M: Dim, K: Dim, N: Dim, E: FloatDtype>(
         return None;
     }
     let out = match bias {
-        Some(bias) => vector(bias)?.repeat(m.size()),
+        Some(bias) => cpu::dense(bias)?.repeat(m.size()),
         None => vec![E::zero(); m.size() * n.size()],
     };
     let mut out = out;
     let out_layout = layout2(m.size(), n.size(), [n.size(), 1]);
-    cpu::gemm(&mut out, out_layout, bias.is_some(), a_data, a_layout, b_data, b_layout).then_some(())?;
+    cpu::gemm(&mut out, out_layout, bias.is_some(), a_data, a_layout, b_data, b_layout, Threads::Pool).then_some(())?;
     a.device().try_tensor_from_vec(out, (m, n)).ok()
 }
 
@@ -115,9 +109,9 @@ fn cpu_backward<M: Dim, K: Dim, N: Dim, E: FloatDtype>(
     let n = b_layout.cols;
     let g_layout = layout2(a_layout.rows, n, [n, 1]);
     let grad_a: &mut Vec<E> = grads.get_or_alloc_mut(a)?;
-    let ok_a = cpu::gemm(grad_a, a_layout, true, grad_out, g_layout, b_data, b_layout.t());
+    let ok_a = cpu::gemm(grad_a, a_layout, true, grad_out, g_layout, b_data, b_layout.t(), Threads::Pool);
     let grad_b: &mut Vec<E> = grads.get_or_alloc_mut(b)?;
-    let ok_b = cpu::gemm(grad_b, b_layout, true, a_data, a_layout.t(), grad_out, g_layout);
+    let ok_b = cpu::gemm(grad_b, b_layout, true, a_data, a_layout.t(), grad_out, g_layout, Threads::Pool);
     assert!(ok_a && ok_b, "matmul backward: a gradient buffer does not match its tensor's layout");
     if let Some(bias) = bias {
         let grad_bias: &mut Vec<E> = grads.get_or_alloc_mut(bias)?;

@@ -37,7 +37,7 @@ where
         tape.add_backward_op(move |grads| {
             let grads: &mut Gradients<E, Cpu> = cast_mut(grads);
             let weights: &Scores<B, H, Sq, Sk, E, Cpu> = cast_ref(&weights);
-            let y = dense(weights).expect("the forward pass wrote it densely");
+            let y = cpu::dense(weights).expect("the forward pass wrote it densely");
             let grad_out: Vec<E> = std::mem::take(&mut **grads.get_or_alloc_mut(weights).map_err(cast)?);
             let grad_scores: &mut Vec<E> = grads.get_or_alloc_mut(&scores_id).map_err(cast)?;
             backward_rows(y, &grad_out, grad_scores, y.len() / weights.shape().3.size(), scale);
@@ -65,19 +65,14 @@ fn composed<B: Dim, const H: usize, Sq: Dim, Sk: Dim, E: FloatDtype, Dev: Device
     scores.softmax::<Axis<3>>()
 }
 
-fn dense<S: Shape, E: FloatDtype>(t: &Tensor<S, E, Cpu>) -> Option<&[E]> {
-    let (data, strides) = cpu::buffer(t)?;
-    cpu::row_major(t.shape().concrete().as_ref(), strides.as_ref()).then_some(data)
-}
-
 fn cpu_forward<B: Dim, const H: usize, Sq: Dim, Sk: Dim, E: FloatDtype>(
     scores: &Scores<B, H, Sq, Sk, E, Cpu>,
     scale: E,
     bias: Option<&Tensor<(B, Sq, Sk), E, Cpu>>,
 ) -> Option<Scores<B, H, Sq, Sk, E, Cpu>> {
-    let s = dense(scores)?;
+    let s = cpu::dense(scores)?;
     let bias = match bias {
-        Some(bias) => Some(dense(bias)?),
+        Some(bias) => Some(cpu::dense(bias)?),
         None => None,
     };
     let (_, _, sq, sk) = *scores.shape();
