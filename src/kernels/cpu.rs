@@ -115,6 +115,15 @@ pub(crate) fn supports<E: 'static>() -> bool {
     TypeId::of::<E>() == TypeId::of::<f32>() || TypeId::of::<E>() == TypeId::of::<f64>()
 }
 
+/// Where [`gemm`] runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Threads {
+    /// Split across the rayon pool (one large product).
+    Pool,
+    /// On the calling thread (one product per rayon task).
+    Caller,
+}
+
 /// `dst (+)= lhs x rhs` on strided views, on the rayon pool or the calling thread: `dst` is
 /// overwritten, or added to when `accumulate`. Returns `false`, touching nothing, when the dtype is not
 /// supported, the shapes disagree, a view reaches outside its slice or `dst` overlaps itself.
@@ -128,33 +137,6 @@ pub(crate) fn gemm<E: num_traits::Float + 'static>(
     rhs: &[E],
     rhs_layout: Layout,
     threads: Threads,
-) -> bool {
-    let parallelism = match threads {
-        Threads::Pool => gemm::Parallelism::Rayon(0),
-        Threads::Caller => gemm::Parallelism::None,
-    };
-    product(dst, dst_layout, accumulate, lhs, lhs_layout, rhs, rhs_layout, parallelism)
-}
-
-/// Where [`gemm`] runs.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Threads {
-    /// Split across the rayon pool (one large product).
-    Pool,
-    /// On the calling thread (one product per rayon task).
-    Caller,
-}
-
-#[allow(clippy::too_many_arguments)]
-fn product<E: num_traits::Float + 'static>(
-    dst: &mut [E],
-    dst_layout: Layout,
-    accumulate: bool,
-    lhs: &[E],
-    lhs_layout: Layout,
-    rhs: &[E],
-    rhs_layout: Layout,
-    parallelism: gemm::Parallelism,
 ) -> bool {
     let (m, k, n) = (lhs_layout.rows, lhs_layout.cols, rhs_layout.cols);
     let shapes_agree = rhs_layout.rows == k && dst_layout.rows == m && dst_layout.cols == n;
@@ -206,7 +188,10 @@ fn product<E: num_traits::Float + 'static>(
             false,
             false,
             false,
-            parallelism,
+            match threads {
+                Threads::Pool => gemm::Parallelism::Rayon(0),
+                Threads::Caller => gemm::Parallelism::None,
+            },
         );
     }
     true

@@ -3,7 +3,7 @@
 //! broadcasts) dfdx composes it from, each with its own buffer.
 
 use super::cpu;
-use super::{cast, cast_mut, cast_ref, fast_cpu};
+use super::{cast, cast_mut, cast_ref, fast_cpu, split_optional};
 use crate::FloatDtype;
 use dfdx::prelude::*;
 
@@ -23,13 +23,7 @@ pub(crate) fn layer_norm<B: Dim, S: Dim, const D: usize, E: FloatDtype, Dev: Dev
     }
     let (x, tape_x) = x.split_tape();
     let (w, tape_w) = weight.split_tape();
-    let (b, tape_b) = match bias {
-        Some(b) => {
-            let (b, t) = b.split_tape();
-            (Some(b), t)
-        }
-        None => (None, T::default()),
-    };
+    let (b, tape_b) = split_optional(bias);
     let Some(forward) = cpu_forward::<B, S, D, E>(cast_ref(&x), cast_ref(&w), b.as_ref().map(cast_ref), eps) else {
         return composed(x.put_tape(tape_x), w.put_tape(tape_w), b.map(|b| b.put_tape(tape_b)), eps);
     };

@@ -1,7 +1,7 @@
 //! The matrix product `(M, K) x (K, N)` through [`cpu::gemm`](super::cpu::gemm).
 
 use super::cpu::{self, Layout, Threads};
-use super::{cast, cast_mut, cast_ref, fast_cpu};
+use super::{cast, cast_mut, cast_ref, fast_cpu, split_optional};
 use crate::FloatDtype;
 use dfdx::prelude::*;
 
@@ -23,13 +23,7 @@ pub(crate) fn affine<M: Dim, K: Dim, N: Dim, E: FloatDtype, Dev: Device<E>, T: T
     }
     let (a, tape_a) = a.split_tape();
     let (b, tape_b) = b.split_tape();
-    let (bias, tape_bias) = match bias {
-        Some(bias) => {
-            let (bias, tape) = bias.split_tape();
-            (Some(bias), tape)
-        }
-        None => (None, T::default()),
-    };
+    let (bias, tape_bias) = split_optional(bias);
     let inputs = (cast_ref(&a), cast_ref(&b), bias.as_ref().map(cast_ref));
     let Some(out) = cpu_forward::<M, K, N, E>(inputs, T::OWNS_TAPE) else {
         return composed(a.put_tape(tape_a), b.put_tape(tape_b), bias.map(|bias| bias.put_tape(tape_bias)));

@@ -43,6 +43,19 @@ fn cast_mut<A: 'static, B: 'static>(a: &mut A) -> &mut B {
     (a as &mut dyn Any).downcast_mut::<B>().expect("cast between equal types")
 }
 
+/// Splits the tape off an optional operand (a bias); `T::default()` when there is none.
+fn split_optional<S: Shape, E: Dtype, Dev: Device<E>, T: Tape<E, Dev>>(
+    t: Option<Tensor<S, E, Dev, T>>,
+) -> (Option<Tensor<S, E, Dev>>, T) {
+    match t {
+        Some(t) => {
+            let (t, tape) = t.split_tape();
+            (Some(t), tape)
+        }
+        None => (None, T::default()),
+    }
+}
+
 /// Whether the fast CPU kernels run for this dtype and device.
 fn fast_cpu<E: 'static, Dev: 'static>() -> bool {
     same::<Dev, Cpu>() && cpu::supports::<E>()
