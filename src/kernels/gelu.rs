@@ -3,9 +3,11 @@
 //! here the value and the slope `Φ(x) + x φ(x)` are computed directly.
 
 use super::cpu;
-use super::{cast, cast_mut, cast_ref, fast_cpu, same};
+use super::exp::exp;
+use super::{cast, cast_mut, cast_ref, fast_cpu, same, PER_TASK};
 use crate::FloatDtype;
 use dfdx::prelude::*;
+use rayon::prelude::*;
 
 /// The fused result, or the input back where the fused kernel does not apply.
 type Fused<S, E, Dev, T> = Result<Tensor<S, E, Dev, T>, Tensor<S, E, Dev, T>>;
@@ -31,9 +33,13 @@ pub(crate) fn gelu<S: Shape, E: FloatDtype, Dev: Device<E>, T: Tape<E, Dev>>(
             let xs = cpu::dense(x).expect("checked in the forward pass");
             let grad_out: Vec<E> = std::mem::take(&mut **grads.get_or_alloc_mut(&out_id).map_err(cast)?);
             let grad_x: &mut Vec<E> = grads.get_or_alloc_mut(x).map_err(cast)?;
-            for ((d, &g), &v) in grad_x.iter_mut().zip(&grad_out).zip(xs) {
-                *d += g * slope(v);
-            }
+            let chunks =
+                grad_x.par_chunks_mut(PER_TASK).zip(grad_out.par_chunks(PER_TASK)).zip(xs.par_chunks(PER_TASK));
+            chunks.for_each(|((d, g), x)| {
+                for ((d, &g), &v) in d.iter_mut().zip(g).zip(x) {
+                    *d += g * slope(v);
+                }
+            });
             **grads.get_or_alloc_mut(&out_id).map_err(cast)? = grad_out;
             Ok(())
         });
@@ -43,7 +49,10 @@ pub(crate) fn gelu<S: Shape, E: FloatDtype, Dev: Device<E>, T: Tape<E, Dev>>(
 
 fn cpu_forward<S: Shape, E: FloatDtype>(x: &Tensor<S, E, Cpu>) -> Option<Tensor<S, E, Cpu>> {
     let xs = cpu::dense(x)?;
-    let out: Vec<E> = xs.iter().map(|&v| v * normal(v).0).collect();
+    let mut out = vec![E::zero(); xs.len()];
+    out.par_chunks_mut(PER_TASK).zip(xs.par_chunks(PER_TASK)).for_each(|(y, x)| {
+        y.iter_mut().zip(x).for_each(|(y, &v)| *y = v * normal(v).0);
+    });
     x.device().try_tensor_from_vec(out, *x.shape()).ok()
 }
 
@@ -64,7 +73,7 @@ fn normal<E: FloatDtype>(x: E) -> (E, E) {
     let c = |v: f64| E::from(v).unwrap();
     let inv_sqrt_2pi = c(0.5 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2);
     let z = x * c(std::f64::consts::FRAC_1_SQRT_2);
-    let e = (-(z * z)).exp();
+    let e = exp(-(z * z));
     let erf = if same::<E, f32>() {
         let t = (E::one() + c(0.327_591_1) * z.abs()).recip();
         let poly = t
@@ -120,6 +129,21 @@ mod tests {
         // torch.nn.functional.gelu(torch.tensor([-1.0, 0.5, 2.0]))
         for (got, want) in y.iter().zip([-0.158_655_26f32, 0.345_731_14, 1.954_499_7]) {
             assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn long_inputs_split_into_tasks_match_the_scalar_formulas() {
+        let dev = Cpu::default();
+        let n = 3 * PER_TASK + 5;
+        let xs: Vec<f32> = (0..n).map(|i| (i as f32 * 0.731).sin() * 6.0).collect();
+        let t = dev.tensor_from_vec(xs.clone(), (n,));
+        let y = gelu(t.clone().traced(Gradients::leaky())).unwrap_or_else(|_| panic!("the fast path applies"));
+        let values = y.as_vec();
+        let g = y.sum().backward().get(&t).as_vec();
+        for (i, &x) in xs.iter().enumerate() {
+            assert_eq!(values[i], x * normal(x).0, "value at {i}");
+            assert_eq!(g[i], slope(x), "slope at {i}");
         }
     }
 }

@@ -3,9 +3,10 @@
 //! broadcasts) dfdx composes it from, each with its own buffer.
 
 use super::cpu;
-use super::{cast, cast_mut, cast_ref, fast_cpu, split_optional};
+use super::{cast, cast_mut, cast_ref, fast_cpu, rows_per_task, split_optional};
 use crate::FloatDtype;
 use dfdx::prelude::*;
+use rayon::prelude::*;
 
 type Rows<B, S, const D: usize, E, Dev, T = NoneTape> = Tensor<(B, S, Const<D>), E, Dev, T>;
 type Vector<const D: usize, E, Dev, T = NoneTape> = Tensor<(Const<D>,), E, Dev, T>;
@@ -79,17 +80,18 @@ fn cpu_forward<B: Dim, S: Dim, const D: usize, E: FloatDtype>(
     let eps = E::from(eps)?;
     let n = E::from(D)?;
     let rows = xs.len() / D;
-    let (mut out, mut mean, mut rstd) = (vec![E::zero(); rows * D], Vec::with_capacity(rows), Vec::with_capacity(rows));
-    for (row, y) in xs.chunks_exact(D).zip(out.chunks_exact_mut(D)) {
+    let (mut out, mut mean, mut rstd) = (vec![E::zero(); rows * D], vec![E::zero(); rows], vec![E::zero(); rows]);
+    let rows =
+        xs.par_chunks_exact(D).zip(out.par_chunks_exact_mut(D)).zip(mean.par_iter_mut().zip(rstd.par_iter_mut()));
+    rows.with_min_len(rows_per_task(D)).for_each(|((row, y), (mean, rstd))| {
         let mu = row.iter().fold(E::zero(), |acc, &v| acc + v) / n;
         let var = row.iter().fold(E::zero(), |acc, &v| acc + (v - mu) * (v - mu)) / n;
         let r = (var + eps).sqrt().recip();
         for (i, (y, &v)) in y.iter_mut().zip(row).enumerate() {
             *y = (v - mu) * r * ws[i] + bs.map_or(E::zero(), |bs| bs[i]);
         }
-        mean.push(mu);
-        rstd.push(r);
-    }
+        (*mean, *rstd) = (mu, r);
+    });
     let out = x.device().try_tensor_from_vec(out, *x.shape()).ok()?;
     Some(Forward { out, mean, rstd })
 }
@@ -109,24 +111,39 @@ fn cpu_backward<B: Dim, S: Dim, const D: usize, E: FloatDtype>(
     let xs = cpu::dense(x).expect("checked in the forward pass");
     let ws = cpu::dense(w).expect("checked in the forward pass");
     let n = E::from(D).expect("a width is a float");
-    let (mut dw, mut db) = (vec![E::zero(); D], vec![E::zero(); D]);
-    let mut xhat = vec![E::zero(); D];
     let grad_x: &mut Vec<E> = grads.get_or_alloc_mut(x)?;
-    let rows = xs.chunks_exact(D).zip(grad_out.chunks_exact(D)).zip(grad_x.chunks_exact_mut(D));
-    for (r, ((row, g), dx)) in rows.enumerate() {
-        let (mut sum_g, mut sum_gx) = (E::zero(), E::zero());
-        for i in 0..D {
-            xhat[i] = (row[i] - mean[r]) * rstd[r];
-            let gi = g[i] * ws[i];
-            sum_g += gi;
-            sum_gx += gi * xhat[i];
-            dw[i] += g[i] * xhat[i];
-            db[i] += g[i];
-        }
-        let (mean_g, mean_gx) = (sum_g / n, sum_gx / n);
-        for i in 0..D {
-            dx[i] += rstd[r] * (g[i] * ws[i] - mean_g - xhat[i] * mean_gx);
-        }
+    // Fixed blocks of rows, each summing its own weight and bias gradients, added in block
+    // order afterwards: the result does not depend on how rayon schedules the blocks.
+    let block = rows_per_task(D) * D;
+    let blocks = xs.par_chunks(block).zip(grad_out.par_chunks(block)).zip(grad_x.par_chunks_mut(block)).enumerate();
+    let partials: Vec<(Vec<E>, Vec<E>)> = blocks
+        .map(|(b, ((xs, g), dx))| {
+            let (mut dw, mut db, mut xhat) = (vec![E::zero(); D], vec![E::zero(); D], vec![E::zero(); D]);
+            let first = b * block / D;
+            for (r, ((row, g), dx)) in xs.chunks_exact(D).zip(g.chunks_exact(D)).zip(dx.chunks_exact_mut(D)).enumerate()
+            {
+                let (mean, rstd) = (mean[first + r], rstd[first + r]);
+                let (mut sum_g, mut sum_gx) = (E::zero(), E::zero());
+                for i in 0..D {
+                    xhat[i] = (row[i] - mean) * rstd;
+                    let gi = g[i] * ws[i];
+                    sum_g += gi;
+                    sum_gx += gi * xhat[i];
+                    dw[i] += g[i] * xhat[i];
+                    db[i] += g[i];
+                }
+                let (mean_g, mean_gx) = (sum_g / n, sum_gx / n);
+                for i in 0..D {
+                    dx[i] += rstd * (g[i] * ws[i] - mean_g - xhat[i] * mean_gx);
+                }
+            }
+            (dw, db)
+        })
+        .collect();
+    let (mut dw, mut db) = (vec![E::zero(); D], vec![E::zero(); D]);
+    for (pw, pb) in &partials {
+        add(&mut dw, pw);
+        add(&mut db, pb);
     }
     add(grads.get_or_alloc_mut(w)?, &dw);
     if let Some(b) = b {
@@ -180,5 +197,10 @@ mod tests {
         fn fused_layer_norm_and_its_gradients_match_dfdx(b in 1usize..4, s in 1usize..6, with_bias: bool, seed in 0u64..1000) {
             check(b, s, with_bias, seed);
         }
+    }
+
+    #[test]
+    fn many_rows_split_into_blocks_match_dfdx() {
+        check(3, 500, true, 7); // 1500 rows of 24: several blocks, the last one short
     }
 }

@@ -6,11 +6,13 @@
 //! AVX2/FMA at run time on those that do not). [`affine`] sends CPU products of f32 and f64
 //! through it, forward and backward (the backward is recorded on the tape like any dfdx op), and
 //! leaves every other device and dtype to dfdx; layer norm, attention's masked softmax and the
-//! exact GELU are fused into one pass each way. The choice is made per call from the types, so
-//! the typed API does not change and generic code needs no new bounds.
+//! exact GELU are fused into one pass each way, split across rayon's threads, with a vectorisable
+//! `exp` ([`exp`]). The choice is made per call from the types, so the typed API does not change
+//! and generic code needs no new bounds.
 
 mod batched;
 mod cpu;
+mod exp;
 mod gelu;
 mod layer_norm;
 mod matmul;
@@ -54,6 +56,15 @@ fn split_optional<S: Shape, E: Dtype, Dev: Device<E>, T: Tape<E, Dev>>(
         }
         None => (None, T::default()),
     }
+}
+
+/// Elements per rayon task in the element- and row-wise kernels: enough that handing a task to
+/// the other thread costs little beside the work.
+const PER_TASK: usize = 1 << 14;
+
+/// Rows of `width` elements per rayon task (at least one).
+fn rows_per_task(width: usize) -> usize {
+    (PER_TASK / width.max(1)).max(1)
 }
 
 /// Whether the fast CPU kernels run for this dtype and device.

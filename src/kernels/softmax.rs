@@ -3,9 +3,11 @@
 //! sum, divide), each with its own buffer of `B x H x Sq x Sk`.
 
 use super::cpu;
-use super::{cast, cast_mut, cast_ref, fast_cpu};
+use super::exp::exp;
+use super::{cast, cast_mut, cast_ref, fast_cpu, rows_per_task};
 use crate::FloatDtype;
 use dfdx::prelude::*;
+use rayon::prelude::*;
 
 type Scores<B, const H: usize, Sq, Sk, E, Dev, T = NoneTape> = Tensor<(B, Const<H>, Sq, Sk), E, Dev, T>;
 
@@ -78,7 +80,8 @@ fn cpu_forward<B: Dim, const H: usize, Sq: Dim, Sk: Dim, E: FloatDtype>(
     let (_, _, sq, sk) = *scores.shape();
     let (sq, sk) = (sq.size(), sk.size());
     let mut out = vec![E::zero(); s.len()];
-    for (r, (x, y)) in s.chunks_exact(sk).zip(out.chunks_exact_mut(sk)).enumerate() {
+    let rows = s.par_chunks_exact(sk).zip(out.par_chunks_exact_mut(sk)).enumerate().with_min_len(rows_per_task(sk));
+    rows.for_each(|(r, (x, y))| {
         // row r is (batch, head, query) = (r / (H sq), _, r % sq); the bias skips the head
         let mask = bias.map(|bias| {
             let (item, query) = (r / (H * sq), r % sq);
@@ -88,26 +91,23 @@ fn cpu_forward<B: Dim, const H: usize, Sq: Dim, Sk: Dim, E: FloatDtype>(
             *y = x[k] * scale + mask.map_or(E::zero(), |m| m[k]);
         }
         let max = y.iter().fold(E::neg_infinity(), |m, &v| m.max(v));
-        let mut sum = E::zero();
-        for y in y.iter_mut() {
-            *y = (*y - max).exp();
-            sum += *y;
-        }
-        let inv = sum.recip();
+        y.iter_mut().for_each(|y| *y = exp(*y - max)); // one SIMD loop; the sum apart
+        let inv = y.iter().fold(E::zero(), |acc, &v| acc + v).recip();
         y.iter_mut().for_each(|y| *y *= inv);
-    }
+    });
     scores.device().try_tensor_from_vec(out, *scores.shape()).ok()
 }
 
 /// `dscores += scale * y * (g - Σ g y)` for each row of `y` (the softmax weights).
 fn backward_rows<E: FloatDtype>(y: &[E], g: &[E], grad_scores: &mut [E], rows: usize, scale: E) {
     let width = y.len() / rows.max(1);
-    for ((y, g), d) in y.chunks_exact(width).zip(g.chunks_exact(width)).zip(grad_scores.chunks_exact_mut(width)) {
+    let rows = y.par_chunks_exact(width).zip(g.par_chunks_exact(width)).zip(grad_scores.par_chunks_exact_mut(width));
+    rows.with_min_len(rows_per_task(width)).for_each(|((y, g), d)| {
         let dot = y.iter().zip(g).fold(E::zero(), |acc, (&y, &g)| acc + y * g);
         for k in 0..width {
             d[k] += scale * y[k] * (g[k] - dot);
         }
-    }
+    });
 }
 
 #[cfg(test)]
@@ -146,5 +146,10 @@ mod tests {
         fn fused_attention_softmax_and_its_gradient_match_dfdx(b in 1usize..4, sq in 1usize..7, sk in 1usize..7, causal: bool, seed in 0u64..1000) {
             check(b, sq, sk, causal, seed);
         }
+    }
+
+    #[test]
+    fn many_rows_split_into_tasks_match_dfdx() {
+        check(2, 700, 5, true, 3); // 4200 rows of 5: several rayon tasks
     }
 }
