@@ -43,7 +43,7 @@ fn training_step(c: &mut Criterion) {
         bench.iter(|| {
             let logits = model.forward_traced(&batch.src, &batch.tgt_in, grads.take().unwrap()).unwrap();
             let loss = label_smoothed_cross_entropy(logits, &batch.labels, 0.1).unwrap();
-            let mut g = loss.backward();
+            let mut g = typeformer::train::backward(loss).unwrap();
             opt.update(&mut model, &g, 1e-4).unwrap();
             model.zero_grads(&mut g);
             grads = Some(g);
@@ -90,7 +90,7 @@ fn issue_workloads(c: &mut Criterion) {
     group.bench_function("forward + backward", |bench| {
         bench.iter(|| {
             let y = encoder.forward(x.clone().traced(grads.take().unwrap()), &MaskSpec::none()).unwrap();
-            let mut g = y.sum().backward();
+            let mut g = typeformer::train::backward(y.sum()).unwrap();
             encoder.zero_grads(&mut g);
             grads = Some(g);
         })

@@ -48,7 +48,7 @@ fn train_counter(dev: &Cpu) -> typeformer::Result<()> {
         if step % 50 == 0 {
             println!("step {step}: loss {:.4}", loss.as_vec()[0]);
         }
-        grads = loss.backward();
+        grads = typeformer::train::backward(loss)?;
         opt.update(&mut model, &grads, schedule.lr(step))?;
         model.zero_grads(&mut grads);
     }
@@ -134,7 +134,7 @@ fn main() -> typeformer::Result<()> {
         if step % 100 == 0 {
             println!("step {step}: loss {:.4}", loss.as_vec()[0]);
         }
-        grads = loss.backward();
+        grads = typeformer::train::backward(loss)?;
         opt.update(&mut model, &grads, schedule.lr(step))?;
         model.zero_grads(&mut grads);
     }

@@ -1,7 +1,7 @@
 //! Training end to end on a tiny budget, checkpoints, and the loss.
 
 use std::collections::HashMap;
-use typeformer::data::{Task, TaskData, TaskSpec};
+use typeformer::data::{Seq2SeqBatch, Task, TaskData, TaskSpec};
 use typeformer::generate::BeamConfig;
 use typeformer::io::{load_checkpoint, parameter_shapes, save_checkpoint};
 use typeformer::prelude::*;
@@ -327,4 +327,28 @@ fn a_resumed_language_model_run_continues_exactly() {
         .to_string();
     assert!(err.contains("it holds a `byte-lm` model, but a `other` language model was expected"), "{err}");
     std::fs::remove_dir_all(&base).unwrap();
+}
+
+#[test]
+fn the_freeing_backward_pass_computes_the_same_gradients_as_dfdx() {
+    use dfdx::optim::{Optimizer, Sgd, SgdConfig};
+    let dev = Cpu::seed_from_u64(4);
+    let mut model = dev.build_module::<Tiny, f32>();
+    typeformer::nn::set_dropout(&mut model, 0.0).unwrap();
+    let mut data = TaskData::new(spec(Task::Reverse), 40, 1).unwrap();
+    let batch = Seq2SeqBatch::<TASK_VOCAB, TASK_VOCAB>::new(&data.train_examples(16)).unwrap();
+    let forward = |m: &Tiny| m.forward(&batch.src, &batch.tgt_in).unwrap().as_vec();
+    // One SGD step (lr 1) from each pass's gradients: any difference in any gradient shows.
+    let step = |free: bool| {
+        let logits = model.forward_traced(&batch.src, &batch.tgt_in, model.alloc_grads()).unwrap();
+        let loss = label_smoothed_cross_entropy(logits, &batch.labels, 0.1).unwrap();
+        let grads = if free { typeformer::train::backward(loss).unwrap() } else { loss.backward() };
+        let mut updated = model.clone();
+        let mut sgd = Sgd::new(&updated, SgdConfig { lr: 1.0, momentum: None, weight_decay: None });
+        sgd.update(&mut updated, &grads).unwrap();
+        forward(&updated)
+    };
+    let (kept, freed) = (step(false), step(true));
+    assert_ne!(kept, forward(&model), "the step changes the model");
+    assert_eq!(kept, freed, "freeing consumed gradients changes no parameter gradient");
 }

@@ -34,7 +34,7 @@ pub fn gpt_train_step<Dev: Device<f32>>(
     grads: Gradients<f32, Dev>,
 ) -> typeformer::Result<Gradients<f32, Dev>> {
     let logits = model.forward_traced(&batch.0, grads)?;
-    let mut g = label_smoothed_cross_entropy(logits, &batch.1, 0.0)?.backward();
+    let mut g = typeformer::train::backward(label_smoothed_cross_entropy(logits, &batch.1, 0.0)?)?;
     opt.update(model, &g, 1e-4)?;
     model.zero_grads(&mut g);
     Ok(g)

@@ -112,7 +112,7 @@ fn run(workload: &str, seconds: f64) -> typeformer::Result<f64> {
             let mut grads = Some(encoder.alloc_grads());
             throughput(b * s, seconds, || {
                 let y = encoder.forward(x.clone().traced(grads.take().unwrap()), &MaskSpec::none()).unwrap();
-                let mut g = y.sum().backward();
+                let mut g = typeformer::train::backward(y.sum()).unwrap();
                 encoder.zero_grads(&mut g);
                 grads = Some(g);
             })

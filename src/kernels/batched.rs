@@ -3,7 +3,7 @@
 //! (heads split out of a projection, keys transposed), read in place through their strides.
 
 use super::cpu::{self, Layout, Threads};
-use super::{cast, cast_mut, cast_ref, fast_cpu};
+use super::{cast, cast_mut, cast_ref, fast_cpu, keep_consumed};
 use crate::FloatDtype;
 use dfdx::prelude::*;
 use rayon::prelude::*;
@@ -30,7 +30,9 @@ pub(crate) fn batched_matmul<B: Dim, H: Dim, M: Dim, K: Dim, N: Dim, E: FloatDty
             let grads: &mut Gradients<E, Cpu> = cast_mut(grads);
             let grad_out: Vec<E> = std::mem::take(&mut **grads.get_or_alloc_mut(&out_id).map_err(cast)?);
             cpu_backward::<B, H, M, K, N, E>(cast_ref(&a), cast_ref(&b), &grad_out, grads).map_err(cast)?;
-            **grads.get_or_alloc_mut(&out_id).map_err(cast)? = grad_out;
+            if keep_consumed() {
+                **grads.get_or_alloc_mut(&out_id).map_err(cast)? = grad_out;
+            }
             Ok(())
         });
     }

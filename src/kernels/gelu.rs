@@ -4,7 +4,7 @@
 
 use super::cpu;
 use super::exp::exp;
-use super::{cast, cast_mut, cast_ref, fast_cpu, same, PER_TASK};
+use super::{cast, cast_mut, cast_ref, fast_cpu, keep_consumed, same, PER_TASK};
 use crate::FloatDtype;
 use dfdx::prelude::*;
 use rayon::prelude::*;
@@ -40,7 +40,9 @@ pub(crate) fn gelu<S: Shape, E: FloatDtype, Dev: Device<E>, T: Tape<E, Dev>>(
                     *d += g * slope(v);
                 }
             });
-            **grads.get_or_alloc_mut(&out_id).map_err(cast)? = grad_out;
+            if keep_consumed() {
+                **grads.get_or_alloc_mut(&out_id).map_err(cast)? = grad_out;
+            }
             Ok(())
         });
     }

@@ -3,7 +3,7 @@
 //! broadcasts) dfdx composes it from, each with its own buffer.
 
 use super::cpu;
-use super::{cast, cast_mut, cast_ref, fast_cpu, rows_per_task, split_optional};
+use super::{cast, cast_mut, cast_ref, fast_cpu, keep_consumed, rows_per_task, split_optional};
 use crate::FloatDtype;
 use dfdx::prelude::*;
 use rayon::prelude::*;
@@ -37,7 +37,9 @@ pub(crate) fn layer_norm<B: Dim, S: Dim, const D: usize, E: FloatDtype, Dev: Dev
             let grad_out: Vec<E> = std::mem::take(&mut **grads.get_or_alloc_mut(&out_id).map_err(cast)?);
             let inputs = (cast_ref(&x), cast_ref(&w), b.as_ref().map(cast_ref));
             cpu_backward::<B, S, D, E>(inputs, &mean, &rstd, &grad_out, grads).map_err(cast)?;
-            **grads.get_or_alloc_mut(&out_id).map_err(cast)? = grad_out;
+            if keep_consumed() {
+                **grads.get_or_alloc_mut(&out_id).map_err(cast)? = grad_out;
+            }
             Ok(())
         });
     }

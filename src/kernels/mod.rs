@@ -26,6 +26,39 @@ pub(crate) use softmax::attention_softmax;
 
 use dfdx::prelude::*;
 use std::any::{Any, TypeId};
+use std::cell::Cell;
+
+thread_local! {
+    /// Whether the backward ops on this thread free the gradient of the result they
+    /// differentiate once they have used it (see [`FreeConsumedGradients`]).
+    static FREE_CONSUMED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// While alive, the fused kernels' backward ops on this thread (dfdx runs a backward pass on
+/// the calling thread) free the gradient of their result after using it, rather than keeping it
+/// in `Gradients` until the pass ends, as dfdx does for every intermediate result: nothing reads
+/// it later (the tape runs in reverse, so every consumer of a result has already added to its
+/// gradient), only a caller who inspects an intermediate's gradient in a leaky `Gradients`.
+/// [`crate::train::backward`] holds one; a plain `.backward()` keeps dfdx's behaviour.
+pub(crate) struct FreeConsumedGradients(bool);
+
+impl FreeConsumedGradients {
+    pub(crate) fn enter() -> Self {
+        Self(FREE_CONSUMED.replace(true))
+    }
+}
+
+impl Drop for FreeConsumedGradients {
+    fn drop(&mut self) {
+        FREE_CONSUMED.set(self.0);
+    }
+}
+
+/// Whether a backward op puts its result's gradient back after using it (see
+/// [`FreeConsumedGradients`]).
+fn keep_consumed() -> bool {
+    !FREE_CONSUMED.get()
+}
 
 fn same<A: 'static, B: 'static>() -> bool {
     TypeId::of::<A>() == TypeId::of::<B>()

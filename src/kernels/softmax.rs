@@ -4,7 +4,7 @@
 
 use super::cpu;
 use super::exp::exp;
-use super::{cast, cast_mut, cast_ref, fast_cpu, rows_per_task};
+use super::{cast, cast_mut, cast_ref, fast_cpu, keep_consumed, rows_per_task};
 use crate::FloatDtype;
 use dfdx::prelude::*;
 use rayon::prelude::*;
@@ -43,7 +43,9 @@ where
             let grad_out: Vec<E> = std::mem::take(&mut **grads.get_or_alloc_mut(weights).map_err(cast)?);
             let grad_scores: &mut Vec<E> = grads.get_or_alloc_mut(&scores_id).map_err(cast)?;
             backward_rows(y, &grad_out, grad_scores, y.len() / weights.shape().3.size(), scale);
-            **grads.get_or_alloc_mut(weights).map_err(cast)? = grad_out;
+            if keep_consumed() {
+                **grads.get_or_alloc_mut(weights).map_err(cast)? = grad_out;
+            }
             Ok(())
         });
     }

@@ -233,7 +233,7 @@ where
         if !loss_value.is_finite() {
             return Err(Error::Training(format!("loss is {loss_value} at step {step}; lower --lr-factor")));
         }
-        grads = loss.backward();
+        grads = super::backward(loss)?;
         let lr = schedule.lr(step);
         let stats = run.opt.update(&mut run.model, &grads, lr)?;
         run.model.zero_grads(&mut grads);
