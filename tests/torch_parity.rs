@@ -49,6 +49,12 @@ fn block(v: &[f32], k: usize, n: usize) -> &[f32] {
     &v[k * len..(k + 1) * len]
 }
 
+/// A PyTorch `nn.Linear` weight `[out, in]` (row-major, `out` rows) in our `(in, out)` layout.
+fn transposed(v: &[f32], out: usize) -> Vec<f32> {
+    let inputs = v.len() / out;
+    (0..v.len()).map(|i| v[(i % out) * inputs + i / out]).collect()
+}
+
 #[test]
 fn multi_head_attention_matches_pytorch_with_causal_and_padding_masks() {
     let dev = Cpu::default();
@@ -83,10 +89,14 @@ fn encoder_layer_matches<N: NormPlacement, A: Activation>(file: &str) {
     let grads = (y * probe).sum().backward();
     assert_close(&grads.get(&x).as_vec(), &t["grad.x"], "grad of the input");
     let in_proj = &t["grad.self_attn.in_proj_weight"];
-    assert_close(&grads.get(&layer.self_attn.w_q.weight).as_vec(), block(in_proj, 0, 3), "grad of W_q");
-    assert_close(&grads.get(&layer.self_attn.w_v.weight).as_vec(), block(in_proj, 2, 3), "grad of W_v");
-    assert_close(&grads.get(&layer.self_attn.w_o.weight).as_vec(), &t["grad.self_attn.out_proj.weight"], "grad of W_o");
-    assert_close(&grads.get(&layer.ffn.linear1.weight).as_vec(), &t["grad.linear1.weight"], "grad of linear1");
+    let w_q = transposed(block(in_proj, 0, 3), 16);
+    assert_close(&grads.get(&layer.self_attn.w_q.weight).as_vec(), &w_q, "grad of W_q");
+    let w_v = transposed(block(in_proj, 2, 3), 16);
+    assert_close(&grads.get(&layer.self_attn.w_v.weight).as_vec(), &w_v, "grad of W_v");
+    let w_o = transposed(&t["grad.self_attn.out_proj.weight"], 16);
+    assert_close(&grads.get(&layer.self_attn.w_o.weight).as_vec(), &w_o, "grad of W_o");
+    let linear1 = transposed(&t["grad.linear1.weight"], 32);
+    assert_close(&grads.get(&layer.ffn.linear1.weight).as_vec(), &linear1, "grad of linear1");
     assert_close(&grads.get(&layer.norm1.weight).as_vec(), &t["grad.norm1.weight"], "grad of norm1");
     if <N::Bias as BiasKind>::ON {
         let in_bias = &t["grad.self_attn.in_proj_bias"];
@@ -174,12 +184,18 @@ fn import_problems_are_reported_by_name() {
     let mut wrong = dev.build_module::<MultiHeadAttention<8, 2, 4, f32, Cpu>, f32>();
     let err = import_weights(&mut wrong, &fixture("mha.safetensors"), &torch_source, &not_a_weight).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("wrong shape: in_proj_weight (block 1 of 3), for w_q.weight is [16, 16]"), "{msg}");
+    assert!(
+        msg.contains("wrong shape: in_proj_weight (block 1 of 3) (transposed), for w_q.weight is [16, 16]"),
+        "{msg}"
+    );
     let mut layer = dev.build_module::<EncoderLayer<16, 4, 4, 32, PostNorm, Relu, f32, Cpu>, f32>();
     let before = layer.norm1.weight.as_vec();
     let msg = load_torch(&mut layer, &fixture("mha.safetensors")).unwrap_err().to_string();
-    assert!(msg.contains("missing: self_attn.in_proj_weight (block 1 of 3), for self_attn.w_q.weight"), "{msg}");
-    assert!(msg.contains("missing: linear1.weight, for ffn.linear1.weight [32, 16]"), "{msg}");
+    assert!(
+        msg.contains("missing: self_attn.in_proj_weight (block 1 of 3) (transposed), for self_attn.w_q.weight"),
+        "{msg}"
+    );
+    assert!(msg.contains("missing: linear1.weight (transposed), for ffn.linear1.weight [16, 32]"), "{msg}");
     assert!(msg.contains("unexpected: in_proj_weight"), "{msg}");
     assert!(msg.contains("unexpected: output.self_causal"), "{msg}");
     assert_eq!(layer.norm1.weight.as_vec(), before, "a failed import leaves the model unchanged");
@@ -233,7 +249,7 @@ fn half_precision_checkpoints_load() {
     load_torch(&mut mha, &path).unwrap();
     std::fs::remove_file(&path).unwrap();
     let expected: Vec<f32> =
-        block(&t["in_proj_weight"], 0, 3).iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect();
+        transposed(block(&t["in_proj_weight"], 0, 3), 16).iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect();
     assert_eq!(mha.w_q.weight.as_vec(), expected);
 }
 

@@ -101,6 +101,67 @@ fn checkpoints_round_trip_exactly_and_are_written_atomically() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A checkpoint as typeformer wrote it before projection weights were stored `(in, out)`:
+/// `[out, in]` with the old axis order, and no layout entry in the metadata.
+fn write_old_layout_checkpoint(from: &std::path::Path, to: &std::path::Path) {
+    let bytes = std::fs::read(from).unwrap();
+    let file = ::safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, view) in file.tensors() {
+        let floats: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let shape = view.shape().to_vec();
+        // Ours (rows = the input axes) -> old (the output axes first).
+        let (rows, old_shape) = match (name.rsplit('.').nth(1).unwrap(), name.ends_with(".weight"), &shape[..]) {
+            ("w_q" | "w_k" | "w_v", true, &[d, h, hd]) => (Some(d), vec![h, hd, d]),
+            ("w_o", true, &[h, hd, d]) => (Some(h * hd), vec![d, h, hd]),
+            ("linear1" | "linear2", true, &[i, o]) => (Some(i), vec![o, i]),
+            _ => (None, shape.clone()),
+        };
+        let values = match rows {
+            None => floats,
+            Some(rows) => {
+                let cols = floats.len() / rows;
+                (0..floats.len()).map(|j| floats[(j % rows) * cols + j / rows]).collect()
+            }
+        };
+        data.push((name, old_shape, values.iter().flat_map(|v| v.to_le_bytes()).collect()));
+    }
+    let views: Vec<_> = data
+        .iter()
+        .map(|(n, s, b)| {
+            (n.as_str(), ::safetensors::tensor::TensorView::new(::safetensors::Dtype::F32, s.clone(), b).unwrap())
+        })
+        .collect();
+    let metadata: HashMap<String, String> =
+        file_metadata(&bytes).into_iter().filter(|(k, _)| !k.starts_with("typeformer.")).collect();
+    std::fs::write(to, ::safetensors::serialize(views, &Some(metadata)).unwrap()).unwrap();
+}
+
+fn file_metadata(bytes: &[u8]) -> HashMap<String, String> {
+    let (_, header) = ::safetensors::SafeTensors::read_metadata(bytes).unwrap();
+    header.metadata().clone().unwrap_or_default()
+}
+
+#[test]
+fn checkpoints_from_before_the_in_out_layout_load_transposed() {
+    let dir = std::env::temp_dir().join(format!("typeformer-old-ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (path, old) = (dir.join("model.safetensors"), dir.join("old.safetensors"));
+    let model = Cpu::seed_from_u64(8).build_module::<TaskSmall<f32, Cpu>, f32>();
+    save_checkpoint(&model, &path, HashMap::new()).unwrap();
+    write_old_layout_checkpoint(&path, &old);
+    let mut other = Cpu::seed_from_u64(9).build_module::<TaskSmall<f32, Cpu>, f32>();
+    load_checkpoint(&mut other, &old).unwrap();
+    let src = Tokens::<TASK_VOCAB>::from_sequences(&[vec![3, 4, 5, 6]]).unwrap();
+    let tgt = Tokens::<TASK_VOCAB>::from_sequences(&[vec![1, 6, 5]]).unwrap();
+    assert_eq!(model.forward(&src, &tgt).unwrap().as_vec(), other.forward(&src, &tgt).unwrap().as_vec());
+    assert_eq!(
+        model.encoder.layers[0].self_attn.w_q.weight.as_vec(),
+        other.encoder.layers[0].self_attn.w_q.weight.as_vec()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn a_mismatched_or_corrupt_checkpoint_is_an_error_and_leaves_the_model_unchanged() {
     let dir = std::env::temp_dir().join(format!("typeformer-bad-{}", std::process::id()));

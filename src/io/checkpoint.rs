@@ -80,6 +80,13 @@ fn write_tensors(
 /// Metadata key under which a scalar hyperparameter (`eps`, `dropout`) is stored.
 const SCALAR_PREFIX: &str = "scalar:";
 
+/// The metadata entry that says how a checkpoint stores projection weights. Checkpoints without
+/// it were written before typeformer stored them `(in, out)`: they hold PyTorch's `[out, in]`
+/// and are transposed on loading.
+pub(crate) const WEIGHT_LAYOUT_KEY: &str = "typeformer.projection_weights";
+/// [`WEIGHT_LAYOUT_KEY`]'s value: `(in, out)`, the layout the matrix products read in place.
+pub(crate) const WEIGHT_LAYOUT: &str = "in,out";
+
 /// A tensor's shape and little-endian bytes.
 type ShapedBytes = (Vec<usize>, Vec<u8>);
 
@@ -141,34 +148,65 @@ pub fn save_checkpoint<M: TensorCollection<E, Dev>, E: FloatDtype, Dev: Device<E
     M::iter_tensors(&mut RecursiveWalker { m: (model, String::new()), f: &mut c })
         .map_err(|e| Error::Training(format!("{e:?}")))?;
     metadata.extend(c.scalars.iter().map(|(name, v)| (format!("{SCALAR_PREFIX}{name}"), v.to_string())));
+    metadata.insert(WEIGHT_LAYOUT_KEY.into(), WEIGHT_LAYOUT.into());
     write_tensors(path, dtype, &c.tensors, metadata)
 }
 
 /// Where one of the model's parameters comes from in a checkpoint: a tensor of the file, maybe
-/// transposed (2-D), maybe one of `n` equal blocks of rows (a packed Q/K/V projection).
+/// one of `n` equal blocks of it (a packed Q/K/V projection), maybe then transposed (2-D).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source {
     /// The tensor's name in the file.
     pub name: String,
-    /// Transpose a 2-D tensor first (Hugging Face's `Conv1D` stores `[in, out]`).
-    pub transpose: bool,
-    /// Take block `k` of `n` equal blocks along the first axis: `Some((k, n))`.
-    pub part: Option<(usize, usize)>,
+    /// Take block `k` of `n` equal blocks along the first axis, or the last: `Some(Part { .. })`.
+    pub part: Option<Part>,
+    /// Then transpose the result, read as a matrix: PyTorch's `nn.Linear` stores `[out, in]`,
+    /// our projections `(in, out)`.
+    pub transpose: Option<Transpose>,
+}
+
+/// How a tensor is read as a matrix to transpose (the same for a 2-D tensor).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transpose {
+    /// Rows along the first axis, columns along all the others: `[out, ...in]`.
+    FirstAxisRows,
+    /// Columns along the last axis, rows along all the others: `[...out, in]`.
+    LastAxisColumns,
+}
+
+/// One of `n` equal blocks of a tensor along its first or last axis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    /// Which block, from 0.
+    pub k: usize,
+    /// How many blocks.
+    pub n: usize,
+    /// Along the last axis rather than the first.
+    pub last_axis: bool,
 }
 
 impl Source {
     /// The tensor `name`, as it is.
     pub fn new(name: impl Into<String>) -> Self {
-        Self { name: name.into(), transpose: false, part: None }
+        Self { name: name.into(), part: None, transpose: None }
     }
-    /// Transposed.
-    pub fn transposed(mut self) -> Self {
-        self.transpose = true;
+    /// Transposed (after taking any block), rows along the first axis.
+    pub fn transposed(self) -> Self {
+        self.transposed_as(Transpose::FirstAxisRows)
+    }
+    /// Transposed (after taking any block), read as a matrix as `how` says.
+    pub fn transposed_as(mut self, how: Transpose) -> Self {
+        self.transpose = Some(how);
         self
     }
-    /// Block `k` of `n` along the first axis (after any transpose).
+    /// Block `k` of `n` along the first axis.
     pub fn part(mut self, k: usize, n: usize) -> Self {
-        self.part = Some((k, n));
+        self.part = Some(Part { k, n, last_axis: false });
+        self
+    }
+    /// Block `k` of `n` along the last axis.
+    pub fn part_of_last_axis(mut self, k: usize, n: usize) -> Self {
+        self.part = Some(Part { k, n, last_axis: true });
         self
     }
 
@@ -179,26 +217,36 @@ impl Source {
             format!("wrong dtype: {} is {dtype:?} in the file, expected F32, F64, F16 or BF16", self.name)
         })?;
         let mut shape = view.shape().to_vec();
-        if self.transpose {
-            let [rows, cols] = shape[..] else {
+        if let Some(Part { k, n, last_axis }) = self.part {
+            let axis = if last_axis { shape.len().saturating_sub(1) } else { 0 };
+            if shape.is_empty() || n == 0 || shape[axis] % n != 0 {
+                let which = if last_axis { "columns (last axis)" } else { "rows" };
+                return Err(format!(
+                    "wrong shape: {} is {shape:?} in the file, expected {n} equal blocks of {which}",
+                    self.name
+                ));
+            }
+            // Row-major: the tensor is `outer` runs of `shape[axis] * inner` values.
+            let inner: usize = shape[axis + 1..].iter().product();
+            let run = shape[axis] * inner;
+            let block = run / n;
+            values = values.chunks_exact(run).flat_map(|r| r[k * block..(k + 1) * block].iter().copied()).collect();
+            shape[axis] /= n;
+        }
+        if let Some(how) = self.transpose {
+            if shape.len() < 2 {
                 return Err(format!(
                     "wrong shape: {} is {shape:?} in the file, expected a matrix to transpose",
                     self.name
                 ));
+            }
+            let rows: usize = match how {
+                Transpose::FirstAxisRows => shape[0],
+                Transpose::LastAxisColumns => shape[..shape.len() - 1].iter().product(),
             };
+            let cols = values.len() / rows.max(1);
             values = (0..cols * rows).map(|i| values[(i % rows) * cols + i / rows]).collect();
             shape = vec![cols, rows];
-        }
-        if let Some((k, n)) = self.part {
-            if shape.is_empty() || shape[0] % n != 0 {
-                return Err(format!(
-                    "wrong shape: {} is {shape:?} in the file, expected {n} equal blocks of rows",
-                    self.name
-                ));
-            }
-            let block = values.len() / n;
-            values = values[k * block..(k + 1) * block].to_vec();
-            shape[0] /= n;
         }
         Ok((values, shape))
     }
@@ -207,11 +255,11 @@ impl Source {
 impl std::fmt::Display for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.name)?;
-        if self.transpose {
-            write!(f, " (transposed)")?;
+        if let Some(Part { k, n, last_axis }) = self.part {
+            write!(f, " (block {} of {n}{})", k + 1, if last_axis { ", last axis" } else { "" })?;
         }
-        if let Some((k, n)) = self.part {
-            write!(f, " (block {} of {n})", k + 1)?;
+        if self.transpose.is_some() {
+            write!(f, " (transposed)")?;
         }
         Ok(())
     }
@@ -344,12 +392,21 @@ pub fn tensor_names(path: &Path) -> Result<Vec<String>> {
 
 /// Loads a checkpoint written by [`save_checkpoint`] into `model`. On any problem (a missing,
 /// unexpected or mis-shaped tensor, a wrong dtype, a truncated or corrupt file) returns an error
-/// that lists all of them, and leaves `model` unchanged.
+/// that lists all of them, and leaves `model` unchanged. Checkpoints written before typeformer
+/// stored projection weights `(in, out)` (no layout entry in the metadata) are transposed as
+/// they load.
 pub fn load_checkpoint<M: TensorCollection<E, Dev> + Clone, E: FloatDtype, Dev: Device<E>>(
     model: &mut M,
     path: &Path,
 ) -> Result<HashMap<String, String>> {
-    import_weights(model, path, &|name| Some(Source::new(name)), &|_| false)
+    match read_metadata(path)?.get(WEIGHT_LAYOUT_KEY).map(String::as_str) {
+        Some(WEIGHT_LAYOUT) => import_weights(model, path, &|name| Some(Source::new(name)), &|_| false),
+        None => import_weights(model, path, &|name| Some(super::import::out_in_source(name)), &|_| false),
+        Some(other) => Err(Error::BadFile {
+            path: path.into(),
+            reason: format!("projection weights stored as `{other}`; this typeformer reads `{WEIGHT_LAYOUT}`"),
+        }),
+    }
 }
 
 /// Saves named flat vectors (optimizer state and the like) to `path` atomically.

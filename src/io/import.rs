@@ -2,10 +2,12 @@
 //! GPT-2 checkpoints, saved as safetensors, mapped by name onto our models.
 //!
 //! Each format is a function from one of our dotted parameter names to the [`Source`] tensor in
-//! the file (renamed, transposed, or one block of a packed Q/K/V matrix). [`import_weights`]
+//! the file (renamed, one block of a packed Q/K/V matrix, transposed). Our projections store
+//! their weights `(in, out)`, the layout the matrix product reads in place, so PyTorch's
+//! `nn.Linear` weights (`[out, in]`) are transposed and GPT-2's `Conv1D` ones (`[in, out]`) are not. [`import_weights`]
 //! then checks every name, shape and dtype and reports all problems at once.
 
-use super::{import_weights, tensor_names, Source};
+use super::{import_weights, tensor_names, Source, Transpose};
 use crate::error::Result;
 use crate::FloatDtype;
 use dfdx::nn::tensor_collection::TensorCollection;
@@ -26,6 +28,26 @@ fn qkv_index(module: &str) -> Option<usize> {
     ["w_q", "w_k", "w_v"].iter().position(|&m| m == module)
 }
 
+/// Our parameter `ours` from a file that stores projection weights `[out, in]`, as PyTorch and
+/// typeformer checkpoints from before the `(in, out)` layout do.
+pub(crate) fn out_in_source(ours: &str) -> Source {
+    match split_tail(ours) {
+        Some((_, module, param)) => linear(Source::new(ours), module, param),
+        None => Source::new(ours),
+    }
+}
+
+/// `source`, transposed when it is the weight of a projection stored `(in, out)` here and
+/// `[out, in]` in a PyTorch `nn.Linear`.
+/// Head projections, once stored `(H, HD, D)`, read as `[H * HD, D]`; the others as `[out, ...in]`.
+fn linear(source: Source, module: &str, param: &str) -> Source {
+    match (module, param) {
+        (m, "weight") if qkv_index(m).is_some() => source.transposed_as(Transpose::LastAxisColumns),
+        ("w_o" | "linear1" | "linear2", "weight") => source.transposed(),
+        _ => source,
+    }
+}
+
 /// PyTorch's names for one of our parameters, for `nn.MultiheadAttention`,
 /// `nn.TransformerEncoderLayer`, `nn.TransformerDecoderLayer`, `nn.TransformerEncoder`/`Decoder`
 /// (with `norm`) and `nn.Transformer`: Q/K/V come from the packed `in_proj_weight`/`in_proj_bias`,
@@ -34,19 +56,24 @@ fn qkv_index(module: &str) -> Option<usize> {
 pub fn torch_source(ours: &str) -> Option<Source> {
     let (path, module, param) = split_tail(ours)?;
     let path = path.replace("ffn.", "").replace("cross_attn.", "multihead_attn.");
-    Some(match (module, param) {
+    let source = match (module, param) {
         (m, "weight" | "bias") if qkv_index(m).is_some() => {
             Source::new(format!("{path}in_proj_{param}")).part(qkv_index(m)?, 3)
         }
         ("w_o", _) => Source::new(format!("{path}out_proj.{param}")),
         _ => Source::new(format!("{path}{module}.{param}")),
-    })
+    };
+    Some(linear(source, module, param))
 }
 
 /// Hugging Face `BertModel` names for a [`Bert`](crate::models::Bert) parameter, under `prefix`
 /// (`""`, or `"bert."` in checkpoints of models with heads).
 pub fn hf_bert_source(ours: &str, prefix: &str) -> Option<Source> {
     let segments: Vec<&str> = ours.split('.').collect();
+    let (module, param) = match segments[..] {
+        [.., module, param] => (module, param),
+        _ => return None,
+    };
     let theirs = match segments[..] {
         ["embed", "weight"] => "embeddings.word_embeddings.weight".to_string(),
         ["pos", "weight"] => "embeddings.position_embeddings.weight".to_string(),
@@ -69,23 +96,16 @@ pub fn hf_bert_source(ours: &str, prefix: &str) -> Option<Source> {
         }
         _ => return None,
     };
-    Some(Source::new(format!("{prefix}{theirs}")))
+    Some(linear(Source::new(format!("{prefix}{theirs}")), module, param))
 }
 
 /// Hugging Face `GPT2Model` names for a [`DecoderOnly`](crate::models::DecoderOnly) parameter,
 /// under `prefix` (`""`, or `"transformer."` in `GPT2LMHeadModel` state dicts). GPT-2's `Conv1D`
-/// layers store weights `[in, out]`, so they are transposed; Q, K and V are the three blocks of
-/// `c_attn`.
+/// layers store weights `[in, out]`, as our projections do; Q, K and V are the three blocks of
+/// `c_attn`'s last axis.
 pub fn hf_gpt2_source(ours: &str, prefix: &str) -> Option<Source> {
     let segments: Vec<&str> = ours.split('.').collect();
-    let conv = |name: String, param: &str| {
-        let source = Source::new(format!("{prefix}{name}.{param}"));
-        if param == "weight" {
-            source.transposed()
-        } else {
-            source
-        }
-    };
+    let conv = |name: String, param: &str| Source::new(format!("{prefix}{name}.{param}"));
     Some(match segments[..] {
         ["embed", "weight"] => Source::new(format!("{prefix}wte.weight")),
         ["pos", "weight"] => Source::new(format!("{prefix}wpe.weight")),
@@ -95,7 +115,7 @@ pub fn hf_gpt2_source(ours: &str, prefix: &str) -> Option<Source> {
             ["norm1", param] => Source::new(format!("{prefix}h.{i}.ln_1.{param}")),
             ["norm2", param] => Source::new(format!("{prefix}h.{i}.ln_2.{param}")),
             ["self_attn", m, param] if qkv_index(m).is_some() => {
-                conv(format!("h.{i}.attn.c_attn"), param).part(qkv_index(m)?, 3)
+                conv(format!("h.{i}.attn.c_attn"), param).part_of_last_axis(qkv_index(m)?, 3)
             }
             ["self_attn", "w_o", param] => conv(format!("h.{i}.attn.c_proj"), param),
             ["ffn", "linear1", param] => conv(format!("h.{i}.mlp.c_fc"), param),
@@ -169,9 +189,10 @@ mod tests {
         let q = torch_source("encoder.layers.1.self_attn.w_k.bias").unwrap();
         assert_eq!(q, Source::new("encoder.layers.1.self_attn.in_proj_bias").part(1, 3));
         let o = torch_source("decoder.layers.0.cross_attn.w_o.weight").unwrap();
-        assert_eq!(o, Source::new("decoder.layers.0.multihead_attn.out_proj.weight"));
-        assert_eq!(torch_source("w_v.weight").unwrap(), Source::new("in_proj_weight").part(2, 3));
-        assert_eq!(torch_source("ffn.linear1.weight").unwrap(), Source::new("linear1.weight"));
+        assert_eq!(o, Source::new("decoder.layers.0.multihead_attn.out_proj.weight").transposed());
+        let v = Source::new("in_proj_weight").part(2, 3).transposed_as(Transpose::LastAxisColumns);
+        assert_eq!(torch_source("w_v.weight").unwrap(), v);
+        assert_eq!(torch_source("ffn.linear1.weight").unwrap(), Source::new("linear1.weight").transposed());
         assert_eq!(torch_source("encoder.norm.bias").unwrap(), Source::new("encoder.norm.bias"));
     }
 
@@ -180,11 +201,14 @@ mod tests {
         let s = hf_bert_source("encoder.layers.3.norm1.weight", "bert.").unwrap();
         assert_eq!(s, Source::new("bert.encoder.layer.3.attention.output.LayerNorm.weight"));
         let s = hf_gpt2_source("blocks.2.self_attn.w_v.weight", "").unwrap();
-        assert_eq!(s, Source::new("h.2.attn.c_attn.weight").transposed().part(2, 3));
+        assert_eq!(s, Source::new("h.2.attn.c_attn.weight").part_of_last_axis(2, 3));
         assert_eq!(
             hf_gpt2_source("blocks.0.self_attn.w_q.bias", "").unwrap(),
-            Source::new("h.0.attn.c_attn.bias").part(0, 3)
+            Source::new("h.0.attn.c_attn.bias").part_of_last_axis(0, 3)
         );
+        let s = hf_bert_source("encoder.layers.0.ffn.linear2.weight", "").unwrap();
+        assert_eq!(s, Source::new("encoder.layer.0.output.dense.weight").transposed());
+        assert_eq!(hf_bert_source("pooler.weight", "").unwrap(), Source::new("pooler.dense.weight"));
         assert!(hf_bert_source("encoder.layers.0.cross_attn.w_q.weight", "").is_none());
     }
 }

@@ -50,11 +50,12 @@ where
 
 /// A projection from width `D` into `H` heads of width `HD`: `(B, S, D) -> (B, H, S, HD)`.
 ///
-/// The weight `(H, HD, D)` has the memory layout of PyTorch's `[H*HD, D]` Linear weight.
+/// The weight `(D, H, HD)` is PyTorch's `[H*HD, D]` Linear weight transposed (see
+/// [`Linear`](super::Linear)).
 #[derive(Debug, Clone)]
 pub struct HeadProjection<const D: usize, const H: usize, const HD: usize, E: Dtype, Dev: Storage<E>, Bias = WithBias> {
-    /// `(H, HD, D)`.
-    pub weight: Tensor<Rank3<H, HD, D>, E, Dev>,
+    /// `(D, H, HD)`.
+    pub weight: Tensor<Rank3<D, H, HD>, E, Dev>,
     /// `(H, HD)`; fixed zeros under [`NoBias`](super::NoBias).
     pub bias: Tensor<Rank2<H, HD>, E, Dev>,
     bias_kind: std::marker::PhantomData<Bias>,
@@ -90,7 +91,7 @@ impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device
         x: Hidden<B, S, D, E, Dev, T>,
     ) -> Heads<B, H, S, HD, E, Dev, T> {
         let (b, s, _) = *x.shape();
-        let w = self.weight.retaped::<T>().reshape_like(&(H * HD, Const::<D>)); // (H*HD, D)
+        let w = self.weight.retaped::<T>().reshape_like(&(Const::<D>, H * HD)); // (D, H*HD)
         let bias = self.bias.retaped::<T>().reshape_like(&(H * HD,));
         project::<Bias, _, _, _, _, _, _, _>(x, w, Some(bias)) // (B, S, H*HD)
             .reshape_like(&(b, s, Const::<H>, Const::<HD>)) // (B, S, H, HD)
@@ -99,11 +100,12 @@ impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device
 }
 
 /// Concatenates `H` heads of width `HD` and projects them to width `D`:
-/// `(B, H, S, HD) -> (B, S, D)`. The weight `(D, H, HD)` is PyTorch's `out_proj.weight [D, H*HD]`.
+/// `(B, H, S, HD) -> (B, S, D)`. The weight `(H, HD, D)` is PyTorch's `out_proj.weight [D, H*HD]`
+/// transposed.
 #[derive(Debug, Clone)]
 pub struct HeadMerge<const H: usize, const HD: usize, const D: usize, E: Dtype, Dev: Storage<E>, Bias = WithBias> {
-    /// `(D, H, HD)`.
-    pub weight: Tensor<Rank3<D, H, HD>, E, Dev>,
+    /// `(H, HD, D)`.
+    pub weight: Tensor<Rank3<H, HD, D>, E, Dev>,
     /// `(D,)`; fixed zeros under [`NoBias`](super::NoBias).
     pub bias: Tensor<Rank1<D>, E, Dev>,
     bias_kind: std::marker::PhantomData<Bias>,
@@ -140,7 +142,7 @@ impl<const H: usize, const HD: usize, const D: usize, E: FloatDtype, Dev: Device
     ) -> Hidden<B, S, D, E, Dev, T> {
         let (b, _, s, _) = *x.shape();
         let x = x.permute::<_, Axes4<0, 2, 1, 3>>().reshape_like(&(b, s, H * HD)); // (B, S, H*HD)
-        let w = self.weight.retaped::<T>().reshape_like(&(Const::<D>, H * HD)); // (D, H*HD)
+        let w = self.weight.retaped::<T>().reshape_like(&(H * HD, Const::<D>)); // (H*HD, D)
         project::<Bias, _, _, _, _, _, _, _>(x, w, Some(self.bias.retaped::<T>()))
         // (B, S, D)
     }

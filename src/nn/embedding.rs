@@ -70,7 +70,8 @@ impl<const V: usize, const D: usize, E: FloatDtype, Dev: Device<E>> TokenEmbeddi
     /// let _ = emb.logits(h); // width 32 is not 16
     /// ```
     pub fn logits<B: Dim, S: Dim, T: Tape<E, Dev>>(&self, h: Hidden<B, S, D, E, Dev, T>) -> Logits<B, S, V, E, Dev, T> {
-        super::project::<super::NoBias, _, _, _, _, _, _, _>(h, self.weight.retaped::<T>(), None)
+        let table = self.weight.retaped::<T>().permute::<_, Axes2<1, 0>>(); // (D, V), read in place
+        super::project::<super::NoBias, _, _, _, _, _, _, _>(h, table, None)
         // (B, S, D) x (D, V)
     }
 }

@@ -2,10 +2,9 @@
 
 use super::dropout_when_training;
 use super::init::uniform_fan_in;
-use super::{bias_options, project, BiasKind, WithBias};
+use super::{bias_options, BiasKind, Linear, WithBias};
 use crate::shape::Hidden;
 use crate::FloatDtype;
-use dfdx::nn::modules::Linear;
 use dfdx::prelude::*;
 use std::marker::PhantomData;
 
@@ -141,11 +140,9 @@ impl<const D: usize, const F: usize, A: Activation, E: FloatDtype, Dev: Device<E
         &self,
         x: Hidden<B, S, D, E, Dev, T>,
     ) -> Hidden<B, S, D, E, Dev, T> {
-        let (l1, l2) = (&self.linear1, &self.linear2);
-        let h = A::apply(project::<Bias, _, _, _, _, _, _, _>(x, l1.weight.retaped(), Some(l1.bias.retaped()))); // (B, S, F)
+        let h = A::apply(self.linear1.forward::<Bias, _, _, _>(x)); // (B, S, F)
         let h = dropout_when_training(h, self.dropout);
-        project::<Bias, _, _, _, _, _, _, _>(h, l2.weight.retaped(), Some(l2.bias.retaped()))
-        // (B, S, D)
+        self.linear2.forward::<Bias, _, _, _>(h) // (B, S, D)
     }
 }
 

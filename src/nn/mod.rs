@@ -15,6 +15,7 @@ mod feed_forward;
 pub(crate) mod init;
 mod linear;
 pub(crate) use linear::project;
+pub use linear::Linear;
 mod mask;
 mod norm;
 mod positional;

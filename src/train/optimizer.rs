@@ -104,6 +104,7 @@ impl<E: FloatDtype, Dev: Device<E>> Adam<E, Dev> {
         let metadata = std::collections::HashMap::from([
             ("step".to_string(), self.step.to_string()),
             ("config".to_string(), format!("{:?}", self.cfg)),
+            (crate::io::WEIGHT_LAYOUT_KEY.to_string(), crate::io::WEIGHT_LAYOUT.to_string()),
         ]);
         crate::io::save_vectors(path, &tensors, metadata)
     }
@@ -118,6 +119,16 @@ impl<E: FloatDtype, Dev: Device<E>> Adam<E, Dev> {
             .get("step")
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| bad("no step count in the optimizer state".into()))?;
+        let layout = metadata.get(crate::io::WEIGHT_LAYOUT_KEY).map(String::as_str);
+        if adam.step > 0 && layout != Some(crate::io::WEIGHT_LAYOUT) {
+            return Err(bad(format!(
+                "the moments of projection weights are stored as `{}`, this typeformer keeps `{}`: the state \
+                 was written before projection weights were stored (in, out); resuming from it would pair \
+                 moments with the wrong weights (the model checkpoint itself still loads)",
+                layout.unwrap_or("out,in"),
+                crate::io::WEIGHT_LAYOUT
+            )));
+        }
         if adam.step > 0 {
             for (i, &n) in sizes.iter().enumerate() {
                 let get = |name: String| -> Result<Tensor<(usize,), E, Dev>> {
