@@ -387,6 +387,16 @@ fn a_resumed_language_model_run_continues_exactly() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("it holds a `byte-lm` model, but a `other` language model was expected"), "{err}");
+
+    // Optimizer state from before projection weights were stored (in, out) is refused.
+    let state = dir.join("optimizer.safetensors");
+    let (vectors, mut metadata) = typeformer::io::load_vectors::<f32>(&state).unwrap();
+    metadata.remove("typeformer.projection_weights");
+    typeformer::io::save_vectors(&state, &vectors.into_iter().collect::<Vec<_>>(), metadata).unwrap();
+    let err = load_lm_checkpoint::<ByteLm, f32, Cpu>(&dir, &Cpu::default(), "byte-lm", AdamConfig::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("stored as `out,in`") && err.contains("wrong weights"), "{err}");
     std::fs::remove_dir_all(&base).unwrap();
 }
 
