@@ -91,9 +91,10 @@ fn split_optional<S: Shape, E: Dtype, Dev: Device<E>, T: Tape<E, Dev>>(
     }
 }
 
-/// Elements per rayon task in the element- and row-wise kernels: enough that handing a task to
-/// the other thread costs little beside the work.
-const PER_TASK: usize = 1 << 14;
+/// Elements per rayon task in the element- and row-wise kernels (tens of microseconds of work):
+/// enough that waking the other thread costs little beside it, so the small tensors of a small
+/// model stay on the calling thread.
+const PER_TASK: usize = 1 << 16;
 
 /// Rows of `width` elements per rayon task (at least one).
 fn rows_per_task(width: usize) -> usize {
