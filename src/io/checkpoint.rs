@@ -265,31 +265,27 @@ impl std::fmt::Display for Source {
     }
 }
 
-/// True when `theirs` lays out the same elements as `ours`, allowing adjacent axes of either to
-/// be merged: a PyTorch `[H * HD, D]` weight is our `(H, HD, D)`.
+/// True when `theirs` lays out the same elements as `ours`, one of them with some adjacent axes
+/// merged: a PyTorch `[H * HD, D]` weight is our `(H, HD, D)`. The axis boundaries of the coarser
+/// shape must be boundaries of the finer one, so `[F, D]` is not `(D, F)` (only equal counts).
 fn same_layout(ours: &[usize], theirs: &[usize]) -> bool {
-    let (mut i, mut j) = (0, 0);
-    while i < ours.len() && j < theirs.len() {
-        let (mut a, mut b) = (ours[i], theirs[j]);
-        while a != b {
-            if a < b {
-                i += 1;
-                match ours.get(i) {
-                    Some(&x) => a *= x,
-                    None => return false,
-                }
-            } else {
-                j += 1;
-                match theirs.get(j) {
-                    Some(&x) => b *= x,
-                    None => return false,
-                }
-            }
-        }
-        i += 1;
-        j += 1;
-    }
-    ours[i.min(ours.len())..].iter().chain(&theirs[j.min(theirs.len())..]).all(|&d| d == 1)
+    // The products of each leading run of axes: where a shape can be cut into rows.
+    let cuts = |shape: &[usize]| -> std::collections::BTreeSet<usize> {
+        let mut acc = 1usize;
+        let mut cuts: std::collections::BTreeSet<usize> = shape
+            .iter()
+            .map(|&d| {
+                acc = acc.saturating_mul(d);
+                acc
+            })
+            .collect();
+        cuts.insert(acc); // the total, also for a scalar
+        cuts.remove(&1); // axes of size 1 cut nothing
+        cuts
+    };
+    let (a, b) = (cuts(ours), cuts(theirs));
+    let total = |shape: &[usize]| shape.iter().fold(1usize, |p, &d| p.saturating_mul(d));
+    total(ours) == total(theirs) && (a.is_subset(&b) || b.is_subset(&a))
 }
 
 /// Fills a model's trainable tensors from a file, each from the [`Source`] that `map` names.
@@ -441,4 +437,20 @@ pub fn load_vectors<E: FloatDtype>(path: &Path) -> Result<(HashMap<String, Vec<E
 pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
     let bytes = std::fs::read(path).map_err(Error::io(path))?;
     Ok(parse(path, &bytes)?.1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_layout;
+
+    #[test]
+    fn layouts_match_when_one_shape_merges_adjacent_axes_of_the_other() {
+        assert!(same_layout(&[4, 8, 32], &[32, 32])); // (H, HD, D) is [H * HD, D]
+        assert!(same_layout(&[32, 4, 8], &[32, 32])); // (D, H, HD) is [D, H * HD]
+        assert!(same_layout(&[32, 32], &[4, 8, 32]));
+        assert!(same_layout(&[1, 16], &[16]) && same_layout(&[], &[1]));
+        assert!(!same_layout(&[16, 64], &[64, 16]), "a transposed matrix is another layout");
+        assert!(!same_layout(&[32, 4, 8], &[4, 8, 32]), "(D, H, HD) is not (H, HD, D)");
+        assert!(!same_layout(&[4, 8], &[4, 9]));
+    }
 }

@@ -137,11 +137,13 @@ impl<E> Shared<E> {
 /// How many blocks of columns to split a pool product into, each computed on one thread.
 ///
 /// For a row-major destination gemm transposes the problem, so a right operand stored
-/// transposed (a weight kept (out, in), as PyTorch keeps it) becomes a left operand it must
-/// repack, and with few destination rows it repacks all of it on one thread before its threads
-/// start: at 128 rows that left one core idle for a third of the d-512 encoder's forward pass.
-/// Blocks of columns repack their own part of that operand on their own thread (encoder forward
-/// 1.2x). Other products keep gemm's threading, which is as fast or faster for them.
+/// transposed (read through a permuted view: a tied embedding table in the logits, projection
+/// weights in the backward pass's input gradient) becomes a left operand it must repack, and
+/// with few destination rows it repacks all of it on one thread before its threads start. With
+/// the projection weights stored (out, in), that left one core idle for a third of the d-512
+/// encoder's forward pass (128 rows); blocks of columns repack their own part on their own
+/// thread (encoder forward 1.2x then). Other products keep gemm's threading, which is as fast
+/// or faster for them.
 fn column_blocks(m: usize, k: usize, n: usize, dst: Layout, rhs: Layout) -> usize {
     const FEW_ROWS: usize = 256;
     const MIN_COLS_PER_BLOCK: usize = 64;
@@ -152,6 +154,14 @@ fn column_blocks(m: usize, k: usize, n: usize, dst: Layout, rhs: Layout) -> usiz
         return 1;
     }
     threads.min(n / MIN_COLS_PER_BLOCK).max(1)
+}
+
+/// The width of each of up to `parts` blocks covering `n` columns, and how many blocks that
+/// makes: `ceil(n / parts)` wide blocks may need fewer than `parts` (n = 8200 in 128 parts
+/// takes 127 blocks of 65), and a block must not start past the last column.
+fn split_columns(n: usize, parts: usize) -> (usize, usize) {
+    let block = n.div_ceil(parts.max(1)).max(1);
+    (block, n.div_ceil(block))
 }
 
 /// Where [`gemm`] runs.
@@ -206,7 +216,7 @@ pub(crate) fn gemm<E: num_traits::Float + 'static>(
         Threads::Caller => 1,
         Threads::Pool => column_blocks(m, k, n, dst_layout, rhs_layout),
     };
-    let block = n.div_ceil(parts);
+    let (block, parts) = split_columns(n, parts);
     let (dst_at, lhs_at, rhs_at) =
         (Shared(dst.as_mut_ptr()), Shared(lhs.as_ptr().cast_mut()), Shared(rhs.as_ptr().cast_mut()));
     let product = |first_col: usize, parallelism: gemm::Parallelism| {
@@ -286,6 +296,16 @@ mod tests {
         assert!(gemm(&mut dst, dl, true, &a, al, &b, bl, Threads::Pool));
         for (x, y) in dst.iter().zip(&want) {
             assert!((x - 2.0 * y).abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn column_splits_start_every_block_inside_the_matrix() {
+        for n in 1..3000 {
+            for parts in 1..140 {
+                let (block, count) = split_columns(n, parts);
+                assert!(count <= parts && (count - 1) * block < n && count * block >= n, "n {n}, parts {parts}");
+            }
         }
     }
 

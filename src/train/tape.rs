@@ -13,7 +13,7 @@ pub fn training_tape<E: Dtype, Dev: Device<E>>(dev: &Dev, grads: Gradients<E, De
 /// The backward pass from `loss`, like dfdx's `loss.backward()`, but each of typeformer's fused
 /// kernels frees the gradient of its intermediate result as soon as it has used it, where dfdx
 /// keeps every intermediate gradient until the pass ends: a GPT-style training step peaks at
-/// about 1.36x what it must hold instead of 1.65x (`cargo bench --bench compare -- memory`).
+/// about 1.36x what it must hold instead of 1.64x (`cargo bench --bench compare -- memory`).
 ///
 /// Use it with gradients from `model.alloc_grads()`, whose intermediates dfdx drops at the end
 /// anyway. With `Gradients::leaky()`, intermediate results of the fused kernels are left with
