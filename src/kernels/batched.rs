@@ -3,7 +3,7 @@
 //! (heads split out of a projection, keys transposed), read in place through their strides.
 
 use super::cpu::{self, Layout, Threads};
-use super::{cast, cast_mut, cast_ref, fast_cpu, keep_consumed};
+use super::{cast, cast_mut, cast_ref, fast_cpu, with_result_grad};
 use crate::FloatDtype;
 use dfdx::prelude::*;
 use rayon::prelude::*;
@@ -28,12 +28,12 @@ pub(crate) fn batched_matmul<B: Dim, H: Dim, M: Dim, K: Dim, N: Dim, E: FloatDty
         let out_id = out.ghost();
         tape.add_backward_op(move |grads| {
             let grads: &mut Gradients<E, Cpu> = cast_mut(grads);
-            let grad_out: Vec<E> = std::mem::take(&mut **grads.get_or_alloc_mut(&out_id).map_err(cast)?);
-            cpu_backward::<B, H, M, K, N, E>(cast_ref(&a), cast_ref(&b), &grad_out, grads).map_err(cast)?;
-            if keep_consumed() {
-                **grads.get_or_alloc_mut(&out_id).map_err(cast)? = grad_out;
-            }
-            Ok(())
+            with_result_grad(
+                grads,
+                |g| g.get_or_alloc_mut(&out_id).map(|v| &mut **v),
+                |grad_out, grads| cpu_backward::<B, H, M, K, N, E>(cast_ref(&a), cast_ref(&b), grad_out, grads),
+            )
+            .map_err(cast)
         });
     }
     cast::<Batch<B, H, M, N, E, Cpu>, Batch<B, H, M, N, E, Dev>>(out).put_tape(tape)

@@ -3,7 +3,7 @@
 //! broadcasts) dfdx composes it from, each with its own buffer.
 
 use super::cpu;
-use super::{cast, cast_mut, cast_ref, fast_cpu, keep_consumed, rows_per_task, split_optional};
+use super::{cast, cast_mut, cast_ref, fast_cpu, rows_per_task, split_optional, with_result_grad};
 use crate::FloatDtype;
 use dfdx::prelude::*;
 use rayon::prelude::*;
@@ -34,13 +34,13 @@ pub(crate) fn layer_norm<B: Dim, S: Dim, const D: usize, E: FloatDtype, Dev: Dev
         let out_id = out.ghost();
         tape.add_backward_op(move |grads| {
             let grads: &mut Gradients<E, Cpu> = cast_mut(grads);
-            let grad_out: Vec<E> = std::mem::take(&mut **grads.get_or_alloc_mut(&out_id).map_err(cast)?);
             let inputs = (cast_ref(&x), cast_ref(&w), b.as_ref().map(cast_ref));
-            cpu_backward::<B, S, D, E>(inputs, &mean, &rstd, &grad_out, grads).map_err(cast)?;
-            if keep_consumed() {
-                **grads.get_or_alloc_mut(&out_id).map_err(cast)? = grad_out;
-            }
-            Ok(())
+            with_result_grad(
+                grads,
+                |g| g.get_or_alloc_mut(&out_id).map(|v| &mut **v),
+                |grad_out, grads| cpu_backward::<B, S, D, E>(inputs, &mean, &rstd, grad_out, grads),
+            )
+            .map_err(cast)
         });
     }
     cast::<Rows<B, S, D, E, Cpu>, Rows<B, S, D, E, Dev>>(out).put_tape(tape)

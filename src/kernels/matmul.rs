@@ -1,7 +1,7 @@
 //! The matrix product `(M, K) x (K, N)` through [`cpu::gemm`](super::cpu::gemm).
 
 use super::cpu::{self, Layout, Threads};
-use super::{cast, cast_mut, cast_ref, fast_cpu, keep_consumed, split_optional};
+use super::{cast, cast_mut, cast_ref, fast_cpu, split_optional, with_result_grad};
 use crate::FloatDtype;
 use dfdx::prelude::*;
 
@@ -34,12 +34,12 @@ pub(crate) fn affine<M: Dim, K: Dim, N: Dim, E: FloatDtype, Dev: Device<E>, T: T
         tape.add_backward_op(move |grads| {
             let grads: &mut Gradients<E, Cpu> = cast_mut(grads);
             let inputs = (cast_ref(&a), cast_ref(&b), bias.as_ref().map(cast_ref));
-            let grad_out: Vec<E> = std::mem::take(&mut **grads.get_or_alloc_mut(&out_id).map_err(cast)?);
-            cpu_backward::<M, K, N, E>(inputs, &grad_out, grads).map_err(cast)?;
-            if keep_consumed() {
-                **grads.get_or_alloc_mut(&out_id).map_err(cast)? = grad_out;
-            }
-            Ok(())
+            with_result_grad(
+                grads,
+                |g| g.get_or_alloc_mut(&out_id).map(|v| &mut **v),
+                |grad_out, grads| cpu_backward::<M, K, N, E>(inputs, grad_out, grads),
+            )
+            .map_err(cast)
         });
     }
     cast::<Tensor<(M, N), E, Cpu>, Tensor<(M, N), E, Dev>>(out).put_tape(tape)

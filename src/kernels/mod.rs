@@ -54,10 +54,20 @@ impl Drop for FreeConsumedGradients {
     }
 }
 
-/// Whether a backward op puts its result's gradient back after using it (see
-/// [`FreeConsumedGradients`]).
-fn keep_consumed() -> bool {
-    !FREE_CONSUMED.get()
+/// Runs a backward op's `body` on the gradient of the op's result, which `slot` finds in
+/// `grads`: taken out for the call (so `body` may borrow `grads` for the inputs' gradients), then
+/// put back, or freed inside [`FreeConsumedGradients`].
+fn with_result_grad<E: Dtype>(
+    grads: &mut Gradients<E, Cpu>,
+    slot: impl Fn(&mut Gradients<E, Cpu>) -> Result<&mut Vec<E>, CpuError>,
+    body: impl FnOnce(&[E], &mut Gradients<E, Cpu>) -> Result<(), CpuError>,
+) -> Result<(), CpuError> {
+    let grad = std::mem::take(slot(grads)?);
+    body(&grad, grads)?;
+    if !FREE_CONSUMED.get() {
+        *slot(grads)? = grad;
+    }
+    Ok(())
 }
 
 fn same<A: 'static, B: 'static>() -> bool {

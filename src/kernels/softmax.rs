@@ -4,7 +4,7 @@
 
 use super::cpu;
 use super::exp::exp;
-use super::{cast, cast_mut, cast_ref, fast_cpu, keep_consumed, rows_per_task};
+use super::{cast, cast_mut, cast_ref, fast_cpu, rows_per_task, with_result_grad};
 use crate::FloatDtype;
 use dfdx::prelude::*;
 use rayon::prelude::*;
@@ -40,13 +40,16 @@ where
             let grads: &mut Gradients<E, Cpu> = cast_mut(grads);
             let weights: &Scores<B, H, Sq, Sk, E, Cpu> = cast_ref(&weights);
             let y = cpu::dense(weights).expect("the forward pass wrote it densely");
-            let grad_out: Vec<E> = std::mem::take(&mut **grads.get_or_alloc_mut(weights).map_err(cast)?);
-            let grad_scores: &mut Vec<E> = grads.get_or_alloc_mut(&scores_id).map_err(cast)?;
-            backward_rows(y, &grad_out, grad_scores, y.len() / weights.shape().3.size(), scale);
-            if keep_consumed() {
-                **grads.get_or_alloc_mut(weights).map_err(cast)? = grad_out;
-            }
-            Ok(())
+            with_result_grad(
+                grads,
+                |g| g.get_or_alloc_mut(weights).map(|v| &mut **v),
+                |grad_out, grads| {
+                    let grad_scores: &mut Vec<E> = grads.get_or_alloc_mut(&scores_id)?;
+                    backward_rows(y, grad_out, grad_scores, y.len() / weights.shape().3.size(), scale);
+                    Ok(())
+                },
+            )
+            .map_err(cast)
         });
     }
     out.put_tape(tape)
