@@ -18,10 +18,77 @@ pub(crate) fn batched_matmul<B: Dim, H: Dim, M: Dim, K: Dim, N: Dim, E: FloatDty
     if !fast_cpu::<E, Dev>() {
         return a.matmul(b);
     }
+    match fast(a, b, Order::Heads) {
+        Ok((out, tape)) => out.put_tape(tape),
+        Err((a, b)) => a.matmul(b),
+    }
+}
+
+/// `a x b` for every batch item and head, as [`batched_matmul`], returned as a `(B, M, H, N)`
+/// tensor: on the CPU its buffer holds each row's heads side by side, so the output projection
+/// reads it as `(B, M, H * N)` without copying the heads together (dfdx's reshape of the
+/// `(B, H, M, N)` product is a copy forward and another backward).
+pub(crate) fn batched_matmul_heads_last<B, H, M, K, N, E, Dev, T>(
+    a: Batch<B, H, M, K, E, Dev, T>,
+    b: Batch<B, H, K, N, E, Dev, T>,
+) -> Tensor<(B, M, H, N), E, Dev, T>
+where
+    B: Dim,
+    H: Dim,
+    M: Dim,
+    K: Dim,
+    N: Dim,
+    E: FloatDtype,
+    Dev: Device<E>,
+    T: Tape<E, Dev>,
+{
+    if !fast_cpu::<E, Dev>() {
+        return a.matmul(b).permute::<_, Axes4<0, 2, 1, 3>>();
+    }
+    match fast(a, b, Order::Rows) {
+        Ok((out, tape)) => {
+            let (bs, h, m, n) = *out.shape();
+            // The buffer is (B, M, H, N) in row-major order; the tensor's own strides say so once
+            // its shape does (a contiguous reshape keeps the id the backward op is recorded under).
+            out.reshape_like(&(bs, m, h, n)).put_tape(tape)
+        }
+        Err((a, b)) => a.matmul(b).permute::<_, Axes4<0, 2, 1, 3>>(),
+    }
+}
+
+/// Where each head's result lies in the product's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    /// `(B, H, M, N)`: each head's matrix contiguous.
+    Heads,
+    /// `(B, M, H, N)`: the heads of each row side by side.
+    Rows,
+}
+
+/// The offset and layout of matrix `i` (batch item `i / h`, head `i % h`) of an `h`-head,
+/// `m x n` product stored in `order`.
+fn placed(order: Order, i: usize, h: usize, m: usize, n: usize) -> (usize, Layout) {
+    match order {
+        Order::Heads => (i * m * n, Layout { rows: m, cols: n, strides: [n, 1] }),
+        Order::Rows => ((i / h) * m * h * n + (i % h) * n, Layout { rows: m, cols: n, strides: [h * n, 1] }),
+    }
+}
+
+type Untaped<B, H, M, N, E, Dev> = Batch<B, H, M, N, E, Dev>;
+
+/// The product on the CPU kernels, its buffer in `order` but its tensor typed (and, for
+/// [`Order::Rows`], laid out as dfdx would read it) `(B, H, M, N)` until the caller reshapes
+/// it; or the inputs back, tapes restored, where the kernel does not apply.
+#[allow(clippy::type_complexity)]
+fn fast<B: Dim, H: Dim, M: Dim, K: Dim, N: Dim, E: FloatDtype, Dev: Device<E>, T: Tape<E, Dev>>(
+    a: Batch<B, H, M, K, E, Dev, T>,
+    b: Batch<B, H, K, N, E, Dev, T>,
+    order: Order,
+) -> Result<(Untaped<B, H, M, N, E, Dev>, T), (Batch<B, H, M, K, E, Dev, T>, Batch<B, H, K, N, E, Dev, T>)> {
     let (a, tape_a) = a.split_tape();
     let (b, tape_b) = b.split_tape();
-    let Some(out) = cpu_forward::<B, H, M, K, N, E>(cast_ref(&a), cast_ref(&b), T::OWNS_TAPE) else {
-        return a.put_tape(tape_a).matmul(b.put_tape(tape_b));
+    let Some(out) = cpu_forward::<B, H, M, K, N, E>(cast_ref(&a), cast_ref(&b), T::OWNS_TAPE, order) else {
+        return Err((a.put_tape(tape_a), b.put_tape(tape_b)));
     };
     let mut tape = tape_a.merge(tape_b);
     if T::OWNS_TAPE {
@@ -31,12 +98,12 @@ pub(crate) fn batched_matmul<B: Dim, H: Dim, M: Dim, K: Dim, N: Dim, E: FloatDty
             with_result_grad(
                 grads,
                 |g| g.get_or_alloc_mut(&out_id).map(|v| &mut **v),
-                |grad_out, grads| cpu_backward::<B, H, M, K, N, E>(cast_ref(&a), cast_ref(&b), grad_out, grads),
+                |grad_out, grads| cpu_backward::<B, H, M, K, N, E>(cast_ref(&a), cast_ref(&b), grad_out, order, grads),
             )
             .map_err(cast)
         });
     }
-    cast::<Batch<B, H, M, N, E, Cpu>, Batch<B, H, M, N, E, Dev>>(out).put_tape(tape)
+    Ok((cast::<Batch<B, H, M, N, E, Cpu>, Batch<B, H, M, N, E, Dev>>(out), tape))
 }
 
 /// A 4-d tensor as `B x H` matrices: the buffer, each matrix's offset, and the matrix layout.
@@ -80,10 +147,12 @@ fn injective<B: Dim, H: Dim, R: Dim, C: Dim, E: FloatDtype>(t: &Batch<B, H, R, C
     true
 }
 
+/// The product in `order`'s buffer layout (see [`fast`]).
 fn cpu_forward<B: Dim, H: Dim, M: Dim, K: Dim, N: Dim, E: FloatDtype>(
     a: &Batch<B, H, M, K, E, Cpu>,
     b: &Batch<B, H, K, N, E, Cpu>,
     traced: bool,
+    order: Order,
 ) -> Option<Batch<B, H, M, N, E, Cpu>> {
     if traced && !(injective(a) && injective(b)) {
         return None;
@@ -91,13 +160,34 @@ fn cpu_forward<B: Dim, H: Dim, M: Dim, K: Dim, N: Dim, E: FloatDtype>(
     let (am, bm) = (matrices(a)?, matrices(b)?);
     let (bs, h, m, _) = *a.shape();
     let n = b.shape().3;
-    let size = m.size() * n.size();
-    let layout = Layout { rows: m.size(), cols: n.size(), strides: [n.size(), 1] };
-    let mut out = vec![E::zero(); bs.size() * h.size() * size];
-    let ok = out
-        .par_chunks_mut(size.max(1))
-        .enumerate()
-        .all(|(i, dst)| cpu::gemm(dst, layout, false, am.get(i), am.layout, bm.get(i), bm.layout, Threads::Caller));
+    let (items, heads, rows, cols) = (bs.size(), h.size(), m.size(), n.size());
+    let mut out = vec![E::zero(); items * heads * rows * cols];
+    let ok = match order {
+        Order::Heads => out.par_chunks_mut(rows * cols).enumerate().all(|(i, dst)| {
+            let (_, layout) = placed(order, i, heads, rows, cols);
+            cpu::gemm(dst, layout, false, am.get(i), am.layout, bm.get(i), bm.layout, Threads::Caller)
+        }),
+        Order::Rows => {
+            // The heads of a row interleave, so tasks take blocks of rows of one batch item (a
+            // contiguous part of the buffer), with every head: a few blocks per thread.
+            let blocks_per_item = (4 * rayon::current_num_threads()).div_ceil(items);
+            let block = rows.div_ceil(blocks_per_item).max(1);
+            let width = heads * cols;
+            let tasks = out.par_chunks_mut(rows * width).enumerate().flat_map(|(item, x)| {
+                x.par_chunks_mut(block * width).enumerate().map(move |(j, dst)| (item, j * block, dst))
+            });
+            tasks.all(|(item, first, dst)| {
+                let lhs_rows = Layout { rows: dst.len() / width, ..am.layout };
+                let dst_layout = Layout { rows: lhs_rows.rows, cols, strides: [width, 1] };
+                (0..heads).all(|head| {
+                    let i = item * heads + head;
+                    let lhs = &am.get(i)[first * am.layout.strides[0]..];
+                    let dst = &mut dst[head * cols..];
+                    cpu::gemm(dst, dst_layout, false, lhs, lhs_rows, bm.get(i), bm.layout, Threads::Caller)
+                })
+            })
+        }
+    };
     ok.then_some(())?;
     a.device().try_tensor_from_vec(out, (bs, h, m, n)).ok()
 }
@@ -108,12 +198,14 @@ fn cpu_backward<B: Dim, H: Dim, M: Dim, K: Dim, N: Dim, E: FloatDtype>(
     a: &Batch<B, H, M, K, E, Cpu>,
     b: &Batch<B, H, K, N, E, Cpu>,
     grad_out: &[E],
+    order: Order,
     grads: &mut Gradients<E, Cpu>,
 ) -> Result<(), CpuError> {
     let (am, bm) = (matrices(a).expect("checked forward"), matrices(b).expect("checked forward"));
     let (m, k, n) = (am.layout.rows, am.layout.cols, bm.layout.cols);
-    let g_layout = Layout { rows: m, cols: n, strides: [n, 1] };
-    let g = |i: usize| &grad_out[i * m * n..];
+    let heads = a.shape().1.size();
+    let (_, g_layout) = placed(order, 0, heads, m, n);
+    let g = |i: usize| &grad_out[placed(order, i, heads, m, n).0..];
     let dense_a = Layout { rows: m, cols: k, strides: [k, 1] };
     let dense_b = Layout { rows: k, cols: n, strides: [n, 1] };
     let mut da = vec![E::zero(); am.offsets.len() * m * k];
@@ -149,6 +241,16 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// The kernel's outputs and gradients against dfdx's, element by element.
+    fn assert_close(fast: [Vec<f64>; 3], reference: [Vec<f64>; 3]) {
+        for (got, want) in fast.into_iter().zip(reference) {
+            assert_eq!(got.len(), want.len());
+            for (g, w) in got.into_iter().zip(want) {
+                assert!((g - w).abs() <= 1e-10 * (1.0 + w.abs()), "{g} vs {w}");
+            }
+        }
+    }
+
     /// As attention uses it: queries and keys split out of a `(B, S, H*HD)` projection (views),
     /// keys transposed; product and both gradients against dfdx's batched matmul.
     fn check(b: usize, s: usize, seed: u64) {
@@ -160,7 +262,7 @@ mod tests {
         let probe: Tensor<(usize, Const<H>, usize, usize), f64, Cpu> = dev.sample_normal_like(&(b, Const, s, s));
         let q0 = qp.clone().permute::<_, Axes4<0, 2, 1, 3>>();
         let k0 = kp.clone().permute::<_, Axes4<0, 2, 3, 1>>();
-        assert!(cpu_forward(&q0, &k0, true).is_some(), "the kernel must apply to head views");
+        assert!(cpu_forward(&q0, &k0, true, Order::Heads).is_some(), "the kernel must apply to head views");
         let run = |fast: bool| {
             let q = qp.clone().traced(Gradients::leaky()).permute::<_, Axes4<0, 2, 1, 3>>();
             let k = kp.retaped::<OwnedTape<f64, Cpu>>().permute::<_, Axes4<0, 2, 3, 1>>();
@@ -169,16 +271,46 @@ mod tests {
             let grads = (y * probe.clone()).sum().backward();
             [out, grads.get(&qp).as_vec(), grads.get(&kp).as_vec()]
         };
-        for (got, want) in run(true).into_iter().zip(run(false)) {
-            assert_eq!(got.len(), want.len());
-            for (g, w) in got.into_iter().zip(want) {
-                assert!((g - w).abs() <= 1e-10 * (1.0 + w.abs()), "{g} vs {w}");
-            }
-        }
+        assert_close(run(true), run(false));
+    }
+
+    /// Attention's second product stored heads-last: values, gradients and a `(B, S, H, HD)`
+    /// buffer the head merge reads without a copy.
+    fn check_heads_last(b: usize, s: usize, seed: u64) {
+        const H: usize = 3;
+        const HD: usize = 5;
+        let dev = Cpu::seed_from_u64(seed);
+        let w: Tensor<(usize, Const<H>, usize, usize), f64, Cpu> = dev.sample_normal_like(&(b, Const, s, s));
+        let vp: Tensor<(usize, usize, Const<H>, Const<HD>), f64, Cpu> = dev.sample_normal_like(&(b, s, Const, Const));
+        let probe: Tensor<(usize, usize, Const<H>, Const<HD>), f64, Cpu> =
+            dev.sample_normal_like(&(b, s, Const, Const));
+        let stored = batched_matmul_heads_last(w.clone(), vp.clone().permute::<_, Axes4<0, 2, 1, 3>>());
+        let (_, strides) = cpu::buffer(&stored).expect("not empty");
+        assert!(cpu::row_major(&[b, s, H, HD], &strides), "heads-last output must be dense (B, S, H, HD)");
+        let run = |fast: bool| {
+            let wt = w.clone().traced(Gradients::leaky());
+            let v = vp.retaped::<OwnedTape<f64, Cpu>>().permute::<_, Axes4<0, 2, 1, 3>>();
+            let y: Tensor<(usize, usize, Const<H>, Const<HD>), f64, Cpu, _> =
+                if fast { batched_matmul_heads_last(wt, v) } else { wt.matmul(v).permute::<_, Axes4<0, 2, 1, 3>>() };
+            let out = y.as_vec();
+            let grads = (y * probe.clone()).sum().backward();
+            [out, grads.get(&w).as_vec(), grads.get(&vp).as_vec()]
+        };
+        assert_close(run(true), run(false));
+    }
+
+    #[test]
+    fn long_sequences_split_into_row_blocks_match_dfdx() {
+        check_heads_last(1, 37, 3); // one item: several blocks of rows, the last one short
     }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(16))]
+        #[test]
+        fn heads_last_product_and_its_gradients_match_dfdx(b in 1usize..4, s in 1usize..9, seed in 0u64..1000) {
+            check_heads_last(b, s, seed);
+        }
+
         #[test]
         fn batched_matmul_and_its_gradients_match_dfdx(b in 1usize..4, s in 1usize..9, seed in 0u64..1000) {
             check(b, s, seed);

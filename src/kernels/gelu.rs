@@ -4,7 +4,7 @@
 
 use super::cpu;
 use super::exp::exp;
-use super::{cast, cast_mut, cast_ref, fast_cpu, same, with_result_grad, PER_TASK};
+use super::{cast, cast_mut, cast_ref, fast_cpu, same, simd, with_result_grad, PER_TASK};
 use crate::FloatDtype;
 use dfdx::prelude::*;
 use rayon::prelude::*;
@@ -39,9 +39,11 @@ pub(crate) fn gelu<S: Shape, E: FloatDtype, Dev: Device<E>, T: Tape<E, Dev>>(
                     let chunks =
                         grad_x.par_chunks_mut(PER_TASK).zip(grad_out.par_chunks(PER_TASK)).zip(xs.par_chunks(PER_TASK));
                     chunks.for_each(|((d, g), x)| {
-                        for ((d, &g), &v) in d.iter_mut().zip(g).zip(x) {
-                            *d += g * slope(v);
-                        }
+                        simd(|| {
+                            for ((d, &g), &v) in d.iter_mut().zip(g).zip(x) {
+                                *d += g * slope(v);
+                            }
+                        })
                     });
                     Ok(())
                 },
@@ -56,7 +58,7 @@ fn cpu_forward<S: Shape, E: FloatDtype>(x: &Tensor<S, E, Cpu>) -> Option<Tensor<
     let xs = cpu::dense(x)?;
     let mut out = vec![E::zero(); xs.len()];
     out.par_chunks_mut(PER_TASK).zip(xs.par_chunks(PER_TASK)).for_each(|(y, x)| {
-        y.iter_mut().zip(x).for_each(|(y, &v)| *y = v * normal(v).0);
+        simd(|| y.iter_mut().zip(x).for_each(|(y, &v)| *y = v * normal(v).0));
     });
     x.device().try_tensor_from_vec(out, *x.shape()).ok()
 }

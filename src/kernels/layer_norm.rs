@@ -2,8 +2,10 @@
 //! elementwise ops (mean, centre, square, mean, add, sqrt, divide, scale, shift and their
 //! broadcasts) dfdx composes it from, each with its own buffer.
 
-use super::cpu;
-use super::{cast, cast_mut, cast_ref, fast_cpu, rows_per_task, split_optional, with_result_grad};
+use super::{
+    cast, cast_mut, cast_ref, fast_cpu, rows_per_task, simd_run, split_optional, with_result_grad, Vectorized,
+};
+use super::{cpu, reduce};
 use crate::FloatDtype;
 use dfdx::prelude::*;
 use rayon::prelude::*;
@@ -80,22 +82,78 @@ fn cpu_forward<B: Dim, S: Dim, const D: usize, E: FloatDtype>(
         None => None,
     };
     let eps = E::from(eps)?;
-    let n = E::from(D)?;
     let rows = xs.len() / D;
     let (mut out, mut mean, mut rstd) = (vec![E::zero(); rows * D], vec![E::zero(); rows], vec![E::zero(); rows]);
     let rows =
         xs.par_chunks_exact(D).zip(out.par_chunks_exact_mut(D)).zip(mean.par_iter_mut().zip(rstd.par_iter_mut()));
     rows.with_min_len(rows_per_task(D)).for_each(|((row, y), (mean, rstd))| {
-        let mu = row.iter().fold(E::zero(), |acc, &v| acc + v) / n;
-        let var = row.iter().fold(E::zero(), |acc, &v| acc + (v - mu) * (v - mu)) / n;
+        (*mean, *rstd) = simd_run(NormalizeRow { row, ws, bs, eps, y });
+    });
+    let out = x.device().try_tensor_from_vec(out, *x.shape()).ok()?;
+    Some(Forward { out, mean, rstd })
+}
+
+/// Normalises one row into `y`; returns its mean and `1 / sqrt(var + eps)`.
+struct NormalizeRow<'a, E> {
+    row: &'a [E],
+    ws: &'a [E],
+    bs: Option<&'a [E]>,
+    eps: E,
+    y: &'a mut [E],
+}
+
+impl<E: FloatDtype> Vectorized for NormalizeRow<'_, E> {
+    type Output = (E, E);
+
+    #[inline(always)]
+    fn run(self) -> (E, E) {
+        let Self { row, ws, bs, eps, y } = self;
+        let n = E::from(row.len()).expect("a width is a float");
+        let mu = reduce::sum(row) / n;
+        let var = reduce::sum_squared_deviations(row, mu) / n;
         let r = (var + eps).sqrt().recip();
         for (i, (y, &v)) in y.iter_mut().zip(row).enumerate() {
             *y = (v - mu) * r * ws[i] + bs.map_or(E::zero(), |bs| bs[i]);
         }
-        (*mean, *rstd) = (mu, r);
-    });
-    let out = x.device().try_tensor_from_vec(out, *x.shape()).ok()?;
-    Some(Forward { out, mean, rstd })
+        (mu, r)
+    }
+}
+
+/// The backward pass over a block of rows: adds each row's input gradient into `dx`; returns
+/// the block's weight and bias gradients.
+struct BackwardBlock<'a, const D: usize, E> {
+    xs: &'a [E],
+    g: &'a [E],
+    dx: &'a mut [E],
+    mean: &'a [E],
+    rstd: &'a [E],
+    ws: &'a [E],
+}
+
+impl<const D: usize, E: FloatDtype> Vectorized for BackwardBlock<'_, D, E> {
+    type Output = (Vec<E>, Vec<E>);
+
+    #[inline(always)]
+    fn run(self) -> (Vec<E>, Vec<E>) {
+        let Self { xs, g, dx, mean, rstd, ws } = self;
+        let n = E::from(D).expect("a width is a float");
+        let zeros = || vec![E::zero(); D];
+        let (mut dw, mut db, mut xhat, mut gw) = (zeros(), zeros(), zeros(), zeros());
+        for (r, ((row, g), dx)) in xs.chunks_exact(D).zip(g.chunks_exact(D)).zip(dx.chunks_exact_mut(D)).enumerate() {
+            let (mean, rstd) = (mean[r], rstd[r]);
+            for i in 0..D {
+                xhat[i] = (row[i] - mean) * rstd;
+                gw[i] = g[i] * ws[i];
+                dw[i] += g[i] * xhat[i];
+                db[i] += g[i];
+            }
+            let (mean_g, mean_gx) = (reduce::sum(&gw) / n, reduce::dot(&gw, &xhat) / n);
+            for i in 0..D {
+                dx[i] += rstd * (gw[i] - mean_g - xhat[i] * mean_gx);
+            }
+        }
+        (dw, db)
+    }
 }
 
 type Inputs<'a, B, S, const D: usize, E> =
@@ -112,7 +170,6 @@ fn cpu_backward<B: Dim, S: Dim, const D: usize, E: FloatDtype>(
 ) -> Result<(), CpuError> {
     let xs = cpu::dense(x).expect("checked in the forward pass");
     let ws = cpu::dense(w).expect("checked in the forward pass");
-    let n = E::from(D).expect("a width is a float");
     let grad_x: &mut Vec<E> = grads.get_or_alloc_mut(x)?;
     // Fixed blocks of rows, each summing its own weight and bias gradients, added in block
     // order afterwards: the result does not depend on how rayon schedules the blocks.
@@ -120,26 +177,8 @@ fn cpu_backward<B: Dim, S: Dim, const D: usize, E: FloatDtype>(
     let blocks = xs.par_chunks(block).zip(grad_out.par_chunks(block)).zip(grad_x.par_chunks_mut(block)).enumerate();
     let partials: Vec<(Vec<E>, Vec<E>)> = blocks
         .map(|(b, ((xs, g), dx))| {
-            let (mut dw, mut db, mut xhat) = (vec![E::zero(); D], vec![E::zero(); D], vec![E::zero(); D]);
             let first = b * block / D;
-            for (r, ((row, g), dx)) in xs.chunks_exact(D).zip(g.chunks_exact(D)).zip(dx.chunks_exact_mut(D)).enumerate()
-            {
-                let (mean, rstd) = (mean[first + r], rstd[first + r]);
-                let (mut sum_g, mut sum_gx) = (E::zero(), E::zero());
-                for i in 0..D {
-                    xhat[i] = (row[i] - mean) * rstd;
-                    let gi = g[i] * ws[i];
-                    sum_g += gi;
-                    sum_gx += gi * xhat[i];
-                    dw[i] += g[i] * xhat[i];
-                    db[i] += g[i];
-                }
-                let (mean_g, mean_gx) = (sum_g / n, sum_gx / n);
-                for i in 0..D {
-                    dx[i] += rstd * (g[i] * ws[i] - mean_g - xhat[i] * mean_gx);
-                }
-            }
-            (dw, db)
+            simd_run(BackwardBlock::<D, E> { xs, g, dx, mean: &mean[first..], rstd: &rstd[first..], ws })
         })
         .collect();
     let (mut dw, mut db) = (vec![E::zero(); D], vec![E::zero(); D]);

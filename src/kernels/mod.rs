@@ -10,15 +10,18 @@
 //! `exp` ([`exp`]). The choice is made per call from the types, so the typed API does not change
 //! and generic code needs no new bounds.
 
+mod add;
 mod batched;
 mod cpu;
 mod exp;
 mod gelu;
 mod layer_norm;
 mod matmul;
+mod reduce;
 mod softmax;
 
-pub(crate) use batched::batched_matmul;
+pub(crate) use add::add;
+pub(crate) use batched::{batched_matmul, batched_matmul_heads_last};
 pub(crate) use gelu::gelu;
 pub(crate) use layer_norm::layer_norm;
 pub(crate) use matmul::affine;
@@ -109,6 +112,40 @@ const PER_TASK: usize = 1 << 16;
 /// Rows of `width` elements per rayon task (at least one).
 fn rows_per_task(width: usize) -> usize {
     (PER_TASK / width.max(1)).max(1)
+}
+
+/// Runs `f` compiled for the widest SIMD instruction set this CPU has (AVX-512, else AVX2 with
+/// FMA, on x86-64; detected at run time), rather than the baseline SSE2 the crate is built for:
+/// the loops of the fused kernels are inlined into it and vectorise 16 lanes wide. Call it
+/// around a loop, not per element. The compiler may leave a large closure out of line (then
+/// compiled for the baseline): large bodies implement [`Vectorized`] and go through [`simd_run`].
+#[inline(always)]
+fn simd<R>(f: impl FnOnce() -> R) -> R {
+    pulp::Arch::new().dispatch(f)
+}
+
+/// A loop body for [`simd_run`]; implementations mark `run` `#[inline(always)]`, which makes it
+/// part of the code compiled for the chosen instruction set whatever its size.
+trait Vectorized {
+    type Output;
+    fn run(self) -> Self::Output;
+}
+
+struct Dispatch<K>(K);
+
+impl<K: Vectorized> pulp::WithSimd for Dispatch<K> {
+    type Output = K::Output;
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) -> K::Output {
+        self.0.run()
+    }
+}
+
+/// [`simd`] for a body that must be inlined into the dispatched code.
+#[inline(always)]
+fn simd_run<K: Vectorized>(body: K) -> K::Output {
+    pulp::Arch::new().dispatch(Dispatch(body))
 }
 
 /// Whether the fast CPU kernels run for this dtype and device.

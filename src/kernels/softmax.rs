@@ -2,9 +2,9 @@
 //! backward, in place of dfdx's scale, broadcast-add and five-op softmax (max, subtract, exp,
 //! sum, divide), each with its own buffer of `B x H x Sq x Sk`.
 
-use super::cpu;
 use super::exp::exp;
-use super::{cast, cast_mut, cast_ref, fast_cpu, rows_per_task, with_result_grad};
+use super::{cast, cast_mut, cast_ref, fast_cpu, rows_per_task, simd_run, with_result_grad, Vectorized};
+use super::{cpu, reduce};
 use crate::FloatDtype;
 use dfdx::prelude::*;
 use rayon::prelude::*;
@@ -92,27 +92,61 @@ fn cpu_forward<B: Dim, const H: usize, Sq: Dim, Sk: Dim, E: FloatDtype>(
             let (item, query) = (r / (H * sq), r % sq);
             &bias[(item * sq + query) * sk..][..sk]
         });
+        simd_run(SoftmaxRow { x, mask, scale, y })
+    });
+    scores.device().try_tensor_from_vec(out, *scores.shape()).ok()
+}
+
+/// `y = softmax(scale x + mask)` for one row.
+struct SoftmaxRow<'a, E> {
+    x: &'a [E],
+    mask: Option<&'a [E]>,
+    scale: E,
+    y: &'a mut [E],
+}
+
+impl<E: FloatDtype> Vectorized for SoftmaxRow<'_, E> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let Self { x, mask, scale, y } = self;
         for (k, y) in y.iter_mut().enumerate() {
             *y = x[k] * scale + mask.map_or(E::zero(), |m| m[k]);
         }
-        let max = y.iter().fold(E::neg_infinity(), |m, &v| m.max(v));
+        let max = reduce::max(y);
         y.iter_mut().for_each(|y| *y = exp(*y - max)); // one SIMD loop; the sum apart
-        let inv = y.iter().fold(E::zero(), |acc, &v| acc + v).recip();
+        let inv = reduce::sum(y).recip();
         y.iter_mut().for_each(|y| *y *= inv);
-    });
-    scores.device().try_tensor_from_vec(out, *scores.shape()).ok()
+    }
+}
+
+/// `d += scale * y * (g - Σ g y)` for one row.
+struct SoftmaxBackwardRow<'a, E> {
+    y: &'a [E],
+    g: &'a [E],
+    scale: E,
+    d: &'a mut [E],
+}
+
+impl<E: FloatDtype> Vectorized for SoftmaxBackwardRow<'_, E> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let Self { y, g, scale, d } = self;
+        let dot = reduce::dot(y, g);
+        for ((d, &y), &g) in d.iter_mut().zip(y).zip(g) {
+            *d += scale * y * (g - dot);
+        }
+    }
 }
 
 /// `dscores += scale * y * (g - Σ g y)` for each row of `y` (the softmax weights).
 fn backward_rows<E: FloatDtype>(y: &[E], g: &[E], grad_scores: &mut [E], rows: usize, scale: E) {
     let width = y.len() / rows.max(1);
     let rows = y.par_chunks_exact(width).zip(g.par_chunks_exact(width)).zip(grad_scores.par_chunks_exact_mut(width));
-    rows.with_min_len(rows_per_task(width)).for_each(|((y, g), d)| {
-        let dot = y.iter().zip(g).fold(E::zero(), |acc, (&y, &g)| acc + y * g);
-        for k in 0..width {
-            d[k] += scale * y[k] * (g[k] - dot);
-        }
-    });
+    rows.with_min_len(rows_per_task(width)).for_each(|((y, g), d)| simd_run(SoftmaxBackwardRow { y, g, scale, d }));
 }
 
 #[cfg(test)]

@@ -45,7 +45,8 @@ where
     T: Tape<E, Dev>,
 {
     let weights = dropout_when_training(attention_weights(q, k, bias), dropout_p);
-    crate::kernels::batched_matmul(weights, v) // (B, H, Sq, Sk) x (B, H, Sk, HD)
+    // (B, H, Sq, Sk) x (B, H, Sk, HD), stored (B, Sq, H, HD): the heads' merge reads it in place.
+    crate::kernels::batched_matmul_heads_last(weights, v).permute::<_, Axes4<0, 2, 1, 3>>()
 }
 
 /// A projection from width `D` into `H` heads of width `HD`: `(B, S, D) -> (B, H, S, HD)`.
@@ -141,6 +142,8 @@ impl<const H: usize, const HD: usize, const D: usize, E: FloatDtype, Dev: Device
         x: Heads<B, H, S, HD, E, Dev, T>,
     ) -> Hidden<B, S, D, E, Dev, T> {
         let (b, _, s, _) = *x.shape();
+        // No copy when the heads are stored (B, S, H, HD), as `scaled_dot_product_attention`
+        // returns them on the CPU; a copy otherwise.
         let x = x.permute::<_, Axes4<0, 2, 1, 3>>().reshape_like(&(b, s, H * HD)); // (B, S, H*HD)
         let w = self.weight.retaped::<T>().reshape_like(&(H * HD, Const::<D>)); // (H*HD, D)
         project::<Bias, _, _, _, _, _, _, _>(x, w, Some(self.bias.retaped::<T>()))

@@ -64,10 +64,10 @@ where
     let (x, tape) = x.split_tape();
     if N::PRE {
         let y = sublayer(norm.forward(x.clone().put_tape(tape)))?;
-        Ok(dropout_when_training(y, dropout_p) + x)
+        Ok(crate::kernels::add(dropout_when_training(y, dropout_p), x))
     } else {
         let y = sublayer(x.clone().put_tape(tape))?;
-        Ok(norm.forward(dropout_when_training(y, dropout_p) + x))
+        Ok(norm.forward(crate::kernels::add(dropout_when_training(y, dropout_p), x)))
     }
 }
 
