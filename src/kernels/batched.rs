@@ -202,26 +202,67 @@ fn cpu_backward<B: Dim, H: Dim, M: Dim, K: Dim, N: Dim, E: FloatDtype>(
     grads: &mut Gradients<E, Cpu>,
 ) -> Result<(), CpuError> {
     let (am, bm) = (matrices(a).expect("checked forward"), matrices(b).expect("checked forward"));
-    let (m, k, n) = (am.layout.rows, am.layout.cols, bm.layout.cols);
+    let (m, n) = (am.layout.rows, bm.layout.cols);
     let heads = a.shape().1.size();
     let (_, g_layout) = placed(order, 0, heads, m, n);
     let g = |i: usize| &grad_out[placed(order, i, heads, m, n).0..];
-    let dense_a = Layout { rows: m, cols: k, strides: [k, 1] };
-    let dense_b = Layout { rows: k, cols: n, strides: [n, 1] };
-    let mut da = vec![E::zero(); am.offsets.len() * m * k];
-    let mut db = vec![E::zero(); bm.offsets.len() * k * n];
-    let ok_a = da
-        .par_chunks_mut((m * k).max(1))
-        .enumerate()
-        .all(|(i, dst)| cpu::gemm(dst, dense_a, false, g(i), g_layout, bm.get(i), bm.layout.t(), Threads::Caller));
-    let ok_b = db
-        .par_chunks_mut((k * n).max(1))
-        .enumerate()
-        .all(|(i, dst)| cpu::gemm(dst, dense_b, false, am.get(i), am.layout.t(), g(i), g_layout, Threads::Caller));
+    let items = a.shape().0.size();
+    let ok_a = add_products(grads.get_or_alloc_mut(a)?, &am, items, |i, dst, layout, accumulate| {
+        cpu::gemm(dst, layout, accumulate, g(i), g_layout, bm.get(i), bm.layout.t(), Threads::Caller)
+    });
+    let ok_b = add_products(grads.get_or_alloc_mut(b)?, &bm, items, |i, dst, layout, accumulate| {
+        cpu::gemm(dst, layout, accumulate, am.get(i), am.layout.t(), g(i), g_layout, Threads::Caller)
+    });
     assert!(ok_a && ok_b, "batched matmul backward: layouts checked in the forward pass");
-    scatter_add(grads.get_or_alloc_mut(a)?, &am.offsets, am.layout, &da);
-    scatter_add(grads.get_or_alloc_mut(b)?, &bm.offsets, bm.layout, &db);
     Ok(())
+}
+
+/// `grad += product(i)` for every matrix `i` of a view of `items` batch items, into the view's
+/// gradient (laid out as the view). `product(i, dst, layout, accumulate)` computes matrix `i` into
+/// `dst` through `layout`, adding to it when `accumulate`. With an item per thread or more, and
+/// each item's matrices inside its own block of the buffer (heads split out of a projection, or
+/// a dense product), each task adds one item's products in place; otherwise they go to dense
+/// buffers, one matrix per task, and are added through the strides afterwards.
+fn add_products<E: FloatDtype>(
+    grad: &mut [E],
+    view: &Matrices<'_, E>,
+    items: usize,
+    product: impl Fn(usize, &mut [E], Layout, bool) -> bool + Sync,
+) -> bool {
+    let heads = view.offsets.len() / items.max(1);
+    let layout = view.layout;
+    // The gradient covers every element the view reaches, so every item has its block.
+    if items >= rayon::current_num_threads() && grad.len() >= view.data.len() {
+        if let Some(stride) = item_blocks(view, items, heads) {
+            return grad.par_chunks_mut(stride).take(items).enumerate().all(|(item, block)| {
+                let first = item * heads;
+                (first..first + heads)
+                    .all(|i| product(i, &mut block[view.offsets[i] - view.offsets[first]..], layout, true))
+            });
+        }
+    }
+    let (rows, cols) = (layout.rows, layout.cols);
+    let dense = Layout { rows, cols, strides: [cols, 1] };
+    let mut products = vec![E::zero(); view.offsets.len() * rows * cols];
+    let ok = products.par_chunks_mut((rows * cols).max(1)).enumerate().all(|(i, dst)| product(i, dst, dense, false));
+    if ok {
+        scatter_add(grad, &view.offsets, layout, &products);
+    }
+    ok
+}
+
+/// The distance from one batch item's matrices to the next's, when every item's matrices lie
+/// within that distance of its first (so items are disjoint blocks of the buffer); `None` for a
+/// single item or interleaved items.
+fn item_blocks<E>(view: &Matrices<'_, E>, items: usize, heads: usize) -> Option<usize> {
+    if items < 2 || heads == 0 || view.offsets[0] != 0 {
+        return None;
+    }
+    let stride = view.offsets[heads];
+    let extent = view.layout.extent()?;
+    let reach = view.offsets[..heads].iter().map(|&o| o + extent).max()?;
+    let regular = view.offsets.iter().enumerate().all(|(i, &o)| o == (i / heads) * stride + view.offsets[i % heads]);
+    (stride > 0 && reach <= stride && regular).then_some(stride)
 }
 
 /// Adds dense matrices `src` into `dst` at `offsets`, through `layout`'s strides.
@@ -315,6 +356,22 @@ mod tests {
         fn batched_matmul_and_its_gradients_match_dfdx(b in 1usize..4, s in 1usize..9, seed in 0u64..1000) {
             check(b, s, seed);
         }
+    }
+
+    #[test]
+    fn items_are_blocks_for_head_views_but_not_when_interleaved() {
+        let dev = Cpu::default();
+        // Heads split out of a (B, S, H*HD) projection: each item's heads inside its own block.
+        let proj: Tensor<(usize, usize, Const<3>, Const<5>), f32, Cpu> = dev.zeros_like(&(4, 7, Const, Const));
+        let heads = proj.permute::<_, Axes4<0, 2, 1, 3>>();
+        assert_eq!(item_blocks(&matrices(&heads).unwrap(), 4, 3), Some(7 * 3 * 5));
+        // Items interleaved inside every head: (H, B, R, C) viewed as (B, H, R, C).
+        let t: Tensor<(Const<3>, usize, usize, usize), f32, Cpu> = dev.zeros_like(&(Const, 4, 2, 2));
+        let interleaved = t.permute::<_, Axes4<1, 0, 2, 3>>();
+        assert_eq!(item_blocks(&matrices(&interleaved).unwrap(), 4, 3), None);
+        // One item: nothing to split.
+        let one: Tensor<(usize, Const<3>, usize, usize), f32, Cpu> = dev.zeros_like(&(1, Const, 2, 2));
+        assert_eq!(item_blocks(&matrices(&one).unwrap(), 1, 3), None);
     }
 
     #[test]

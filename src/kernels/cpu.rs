@@ -81,7 +81,7 @@ impl Layout {
     }
 
     /// One past the largest offset the view touches (0 for an empty view).
-    fn extent(self) -> Option<usize> {
+    pub fn extent(self) -> Option<usize> {
         if self.rows == 0 || self.cols == 0 {
             return Some(0);
         }
