@@ -76,9 +76,10 @@ fn placed(order: Order, i: usize, h: usize, m: usize, n: usize) -> (usize, Layou
 
 type Untaped<B, H, M, N, E, Dev> = Batch<B, H, M, N, E, Dev>;
 
-/// The product on the CPU kernels, its buffer in `order` but its tensor typed (and, for
-/// [`Order::Rows`], laid out as dfdx would read it) `(B, H, M, N)` until the caller reshapes
-/// it; or the inputs back, tapes restored, where the kernel does not apply.
+/// The product on the CPU kernels, its buffer in `order`, typed `(B, H, M, N)` with that
+/// shape's dense strides: for [`Order::Rows`] those misdescribe the buffer, and the caller must
+/// reshape it to `(B, M, H, N)` before anything reads it. Or the inputs back, tapes restored,
+/// where the kernel does not apply.
 #[allow(clippy::type_complexity)]
 fn fast<B: Dim, H: Dim, M: Dim, K: Dim, N: Dim, E: FloatDtype, Dev: Device<E>, T: Tape<E, Dev>>(
     a: Batch<B, H, M, K, E, Dev, T>,
@@ -154,6 +155,12 @@ fn cpu_forward<B: Dim, H: Dim, M: Dim, K: Dim, N: Dim, E: FloatDtype>(
     traced: bool,
     order: Order,
 ) -> Option<Batch<B, H, M, N, E, Cpu>> {
+    let (a_items, a_heads, ..) = *a.shape();
+    let (b_items, b_heads, ..) = *b.shape();
+    // dfdx's own product reports a mismatch of the run-time batch or head counts.
+    if a_items.size() != b_items.size() || a_heads.size() != b_heads.size() {
+        return None;
+    }
     if traced && !(injective(a) && injective(b)) {
         return None;
     }
@@ -295,6 +302,16 @@ mod tests {
     /// As attention uses it: queries and keys split out of a `(B, S, H*HD)` projection (views),
     /// keys transposed; product and both gradients against dfdx's batched matmul.
     fn check(b: usize, s: usize, seed: u64) {
+        in_two_threads(|| check_products(b, s, seed));
+    }
+
+    /// Runs `f` in a pool of two threads, so the paths chosen by thread count (gradients added
+    /// in place with a batch item per thread, blocks of rows) are the same on every machine.
+    fn in_two_threads(f: impl FnOnce() + Send) {
+        rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("a thread pool").install(f);
+    }
+
+    fn check_products(b: usize, s: usize, seed: u64) {
         const H: usize = 3;
         const HD: usize = 5;
         let dev = Cpu::seed_from_u64(seed);
@@ -318,6 +335,10 @@ mod tests {
     /// Attention's second product stored heads-last: values, gradients and a `(B, S, H, HD)`
     /// buffer the head merge reads without a copy.
     fn check_heads_last(b: usize, s: usize, seed: u64) {
+        in_two_threads(|| check_heads_last_products(b, s, seed));
+    }
+
+    fn check_heads_last_products(b: usize, s: usize, seed: u64) {
         const H: usize = 3;
         const HD: usize = 5;
         let dev = Cpu::seed_from_u64(seed);
@@ -372,6 +393,16 @@ mod tests {
         // One item: nothing to split.
         let one: Tensor<(usize, Const<3>, usize, usize), f32, Cpu> = dev.zeros_like(&(1, Const, 2, 2));
         assert_eq!(item_blocks(&matrices(&one).unwrap(), 1, 3), None);
+    }
+
+    #[test]
+    fn mismatched_batch_or_head_counts_are_left_to_dfdx() {
+        let dev = Cpu::default();
+        let a: Tensor<(usize, usize, usize, usize), f32, Cpu> = dev.zeros_like(&(2, 3, 4, 5));
+        let b: Tensor<(usize, usize, usize, usize), f32, Cpu> = dev.zeros_like(&(3, 3, 5, 6));
+        let c: Tensor<(usize, usize, usize, usize), f32, Cpu> = dev.zeros_like(&(2, 2, 5, 6));
+        assert!(cpu_forward(&a, &b, false, Order::Rows).is_none(), "batch 2 against batch 3");
+        assert!(cpu_forward(&a, &c, false, Order::Heads).is_none(), "3 heads against 2");
     }
 
     #[test]

@@ -116,7 +116,7 @@ fn rows_per_task(width: usize) -> usize {
 
 /// Runs `f` compiled for the widest SIMD instruction set this CPU has (AVX-512, else AVX2 with
 /// FMA, on x86-64; detected at run time), rather than the baseline SSE2 the crate is built for:
-/// the loops of the fused kernels are inlined into it and vectorise 16 lanes wide. Call it
+/// the loops of the fused kernels are inlined into it and vectorise (16 f32 lanes with AVX-512). Call it
 /// around a loop, not per element. The compiler may leave a large closure out of line (then
 /// compiled for the baseline): large bodies implement [`Vectorized`] and go through [`simd_run`].
 #[inline(always)]

@@ -143,7 +143,7 @@ impl<const H: usize, const HD: usize, const D: usize, E: FloatDtype, Dev: Device
     ) -> Hidden<B, S, D, E, Dev, T> {
         let (b, _, s, _) = *x.shape();
         // No copy when the heads are stored (B, S, H, HD), as `scaled_dot_product_attention`
-        // returns them on the CPU; a copy otherwise.
+        // returns them from the CPU kernels (f32, f64); a copy otherwise.
         let x = x.permute::<_, Axes4<0, 2, 1, 3>>().reshape_like(&(b, s, H * HD)); // (B, S, H*HD)
         let w = self.weight.retaped::<T>().reshape_like(&(H * HD, Const::<D>)); // (H*HD, D)
         project::<Bias, _, _, _, _, _, _, _>(x, w, Some(self.bias.retaped::<T>()))
