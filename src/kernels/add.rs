@@ -61,8 +61,8 @@ fn cpu_forward<S: Shape, E: FloatDtype>(a: &Tensor<S, E, Cpu>, b: &Tensor<S, E, 
     a.device().try_tensor_from_vec(out, *a.shape()).ok()
 }
 
-/// `dst += src`.
-fn accumulate<E: FloatDtype>(dst: &mut [E], src: &[E]) {
+/// `dst += src` (in parallel tasks when long).
+pub(super) fn accumulate<E: FloatDtype>(dst: &mut [E], src: &[E]) {
     dst.par_chunks_mut(PER_TASK).zip(src.par_chunks(PER_TASK)).for_each(|(d, s)| {
         simd(|| {
             for (d, &s) in d.iter_mut().zip(s) {

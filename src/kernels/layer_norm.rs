@@ -2,6 +2,7 @@
 //! elementwise ops (mean, centre, square, mean, add, sqrt, divide, scale, shift and their
 //! broadcasts) dfdx composes it from, each with its own buffer.
 
+use super::add::accumulate;
 use super::{
     cast, cast_mut, cast_ref, fast_cpu, rows_per_task, simd_run, split_optional, with_result_grad, Vectorized,
 };
@@ -183,18 +184,14 @@ fn cpu_backward<B: Dim, S: Dim, const D: usize, E: FloatDtype>(
         .collect();
     let (mut dw, mut db) = (vec![E::zero(); D], vec![E::zero(); D]);
     for (pw, pb) in &partials {
-        add(&mut dw, pw);
-        add(&mut db, pb);
+        accumulate(&mut dw, pw);
+        accumulate(&mut db, pb);
     }
-    add(grads.get_or_alloc_mut(w)?, &dw);
+    accumulate(grads.get_or_alloc_mut(w)?, &dw);
     if let Some(b) = b {
-        add(grads.get_or_alloc_mut(b)?, &db);
+        accumulate(grads.get_or_alloc_mut(b)?, &db);
     }
     Ok(())
-}
-
-fn add<E: FloatDtype>(dst: &mut [E], src: &[E]) {
-    dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
 }
 
 #[cfg(test)]
