@@ -136,21 +136,20 @@ impl<E> Shared<E> {
 
 /// How many blocks of columns to split a pool product into, each computed on one thread.
 ///
-/// For a row-major destination gemm transposes the problem, so a right operand stored
-/// transposed (read through a permuted view: a tied embedding table in the logits, projection
-/// weights in the backward pass's input gradient) becomes a left operand it must repack, and
-/// with few destination rows it repacks all of it on one thread before its threads start. With
-/// the projection weights stored (out, in), that left one core idle for a third of the d-512
-/// encoder's forward pass (128 rows); blocks of columns repack their own part on their own
-/// thread (encoder forward 1.2x then). Other products keep gemm's threading, which is as fast
-/// or faster for them.
-fn column_blocks(m: usize, k: usize, n: usize, dst: Layout, rhs: Layout) -> usize {
+/// For a row-major destination gemm transposes the problem, so the right operand (projection
+/// weights, a tied embedding table) becomes the left one, which it repacks in panels. With few
+/// destination rows (tokens) gemm's threads split the work along the rows, so every thread
+/// repacks the whole weight matrix; with a transposed right operand it even repacks all of it on
+/// one thread before the others start. Blocks of columns make each thread repack only its own
+/// share of the weights: d-512 encoder forward (128 rows) 1.15x, encoder layer 1.04-1.09x,
+/// attention 1.07x against gemm's threading in alternating runs. Products with many rows keep
+/// gemm's threading, which splits them without repeating work.
+fn column_blocks(m: usize, k: usize, n: usize, dst: Layout) -> usize {
     const FEW_ROWS: usize = 256;
     const MIN_COLS_PER_BLOCK: usize = 64;
     const MIN_WORK: usize = 1 << 20; // multiply-adds below which a thread hand-off costs more
-    let repacked_serially = dst.strides[1] == 1 && rhs.strides[1] != 1 && m <= FEW_ROWS;
     let threads = rayon::current_num_threads();
-    if !repacked_serially || threads < 2 || m.saturating_mul(k).saturating_mul(n) < MIN_WORK {
+    if dst.strides[1] != 1 || m > FEW_ROWS || threads < 2 || m.saturating_mul(k).saturating_mul(n) < MIN_WORK {
         return 1;
     }
     threads.min(n / MIN_COLS_PER_BLOCK).max(1)
@@ -214,7 +213,7 @@ pub(crate) fn gemm<E: num_traits::Float + 'static>(
     let s = |x: usize| x as isize; // checked above: every stride fits in isize
     let parts = match threads {
         Threads::Caller => 1,
-        Threads::Pool => column_blocks(m, k, n, dst_layout, rhs_layout),
+        Threads::Pool => column_blocks(m, k, n, dst_layout),
     };
     let (block, parts) = split_columns(n, parts);
     let (dst_at, lhs_at, rhs_at) =
@@ -311,28 +310,25 @@ mod tests {
 
     #[test]
     fn column_blocks_cover_every_column_once() {
-        // Few rows and a right operand stored transposed: the product is split into column
-        // blocks (n odd, so the last block is shorter); the result must match the naive one.
+        // Few rows: the product is split into column blocks (n odd, so the last block is
+        // shorter), with the right operand stored transposed or row-major; the result must match
+        // the naive one.
         let (m, k, n) = (9, 512, 301);
         assert!(
-            column_blocks(
-                m,
-                k,
-                n,
-                Layout { rows: m, cols: n, strides: [n, 1] },
-                Layout { rows: k, cols: n, strides: [1, k] }
-            ) > 1
+            column_blocks(m, k, n, Layout { rows: m, cols: n, strides: [n, 1] }) > 1
                 || rayon::current_num_threads() < 2
         );
         let a: Vec<f64> = (0..m * k).map(|i| (i as f64 * 0.37).sin()).collect();
         let b: Vec<f64> = (0..k * n).map(|i| (i as f64 * 0.11).cos()).collect();
-        let (al, bl) = (Layout { rows: m, cols: k, strides: [k, 1] }, Layout { rows: k, cols: n, strides: [1, k] });
-        let want = naive(&a, al, &b, bl);
-        let dl = Layout { rows: m, cols: n, strides: [n, 1] };
-        let mut dst = vec![0.5; m * n];
-        assert!(gemm(&mut dst, dl, true, &a, al, &b, bl, Threads::Pool));
-        for (x, y) in dst.iter().zip(&want) {
-            assert!((x - 0.5 - y).abs() < 1e-9, "{x} vs {y} + 0.5");
+        let al = Layout { rows: m, cols: k, strides: [k, 1] };
+        for bl in [Layout { rows: k, cols: n, strides: [1, k] }, Layout { rows: k, cols: n, strides: [n, 1] }] {
+            let want = naive(&a, al, &b, bl);
+            let dl = Layout { rows: m, cols: n, strides: [n, 1] };
+            let mut dst = vec![0.5; m * n];
+            assert!(gemm(&mut dst, dl, true, &a, al, &b, bl, Threads::Pool));
+            for (x, y) in dst.iter().zip(&want) {
+                assert!((x - 0.5 - y).abs() < 1e-9, "{x} vs {y} + 0.5 ({bl:?})");
+            }
         }
     }
 
