@@ -181,6 +181,108 @@ pub(crate) enum Threads {
     Caller,
 }
 
+/// One product `dst (+)= lhs x rhs` on strided views: `dst` is overwritten, or added to when
+/// `accumulate`.
+pub(crate) struct Product<'a, E> {
+    pub dst: &'a mut [E],
+    pub dst_layout: Layout,
+    pub accumulate: bool,
+    pub lhs: &'a [E],
+    pub lhs_layout: Layout,
+    pub rhs: &'a [E],
+    pub rhs_layout: Layout,
+}
+
+impl<E: num_traits::Float + 'static> Product<'_, E> {
+    /// Whether gemm may run it: a supported dtype, shapes that agree, views inside their
+    /// slices, and a destination whose elements have distinct addresses.
+    fn valid(&self) -> bool {
+        let (l, r, d) = (self.lhs_layout, self.rhs_layout, self.dst_layout);
+        supports::<E>()
+            && r.rows == l.cols
+            && d.rows == l.rows
+            && d.cols == r.cols
+            && d.fits(self.dst.len())
+            && d.injective()
+            && l.fits(self.lhs.len())
+            && r.fits(self.rhs.len())
+    }
+
+    /// `k == 0`: the product is zero, so only an overwritten destination changes.
+    fn write_empty_sum(&mut self) {
+        if !self.accumulate {
+            let [rs, cs] = self.dst_layout.strides;
+            for i in 0..self.dst_layout.rows {
+                for j in 0..self.dst_layout.cols {
+                    self.dst[i * rs + j * cs] = E::zero();
+                }
+            }
+        }
+    }
+}
+
+/// Raw addresses of one valid [`Product`], which its column blocks share across threads.
+#[derive(Clone, Copy)]
+struct Operands<E> {
+    dst: Shared<E>,
+    lhs: Shared<E>,
+    rhs: Shared<E>,
+    dst_layout: Layout,
+    lhs_layout: Layout,
+    rhs_layout: Layout,
+    accumulate: bool,
+}
+
+impl<E: num_traits::Float + 'static> Operands<E> {
+    fn of(p: &mut Product<'_, E>) -> Self {
+        Operands {
+            dst: Shared(p.dst.as_mut_ptr()),
+            lhs: Shared(p.lhs.as_ptr().cast_mut()),
+            rhs: Shared(p.rhs.as_ptr().cast_mut()),
+            dst_layout: p.dst_layout,
+            lhs_layout: p.lhs_layout,
+            rhs_layout: p.rhs_layout,
+            accumulate: p.accumulate,
+        }
+    }
+
+    /// Columns `first_col..first_col + cols` of the product.
+    fn columns(self, first_col: usize, cols: usize, parallelism: gemm::Parallelism) {
+        let s = |x: usize| x as isize; // checked by `Product::valid`: every stride fits in isize
+        let (m, k) = (self.lhs_layout.rows, self.lhs_layout.cols);
+        // SAFETY: `Product::valid` held for the product these addresses come from, which is
+        // still borrowed: `E` is f32/f64, which `gemm::gemm` implements; every offset the product
+        // reads or writes is below the slice lengths (a block of columns reaches no further than
+        // all of them); `dst` is a unique borrow whose elements have distinct addresses, so
+        // neither gemm's threads nor the column blocks (disjoint sets of elements) write one
+        // address twice; `lhs`/`rhs` are only read.
+        #[allow(unsafe_code)]
+        unsafe {
+            gemm::gemm(
+                m,
+                cols,
+                k,
+                self.dst.offset(first_col * self.dst_layout.strides[1]),
+                s(self.dst_layout.strides[1]),
+                s(self.dst_layout.strides[0]),
+                self.accumulate,
+                self.lhs.offset(0),
+                s(self.lhs_layout.strides[1]),
+                s(self.lhs_layout.strides[0]),
+                self.rhs.offset(first_col * self.rhs_layout.strides[1]),
+                s(self.rhs_layout.strides[1]),
+                s(self.rhs_layout.strides[0]),
+                E::one(),
+                E::one(),
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+    }
+}
+
 /// `dst (+)= lhs x rhs` on strided views, on the rayon pool or the calling thread: `dst` is
 /// overwritten, or added to when `accumulate`. Returns `false`, touching nothing, when the dtype is not
 /// supported, the shapes disagree, a view reaches outside its slice or `dst` overlaps itself.
@@ -195,77 +297,46 @@ pub(crate) fn gemm<E: num_traits::Float + 'static>(
     rhs_layout: Layout,
     threads: Threads,
 ) -> bool {
-    let (m, k, n) = (lhs_layout.rows, lhs_layout.cols, rhs_layout.cols);
-    let shapes_agree = rhs_layout.rows == k && dst_layout.rows == m && dst_layout.cols == n;
-    if !supports::<E>()
-        || !shapes_agree
-        || !dst_layout.fits(dst.len())
-        || !dst_layout.injective()
-        || !lhs_layout.fits(lhs.len())
-        || !rhs_layout.fits(rhs.len())
-    {
+    gemm_all(&mut [Product { dst, dst_layout, accumulate, lhs, lhs_layout, rhs, rhs_layout }], threads)
+}
+
+/// Several independent products (distinct destinations) as one parallel pass: the column blocks
+/// of all of them are spread over the pool together, so the Q/K/V projections of one input cost
+/// one hand-off to the threads instead of three. Products with many rows run one after another
+/// on gemm's own threading. Returns `false`, touching nothing, unless every product is valid
+/// (see [`gemm`]).
+pub(crate) fn gemm_all<E: num_traits::Float + 'static>(products: &mut [Product<'_, E>], threads: Threads) -> bool {
+    if !products.iter().all(Product::valid) {
         return false;
     }
-    if m == 0 || n == 0 {
-        return true;
-    }
-    if k == 0 {
-        if !accumulate {
-            for i in 0..m {
-                for j in 0..n {
-                    dst[i * dst_layout.strides[0] + j * dst_layout.strides[1]] = E::zero();
+    let mut blocks = Vec::new(); // (operands, first column, columns) run together on the pool
+    for p in products.iter_mut() {
+        let (m, k, n) = (p.lhs_layout.rows, p.lhs_layout.cols, p.rhs_layout.cols);
+        if m == 0 || n == 0 {
+            continue;
+        }
+        if k == 0 {
+            p.write_empty_sum();
+            continue;
+        }
+        let operands = Operands::of(p);
+        match threads {
+            Threads::Caller => operands.columns(0, n, gemm::Parallelism::None),
+            Threads::Pool => {
+                let (width, count) = split_columns(n, column_blocks(m, k, n, p.dst_layout));
+                if count == 1 {
+                    operands.columns(0, n, gemm::Parallelism::Rayon(0));
+                } else {
+                    blocks.extend((0..count).map(|b| (operands, b * width, width.min(n - b * width))));
                 }
             }
         }
-        return true;
     }
-    let s = |x: usize| x as isize; // checked above: every stride fits in isize
-    let parts = match threads {
-        Threads::Caller => 1,
-        Threads::Pool => column_blocks(m, k, n, dst_layout),
-    };
-    let (block, parts) = split_columns(n, parts);
-    let (dst_at, lhs_at, rhs_at) =
-        (Shared(dst.as_mut_ptr()), Shared(lhs.as_ptr().cast_mut()), Shared(rhs.as_ptr().cast_mut()));
-    let product = |first_col: usize, parallelism: gemm::Parallelism| {
-        let cols = block.min(n - first_col);
-        // SAFETY: `supports` restricts `E` to f32/f64, which `gemm::gemm` implements. Every offset
-        // the product reads or writes is below the slice lengths (`fits`; a block of columns
-        // reaches no further than all of them), `dst` is a unique borrow whose elements have
-        // distinct addresses (`injective`), so neither gemm's threads nor the column blocks
-        // (disjoint sets of elements) write one address twice, and `lhs`/`rhs` are only read.
-        #[allow(unsafe_code)]
-        unsafe {
-            gemm::gemm(
-                m,
-                cols,
-                k,
-                dst_at.offset(first_col * dst_layout.strides[1]),
-                s(dst_layout.strides[1]),
-                s(dst_layout.strides[0]),
-                accumulate,
-                lhs_at.offset(0),
-                s(lhs_layout.strides[1]),
-                s(lhs_layout.strides[0]),
-                rhs_at.offset(first_col * rhs_layout.strides[1]),
-                s(rhs_layout.strides[1]),
-                s(rhs_layout.strides[0]),
-                E::one(),
-                E::one(),
-                false,
-                false,
-                false,
-                parallelism,
-            );
-        }
-    };
-    match (threads, parts) {
-        (Threads::Caller, _) => product(0, gemm::Parallelism::None),
-        (Threads::Pool, 1) => product(0, gemm::Parallelism::Rayon(0)),
-        (Threads::Pool, _) => {
-            use rayon::prelude::*;
-            (0..parts).into_par_iter().for_each(|p| product(p * block, gemm::Parallelism::None));
-        }
+    if !blocks.is_empty() {
+        use rayon::prelude::*;
+        blocks
+            .into_par_iter()
+            .for_each(|(operands, first, cols)| operands.columns(first, cols, gemm::Parallelism::None));
     }
     true
 }
@@ -339,6 +410,80 @@ mod tests {
                 assert!((x - 0.5 - y).abs() < 1e-9, "{x} vs {y} + 0.5 ({bl:?})");
             }
         }
+    }
+
+    #[test]
+    fn products_run_together_match_each_alone_and_an_invalid_one_stops_all() {
+        // Three products of one left operand (few rows, so their column blocks share one pass),
+        // one with many rows (gemm's threading) and one with k = 0.
+        let lhs = |m: usize, k: usize| -> Vec<f64> { (0..m * k).map(|i| (i as f64 * 0.37).sin()).collect() };
+        let rhs = |k: usize, n: usize, seed: f64| -> Vec<f64> { (0..k * n).map(|i| (i as f64 * seed).cos()).collect() };
+        let shapes = [(16, 512, 300), (16, 512, 200), (16, 512, 130), (900, 40, 70), (5, 0, 3)];
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("a thread pool");
+        assert!(shapes[..3].iter().all(|&(m, k, n)| pool.install(|| column_blocks(
+            m,
+            k,
+            n,
+            Layout { rows: m, cols: n, strides: [n, 1] }
+        )) > 1));
+        let a: Vec<Vec<f64>> = shapes.iter().map(|&(m, k, _)| lhs(m, k)).collect();
+        let b: Vec<Vec<f64>> =
+            shapes.iter().enumerate().map(|(i, &(_, k, n))| rhs(k, n, 0.1 + i as f64 * 0.01)).collect();
+        let layouts: Vec<[Layout; 3]> = shapes
+            .iter()
+            .map(|&(m, k, n)| {
+                let row_major = |r: usize, c: usize| Layout { rows: r, cols: c, strides: [c, 1] };
+                [row_major(m, n), row_major(m, k), row_major(k, n)]
+            })
+            .collect();
+        let mut dsts: Vec<Vec<f64>> = shapes.iter().map(|&(m, _, n)| vec![0.25; m * n]).collect();
+        let mut products: Vec<Product<'_, f64>> = dsts
+            .iter_mut()
+            .zip(&a)
+            .zip(&b)
+            .zip(&layouts)
+            .map(|(((dst, a), b), l)| Product {
+                dst,
+                dst_layout: l[0],
+                accumulate: false,
+                lhs: a,
+                lhs_layout: l[1],
+                rhs: b,
+                rhs_layout: l[2],
+            })
+            .collect();
+        assert!(pool.install(|| gemm_all(&mut products, Threads::Pool)));
+        for (i, dst) in dsts.iter().enumerate() {
+            let want = naive(&a[i], layouts[i][1], &b[i], layouts[i][2]);
+            for (x, y) in dst.iter().zip(&want) {
+                assert!((x - y).abs() < 1e-9, "product {i}: {x} vs {y}");
+            }
+        }
+
+        let mut fresh = vec![0.5; 16 * 300];
+        let mut short = vec![0.5; 3];
+        let mut products = [
+            Product {
+                dst: &mut fresh,
+                dst_layout: layouts[0][0],
+                accumulate: false,
+                lhs: &a[0],
+                lhs_layout: layouts[0][1],
+                rhs: &b[0],
+                rhs_layout: layouts[0][2],
+            },
+            Product {
+                dst: &mut short,
+                dst_layout: Layout { rows: 2, cols: 2, strides: [2, 1] },
+                accumulate: false,
+                lhs: &a[0],
+                lhs_layout: Layout { rows: 2, cols: 2, strides: [2, 1] },
+                rhs: &b[0],
+                rhs_layout: Layout { rows: 2, cols: 2, strides: [2, 1] },
+            },
+        ];
+        assert!(!gemm_all(&mut products, Threads::Pool), "the second destination is too short");
+        assert!(fresh.iter().chain(&short).all(|&x| x == 0.5), "a refused pass writes nothing");
     }
 
     #[test]

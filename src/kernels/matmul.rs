@@ -1,48 +1,77 @@
-//! The matrix product `(M, K) x (K, N)` through [`cpu::gemm`](super::cpu::gemm).
+//! The matrix product `(M, K) x (K, N)` (+ bias) through [`cpu::gemm_all`](super::cpu::gemm_all).
 
 use super::cpu::{self, Layout, Threads};
 use super::{cast, cast_mut, cast_ref, fast_cpu, split_optional, with_result_grad};
 use crate::FloatDtype;
 use dfdx::prelude::*;
 
+/// A weight `(K, N)` and its optional bias `(N,)`: one affine map of [`affine_shared`].
+pub(crate) type AffineMap<K, N, E, Dev, T> = (Tensor<(K, N), E, Dev, T>, Option<Tensor<(N,), E, Dev, T>>);
+
+/// A CPU matrix `(R, C)`.
+type CpuMatrix<R, C, E> = Tensor<(R, C), E, Cpu>;
+
+/// An [`AffineMap`] on the CPU, borrowed.
+type CpuMap<'a, K, N, E> = (&'a CpuMatrix<K, N, E>, Option<&'a Tensor<(N,), E, Cpu>>);
+
 fn layout2(rows: usize, cols: usize, strides: [usize; 2]) -> Layout {
     Layout { rows, cols, strides }
 }
 
-/// `a x b (+ bias)` for `a: (M, K)`, `b: (K, N)` (any strides: a transposed weight is read in
-/// place), the bias added to every row, with gradients for all three when traced. On
-/// the CPU the bias seeds the output and the product accumulates onto it, so the addition and
-/// its broadcast cost nothing extra.
-pub(crate) fn affine<M: Dim, K: Dim, N: Dim, E: FloatDtype, Dev: Device<E>, T: Tape<E, Dev>>(
+/// `a x b_i (+ bias_i)` for `a: (M, K)` and each `b_i: (K, N)` (any strides: a transposed
+/// weight is read in place), each bias added to every row, with gradients for all inputs when
+/// traced. Several maps share the left operand as the query, key and value projections of one
+/// input do: on the CPU their products run as one parallel pass (their column blocks spread
+/// over the threads together), then each output keeps its own backward op, as separate calls
+/// would; `a`'s tape goes with the first output. On the CPU each bias seeds its output and the
+/// product accumulates onto it, so the addition and its broadcast cost nothing extra.
+pub(crate) fn affine_shared<const P: usize, M: Dim, K: Dim, N: Dim, E: FloatDtype, Dev: Device<E>, T: Tape<E, Dev>>(
     a: Tensor<(M, K), E, Dev, T>,
-    b: Tensor<(K, N), E, Dev, T>,
-    bias: Option<Tensor<(N,), E, Dev, T>>,
-) -> Tensor<(M, N), E, Dev, T> {
-    if !fast_cpu::<E, Dev>() {
-        return composed(a, b, bias);
-    }
+    maps: [AffineMap<K, N, E, Dev, T>; P],
+) -> [Tensor<(M, N), E, Dev, T>; P] {
     let (a, tape_a) = a.split_tape();
-    let (b, tape_b) = b.split_tape();
-    let (bias, tape_bias) = split_optional(bias);
-    let inputs = (cast_ref(&a), cast_ref(&b), bias.as_ref().map(cast_ref));
-    let Some(out) = cpu_forward::<M, K, N, E>(inputs, T::OWNS_TAPE) else {
-        return composed(a.put_tape(tape_a), b.put_tape(tape_b), bias.map(|bias| bias.put_tape(tape_bias)));
-    };
-    let mut tape = tape_a.merge(tape_b).merge(tape_bias);
-    if T::OWNS_TAPE {
-        let out_id = out.ghost(); // the output's id and size, without its data
-        tape.add_backward_op(move |grads| {
-            let grads: &mut Gradients<E, Cpu> = cast_mut(grads);
-            let inputs = (cast_ref(&a), cast_ref(&b), bias.as_ref().map(cast_ref));
-            with_result_grad(
-                grads,
-                |g| g.get_or_alloc_mut(&out_id).map(|v| &mut **v),
-                |grad_out, grads| cpu_backward::<M, K, N, E>(inputs, grad_out, grads),
+    let maps = maps.map(|(b, bias)| {
+        let (b, tape_b) = b.split_tape();
+        let (bias, tape_bias) = split_optional(bias);
+        (b, bias, tape_b.merge(tape_bias))
+    });
+    let fast = fast_cpu::<E, Dev>()
+        .then(|| {
+            cpu_forward::<P, M, K, N, E>(
+                cast_ref(&a),
+                maps.each_ref().map(|(b, bias, _)| (cast_ref(b), bias.as_ref().map(cast_ref))),
+                T::OWNS_TAPE,
             )
-            .map_err(cast)
+        })
+        .flatten();
+    let mut tape_a = Some(tape_a);
+    let Some(outs) = fast else {
+        return maps.map(|(b, bias, tape)| {
+            let a = a.clone().put_tape(tape_a.take().unwrap_or_default());
+            let (b, bias) = (b.put_tape(tape), bias.map(|bias| bias.put_tape(T::default())));
+            composed(a, b, bias)
         });
-    }
-    cast::<Tensor<(M, N), E, Cpu>, Tensor<(M, N), E, Dev>>(out).put_tape(tape)
+    };
+    let mut outs = outs.into_iter();
+    maps.map(|(b, bias, tape)| {
+        let out = outs.next().expect("one output per map");
+        let mut tape = tape.merge(tape_a.take().unwrap_or_default());
+        if T::OWNS_TAPE {
+            let out_id = out.ghost(); // the output's id and size, without its data
+            let a = a.clone();
+            tape.add_backward_op(move |grads| {
+                let grads: &mut Gradients<E, Cpu> = cast_mut(grads);
+                let inputs = (cast_ref(&a), cast_ref(&b), bias.as_ref().map(cast_ref));
+                with_result_grad(
+                    grads,
+                    |g| g.get_or_alloc_mut(&out_id).map(|v| &mut **v),
+                    |grad_out, grads| cpu_backward::<M, K, N, E>(inputs, grad_out, grads),
+                )
+                .map_err(cast)
+            });
+        }
+        cast::<Tensor<(M, N), E, Cpu>, Tensor<(M, N), E, Dev>>(out).put_tape(tape)
+    })
 }
 
 /// dfdx's own ops: every device and dtype.
@@ -69,27 +98,46 @@ fn matrix<E: Unit, R: Dim, C: Dim, T>(t: &Tensor<(R, C), E, Cpu, T>) -> Option<(
 type Inputs<'a, M, K, N, E> =
     (&'a Tensor<(M, K), E, Cpu>, &'a Tensor<(K, N), E, Cpu>, Option<&'a Tensor<(N,), E, Cpu>>);
 
-/// `None` where the kernel does not apply (an empty matrix; a broadcast input when its gradient
-/// will be needed, since gradients are written through the input's strides).
-fn cpu_forward<M: Dim, K: Dim, N: Dim, E: FloatDtype>(
-    (a, b, bias): Inputs<'_, M, K, N, E>,
+/// The outputs `a x b_i (+ bias_i)`, computed in one [`cpu::gemm_all`] pass; `None` where the
+/// kernel does not apply (an empty matrix; a broadcast input when its gradient will be needed,
+/// since gradients are written through the input's strides).
+fn cpu_forward<const P: usize, M: Dim, K: Dim, N: Dim, E: FloatDtype>(
+    a: &Tensor<(M, K), E, Cpu>,
+    maps: [CpuMap<'_, K, N, E>; P],
     traced: bool,
-) -> Option<Tensor<(M, N), E, Cpu>> {
-    let (m, _) = *a.shape();
-    let n = b.shape().1;
+) -> Option<Vec<CpuMatrix<M, N, E>>> {
+    let m = a.shape().0;
     let (a_data, a_layout) = matrix(a)?;
-    let (b_data, b_layout) = matrix(b)?;
-    if traced && !(a_layout.injective() && b_layout.injective()) {
-        return None;
+    let mut rhs = Vec::with_capacity(P);
+    let mut outs = Vec::with_capacity(P);
+    for (b, bias) in maps {
+        let (b_data, b_layout) = matrix(b)?;
+        if traced && !(a_layout.injective() && b_layout.injective()) {
+            return None;
+        }
+        let n = b.shape().1;
+        outs.push(match bias {
+            Some(bias) => cpu::dense(bias)?.repeat(m.size()),
+            None => vec![E::zero(); m.size() * n.size()],
+        });
+        rhs.push((b_data, b_layout, n, bias.is_some()));
     }
-    let out = match bias {
-        Some(bias) => cpu::dense(bias)?.repeat(m.size()),
-        None => vec![E::zero(); m.size() * n.size()],
-    };
-    let mut out = out;
-    let out_layout = layout2(m.size(), n.size(), [n.size(), 1]);
-    cpu::gemm(&mut out, out_layout, bias.is_some(), a_data, a_layout, b_data, b_layout, Threads::Pool).then_some(())?;
-    a.device().try_tensor_from_vec(out, (m, n)).ok()
+    let mut products: Vec<cpu::Product<'_, E>> = outs
+        .iter_mut()
+        .zip(&rhs)
+        .map(|(out, &(b_data, b_layout, n, with_bias))| cpu::Product {
+            dst: out,
+            dst_layout: layout2(m.size(), n.size(), [n.size(), 1]),
+            accumulate: with_bias,
+            lhs: a_data,
+            lhs_layout: a_layout,
+            rhs: b_data,
+            rhs_layout: b_layout,
+        })
+        .collect();
+    cpu::gemm_all(&mut products, Threads::Pool).then_some(())?;
+    drop(products);
+    outs.into_iter().zip(&rhs).map(|(out, &(_, _, n, _))| a.device().try_tensor_from_vec(out, (m, n)).ok()).collect()
 }
 
 /// `grad_a += grad_out x bᵀ`, `grad_b += aᵀ x grad_out`, each written through the tensor's own
@@ -123,7 +171,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// `affine` against dfdx's composition, on a weight read transposed (as projections do): the
+    /// `affine_shared` of one map against dfdx's composition, on a weight read transposed (as projections do): the
     /// output and the gradients of the input, the weight and (when given) the bias.
     fn check<E>(m: usize, k: usize, n: usize, with_bias: bool, seed: u64, tol: f64)
     where
@@ -137,14 +185,19 @@ mod tests {
         let bias: Tensor<(usize,), E, Cpu> = dev.sample_normal_like(&(n,));
         let wt = w.clone().permute::<_, Axes2<1, 0>>();
         assert!(
-            cpu_forward((&a, &wt, Some(&bias)), true).is_some(),
+            cpu_forward(&a, [(&wt, Some(&bias))], true).is_some(),
             "the fast kernel must apply to a transposed weight"
         );
         let run = |fast: bool| {
             let x = a.clone().traced(Gradients::leaky());
             let wt = w.clone().retaped::<OwnedTape<E, Cpu>>().permute::<_, Axes2<1, 0>>();
             let b = with_bias.then(|| bias.retaped::<OwnedTape<E, Cpu>>());
-            let y = if fast { affine(x, wt, b) } else { composed(x, wt, b) };
+            let y = if fast {
+                let [y] = affine_shared(x, [(wt, b)]);
+                y
+            } else {
+                composed(x, wt, b)
+            };
             let out = y.as_vec();
             let grads = (y.square().sum()).backward();
             let grad_bias = if with_bias { grads.get(&bias).as_vec() } else { vec![] };
@@ -160,12 +213,62 @@ mod tests {
         }
     }
 
+    /// `affine_shared` with three maps of one input against three separate compositions: the
+    /// outputs and the gradients of the input, the weights and the biases (the loss mixes the
+    /// three outputs, so each gradient of the input is a sum over the maps).
+    fn check_shared(m: usize, k: usize, n: usize, seed: u64) {
+        let dev = Cpu::seed_from_u64(seed);
+        let a: Tensor<(usize, usize), f64, Cpu> = dev.sample_normal_like(&(m, k));
+        let ws: [Tensor<(usize, usize), f64, Cpu>; 3] = std::array::from_fn(|_| dev.sample_normal_like(&(k, n)));
+        let biases: [Tensor<(usize,), f64, Cpu>; 3] = std::array::from_fn(|_| dev.sample_normal_like(&(n,)));
+        let run = |fast: bool| {
+            let x = a.clone().traced(Gradients::leaky());
+            let maps: [_; 3] = std::array::from_fn(|i| {
+                (ws[i].retaped::<OwnedTape<f64, Cpu>>(), (i != 1).then(|| biases[i].retaped::<OwnedTape<f64, Cpu>>()))
+            });
+            let [p, q, r] = if fast {
+                affine_shared(x, maps)
+            } else {
+                let (x, tape) = x.split_tape();
+                let mut tape = Some(tape);
+                maps.map(|(w, b)| composed(x.clone().put_tape(tape.take().unwrap_or_default()), w, b))
+            };
+            let outs = [p.as_vec(), q.as_vec(), r.as_vec()].concat();
+            let grads = (p.square() * q + r.sin()).sum().backward();
+            let mut got = vec![outs, grads.get(&a).as_vec()];
+            got.extend(ws.iter().map(|w| grads.get(w).as_vec()));
+            got.extend([0, 2].map(|i| grads.get(&biases[i]).as_vec()));
+            got
+        };
+        for (got, want) in run(true).into_iter().zip(run(false)) {
+            assert_eq!(got.len(), want.len());
+            for (g, w) in got.into_iter().zip(want) {
+                assert!((g - w).abs() <= 1e-9 * (1.0 + w.abs()), "{g} vs {w} for ({m}x{k})·({k}x{n}) x3");
+            }
+        }
+    }
+
+    #[test]
+    fn shared_input_maps_run_together_on_few_rows() {
+        // Few rows and enough work per map: the three products' column blocks share one pass.
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .expect("a thread pool")
+            .install(|| check_shared(12, 256, 400, 7));
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(24))]
         #[test]
         fn affine_map_and_its_gradients_match_dfdx(m in 1usize..40, k in 1usize..40, n in 1usize..40, with_bias: bool, seed in 0u64..1000) {
             check::<f32>(m, k, n, with_bias, seed, 1e-4);
             check::<f64>(m, k, n, with_bias, seed, 1e-10);
+        }
+
+        #[test]
+        fn shared_input_maps_and_their_gradients_match_separate_ones(m in 1usize..30, k in 1usize..30, n in 1usize..30, seed in 0u64..1000) {
+            check_shared(m, k, n, seed);
         }
     }
 }

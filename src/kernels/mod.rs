@@ -24,7 +24,7 @@ pub(crate) use add::add;
 pub(crate) use batched::{batched_matmul, batched_matmul_heads_last};
 pub(crate) use gelu::gelu;
 pub(crate) use layer_norm::layer_norm;
-pub(crate) use matmul::affine;
+pub(crate) use matmul::{affine_shared, AffineMap};
 pub(crate) use softmax::attention_softmax;
 
 use dfdx::prelude::*;

@@ -6,7 +6,7 @@
 //! disagree with the model's dimensions.
 
 use super::init::uniform_fan_in;
-use super::{bias_options, dropout_when_training, project, BiasKind, MaskSpec, WithBias};
+use super::{bias_options, dropout_when_training, project, project_shared, BiasKind, MaskSpec, WithBias};
 use crate::error::{Error, Result};
 use crate::shape::{Heads, Hidden};
 use crate::FloatDtype;
@@ -91,12 +91,25 @@ impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device
         &self,
         x: Hidden<B, S, D, E, Dev, T>,
     ) -> Heads<B, H, S, HD, E, Dev, T> {
+        let [y] = Self::forward_shared([self], x);
+        y
+    }
+
+    /// One input through several projections (self-attention's queries, keys and values) as
+    /// one pass over their products; `x`'s tape goes with the first output.
+    fn forward_shared<const P: usize, B: Dim, S: Dim, T: Tape<E, Dev>>(
+        projections: [&Self; P],
+        x: Hidden<B, S, D, E, Dev, T>,
+    ) -> [Heads<B, H, S, HD, E, Dev, T>; P] {
         let (b, s, _) = *x.shape();
-        let w = self.weight.retaped::<T>().reshape_like(&(Const::<D>, H * HD)); // (D, H*HD)
-        let bias = self.bias.retaped::<T>().reshape_like(&(H * HD,));
-        project::<Bias, _, _, _, _, _, _, _>(x, w, Some(bias)) // (B, S, H*HD)
-            .reshape_like(&(b, s, Const::<H>, Const::<HD>)) // (B, S, H, HD)
-            .permute::<_, Axes4<0, 2, 1, 3>>() // (B, H, S, HD)
+        let maps = projections.map(|p| {
+            let w = p.weight.retaped::<T>().reshape_like(&(Const::<D>, H * HD)); // (D, H*HD)
+            (w, Some(p.bias.retaped::<T>().reshape_like(&(H * HD,))))
+        });
+        project_shared::<Bias, P, _, _, _, _, _, _, _>(x, maps).map(|y| {
+            y.reshape_like(&(b, s, Const::<H>, Const::<HD>)) // (B, S, H, HD)
+                .permute::<_, Axes4<0, 2, 1, 3>>() // (B, H, S, HD)
+        })
     }
 }
 
@@ -219,8 +232,9 @@ impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device
         x: Hidden<B, S, D, E, Dev, T>,
         mask: &MaskSpec,
     ) -> Result<Hidden<B, S, D, E, Dev, T>> {
-        let (x, tape) = x.split_tape();
-        self.attend(x.clone().put_tape(tape), &x, mask)
+        // One pass over the three projections' products (each (B, H, S, HD)).
+        let [q, k, v] = HeadProjection::forward_shared([&self.w_q, &self.w_k, &self.w_v], x);
+        self.attend_heads(q, k, v, mask)
     }
 
     /// Cross-attention: queries from `x: (B, Sq, D)`, keys and values from `memory: (B, Sk, D)`
@@ -231,27 +245,17 @@ impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device
         memory: &Hidden<B, Sk, D, E, Dev>,
         mask: &MaskSpec,
     ) -> Result<Hidden<B, Sq, D, E, Dev, T>> {
-        self.attend(x, memory, mask)
-    }
-
-    fn attend<B: Dim, Sq: Dim, Sk: Dim, T: Tape<E, Dev>>(
-        &self,
-        x: Hidden<B, Sq, D, E, Dev, T>,
-        kv: &Hidden<B, Sk, D, E, Dev>,
-        mask: &MaskSpec,
-    ) -> Result<Hidden<B, Sq, D, E, Dev, T>> {
         let b = x.shape().0;
-        if kv.shape().0.size() != b.size() {
+        if memory.shape().0.size() != b.size() {
             return Err(Error::DimMismatch {
                 what: "batch size of keys/values vs queries",
                 expected: b.size(),
-                found: kv.shape().0.size(),
+                found: memory.shape().0.size(),
             });
         }
-        // Keys and values record their ops on a fresh tape that merges into the query's one.
         let q = self.w_q.forward(x); // (B, H, Sq, HD)
-        let k = self.w_k.forward(kv.retaped::<T>()); // (B, H, Sk, HD)
-        let v = self.w_v.forward(kv.retaped::<T>()); // (B, H, Sk, HD)
+                                     // Keys and values record their ops on a fresh tape that merges into the query's one.
+        let [k, v] = HeadProjection::forward_shared([&self.w_k, &self.w_v], memory.retaped::<T>()); // (B, H, Sk, HD)
         self.attend_heads(q, k, v, mask)
     }
 }

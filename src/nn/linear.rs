@@ -6,6 +6,7 @@
 //! The importers transpose PyTorch checkpoints on the way in.
 
 use super::BiasKind;
+use crate::kernels::AffineMap;
 use crate::shape::Hidden;
 use crate::FloatDtype;
 use dfdx::prelude::*;
@@ -27,11 +28,37 @@ pub(crate) fn project<
     weight: Tensor<(K, N), E, Dev, T>,
     bias: Option<Tensor<(N,), E, Dev, T>>,
 ) -> Tensor<(B, S, N), E, Dev, T> {
+    let [y] = project_shared::<Bias, 1, _, _, _, _, _, _, _>(x, [(weight, bias)]);
+    y
+}
+
+/// `(B, S, N)` at every position: a projection's output.
+type Positions<B, S, N, E, Dev, T> = Tensor<(B, S, N), E, Dev, T>;
+
+/// [`project`] of one input through several weights (the query, key and value projections of
+/// self-attention) as one parallel pass over their products; `x`'s tape goes with the first
+/// output.
+pub(crate) fn project_shared<
+    Bias: BiasKind,
+    const P: usize,
+    B: Dim,
+    S: Dim,
+    K: Dim,
+    N: Dim,
+    E: FloatDtype,
+    Dev: Device<E>,
+    T: Tape<E, Dev>,
+>(
+    x: Tensor<(B, S, K), E, Dev, T>,
+    maps: [AffineMap<K, N, E, Dev, T>; P],
+) -> [Positions<B, S, N, E, Dev, T>; P] {
     let (b, s, k) = *x.shape();
-    let n = weight.shape().1;
     let flat = x.reshape_like(&(b.size() * s.size(), k)); // free when x is contiguous
-    let bias = bias.filter(|_| Bias::ON);
-    crate::kernels::affine(flat, weight, bias).reshape_like(&(b, s, n)) // (B*S, N)
+    let maps = maps.map(|(weight, bias)| (weight, bias.filter(|_| Bias::ON)));
+    crate::kernels::affine_shared(flat, maps).map(|y| {
+        let n = y.shape().1;
+        y.reshape_like(&(b, s, n)) // (B*S, N) -> (B, S, N)
+    })
 }
 
 /// An affine map `x W + b` from width `I` to width `O`, applied at every position.
