@@ -1,8 +1,9 @@
 //! The two `unsafe` operations the fast CPU path needs, each behind a checked, safe function.
 //!
-//! - [`gemm`]: `gemm::gemm` takes raw pointers and strides. Every call first checks that each
-//!   strided matrix lies inside its slice and that the destination's strides never map two
-//!   elements to one address (the product writes it from several threads). A call that fails a
+//! - [`gemm_all`] (and [`gemm`], one product): `gemm::gemm` takes raw pointers and strides.
+//!   Every call first checks that each strided matrix lies inside its slice and that each
+//!   destination's strides never map two elements to one address (the product writes it from
+//!   several threads); distinct destinations are distinct `&mut` borrows. A call that fails a
 //!   check returns `false` and writes nothing; the caller then uses dfdx's kernel.
 //! - [`buffer`]: dfdx 0.13 exposes neither a CPU tensor's buffer nor its strides, only element
 //!   references through `Index`. Element `[0, .., 0]` sits at the buffer's start and the last
@@ -120,8 +121,8 @@ pub(crate) fn supports<E: 'static>() -> bool {
 #[derive(Clone, Copy)]
 struct Shared<E>(*mut E);
 // SAFETY: it only carries an address between threads; every access through it happens inside
-// `gemm`'s unsafe block, whose conditions (checked bounds, disjoint destination elements) hold
-// on every thread.
+// `Operands::columns`'s unsafe block, whose conditions (checked bounds, disjoint destination
+// elements) hold on every thread.
 #[allow(unsafe_code)]
 unsafe impl<E> Send for Shared<E> {}
 #[allow(unsafe_code)]
@@ -134,15 +135,18 @@ impl<E> Shared<E> {
     }
 }
 
-/// How many blocks of columns to split a pool product into, each computed on one thread.
+/// How many blocks of columns to split a pool product into; rayon spreads them over its threads,
+/// each block computed by gemm on one thread.
 ///
 /// For a row-major destination gemm transposes the problem, so the right operand (projection
 /// weights, a tied embedding table) becomes the left one, which it repacks in panels. With few
-/// destination rows (tokens) gemm's threads split the work along the rows, so every thread
+/// destination rows (tokens; in the backward pass also the input width of a weight's gradient,
+/// `xᵀ g`) gemm's threads split the work along the rows, so every thread
 /// repacks the whole weight matrix; with a transposed right operand it even repacks all of it on
 /// one thread before the others start. Blocks of columns make each thread repack only its own
-/// share of the weights, and narrow blocks (64 columns, one gemm panel) let rayon balance them
-/// across cores that another process slows: on the encoder's shapes (128 rows) 64-column blocks
+/// share of the weights, and narrow blocks (64 columns, one gemm panel; wider when a product has
+/// more than 8 blocks per thread's worth of columns, and fewer when it has little work) let
+/// rayon balance them across cores that another process slows: on the encoder's shapes (128 rows) 64-column blocks
 /// ran 1.1-1.25x faster than two halves, which ran 1.05-1.15x faster than gemm's threading, in
 /// alternating runs; with up to 768 rows, MiniLM's batch of 32 sentences (576 tokens) embedded
 /// 1.16x faster. From 1024 rows (a GPT training batch) neither way won consistently, so those
@@ -152,16 +156,11 @@ fn column_blocks(m: usize, k: usize, n: usize, dst: Layout) -> usize {
     const BLOCK_COLS: usize = 64;
     const MIN_BLOCK_WORK: usize = 1 << 19; // multiply-adds below which a task costs more than it saves
     let threads = rayon::current_num_threads();
-    let work = m.saturating_mul(k).saturating_mul(n);
     if dst.strides[1] != 1 || m > FEW_ROWS || threads < 2 {
         return 1;
     }
-    let parts = n.div_ceil(BLOCK_COLS).min(work / MIN_BLOCK_WORK).min(threads * 8);
-    if parts < 2 {
-        1
-    } else {
-        parts
-    }
+    let work = m.saturating_mul(k).saturating_mul(n);
+    n.div_ceil(BLOCK_COLS).min(work / MIN_BLOCK_WORK).min(threads * 8).max(1)
 }
 
 /// The width of each of up to `parts` blocks covering `n` columns, and how many blocks that
@@ -172,10 +171,10 @@ fn split_columns(n: usize, parts: usize) -> (usize, usize) {
     (block, n.div_ceil(block))
 }
 
-/// Where [`gemm`] runs.
+/// Where [`gemm`] and [`gemm_all`] run.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Threads {
-    /// Split across the rayon pool (one large product).
+    /// Split across the rayon pool (large products).
     Pool,
     /// On the calling thread (one product per rayon task).
     Caller,
@@ -221,7 +220,8 @@ impl<E: num_traits::Float + 'static> Product<'_, E> {
     }
 }
 
-/// Raw addresses of one valid [`Product`], which its column blocks share across threads.
+/// Raw addresses of one valid [`Product`], which its column blocks share across threads. Made
+/// and used only inside [`gemm_all`], while the product's borrows are held.
 #[derive(Clone, Copy)]
 struct Operands<E> {
     dst: Shared<E>,
@@ -302,9 +302,10 @@ pub(crate) fn gemm<E: num_traits::Float + 'static>(
 
 /// Several independent products (distinct destinations) as one parallel pass: the column blocks
 /// of all of them are spread over the pool together, so the Q/K/V projections of one input cost
-/// one hand-off to the threads instead of three. Products with many rows run one after another
-/// on gemm's own threading. Returns `false`, touching nothing, unless every product is valid
-/// (see [`gemm`]).
+/// one hand-off to the threads instead of three. Products not split into blocks (see
+/// [`column_blocks`]: many rows, little work, a column-major destination, one thread) run first,
+/// one after another, on gemm's own threading. Returns `false`, touching nothing, unless every
+/// product is valid (see [`gemm`]).
 pub(crate) fn gemm_all<E: num_traits::Float + 'static>(products: &mut [Product<'_, E>], threads: Threads) -> bool {
     if !products.iter().all(Product::valid) {
         return false;

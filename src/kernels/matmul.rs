@@ -23,12 +23,15 @@ fn layout2(rows: usize, cols: usize, strides: [usize; 2]) -> Layout {
 /// traced. Several maps share the left operand as the query, key and value projections of one
 /// input do: on the CPU their products run as one parallel pass (their column blocks spread
 /// over the threads together), then each output keeps its own backward op, as separate calls
-/// would; `a`'s tape goes with the first output. On the CPU each bias seeds its output and the
-/// product accumulates onto it, so the addition and its broadcast cost nothing extra.
+/// would. `a`'s tape (the ops that made it) goes with the first output, so a caller must use the
+/// first output wherever it uses the others (attention combines all three). On the CPU each bias
+/// seeds its output and the product accumulates onto it, so the addition and its broadcast cost
+/// nothing extra.
 pub(crate) fn affine_shared<const P: usize, M: Dim, K: Dim, N: Dim, E: FloatDtype, Dev: Device<E>, T: Tape<E, Dev>>(
     a: Tensor<(M, K), E, Dev, T>,
     maps: [AffineMap<K, N, E, Dev, T>; P],
 ) -> [Tensor<(M, N), E, Dev, T>; P] {
+    const { assert!(P > 0, "affine_shared needs at least one map") };
     let (a, tape_a) = a.split_tape();
     let maps = maps.map(|(b, bias)| {
         let (b, tape_b) = b.split_tape();
@@ -108,11 +111,14 @@ fn cpu_forward<const P: usize, M: Dim, K: Dim, N: Dim, E: FloatDtype>(
 ) -> Option<Vec<CpuMatrix<M, N, E>>> {
     let m = a.shape().0;
     let (a_data, a_layout) = matrix(a)?;
+    if traced && !a_layout.injective() {
+        return None;
+    }
     let mut rhs = Vec::with_capacity(P);
     let mut outs = Vec::with_capacity(P);
     for (b, bias) in maps {
         let (b_data, b_layout) = matrix(b)?;
-        if traced && !(a_layout.injective() && b_layout.injective()) {
+        if traced && !b_layout.injective() {
             return None;
         }
         let n = b.shape().1;
@@ -249,6 +255,35 @@ mod tests {
     }
 
     #[test]
+    fn shared_input_maps_fall_back_together_to_dfdx() {
+        // A traced weight broadcast from one row has no gradient layout the kernel can write, so
+        // both maps take dfdx's ops: the outputs and every gradient (the input's tape with the
+        // first output) must still match separate compositions.
+        let dev = Cpu::seed_from_u64(3);
+        let (m, k, n) = (5, 4, 6);
+        let a: Tensor<(usize, usize), f64, Cpu> = dev.sample_normal_like(&(m, k));
+        let row: Tensor<(usize,), f64, Cpu> = dev.sample_normal_like(&(n,));
+        let w: Tensor<(usize, usize), f64, Cpu> = dev.sample_normal_like(&(k, n));
+        let broadcast = || row.retaped::<OwnedTape<f64, Cpu>>().broadcast_like::<_, Axis<0>>(&(k, n));
+        assert!(cpu_forward(&a, [(&row.clone().broadcast_like::<_, Axis<0>>(&(k, n)), None)], true).is_none());
+        let run = |fast: bool| {
+            let x = a.clone().traced(Gradients::leaky());
+            let maps = [(broadcast(), None), (w.retaped::<OwnedTape<f64, Cpu>>(), None)];
+            let [p, q] = if fast {
+                affine_shared(x, maps)
+            } else {
+                let (x, tape) = x.split_tape();
+                let mut tape = Some(tape);
+                maps.map(|(w, b)| composed(x.clone().put_tape(tape.take().unwrap_or_default()), w, b))
+            };
+            let outs = [p.as_vec(), q.as_vec()].concat();
+            let grads = (p * q).sum().backward();
+            [outs, grads.get(&a).as_vec(), grads.get(&row).as_vec(), grads.get(&w).as_vec()]
+        };
+        assert_eq!(run(true), run(false));
+    }
+
+    #[test]
     fn shared_input_maps_run_together_on_few_rows() {
         // Few rows and enough work per map: the three products' column blocks share one pass.
         rayon::ThreadPoolBuilder::new()
@@ -267,7 +302,12 @@ mod tests {
         }
 
         #[test]
-        fn shared_input_maps_and_their_gradients_match_separate_ones(m in 1usize..30, k in 1usize..30, n in 1usize..30, seed in 0u64..1000) {
+        fn shared_input_maps_and_their_gradients_match_separate_ones(
+            m in 1usize..30,
+            k in 1usize..30,
+            n in 1usize..30,
+            seed in 0u64..1000,
+        ) {
             check_shared(m, k, n, seed);
         }
     }

@@ -3,7 +3,7 @@
 //!
 //! dfdx 0.13 multiplies matrices with `gemm` 0.15, which on stable Rust has no AVX-512 path;
 //! `gemm` 0.19 with `x86-v4` runs about twice as fast on CPUs that have it (and falls back to
-//! AVX2/FMA at run time on those that do not). [`affine`] sends CPU products of f32 and f64
+//! AVX2/FMA at run time on those that do not). [`affine_shared`] sends CPU products of f32 and f64
 //! through it, forward and backward (the backward is recorded on the tape like any dfdx op), and
 //! leaves every other device and dtype to dfdx; layer norm, attention's masked softmax and the
 //! exact GELU are fused into one pass each way, split across rayon's threads, with a vectorisable

@@ -254,8 +254,9 @@ impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device
             });
         }
         let q = self.w_q.forward(x); // (B, H, Sq, HD)
-                                     // Keys and values record their ops on a fresh tape that merges into the query's one.
-        let [k, v] = HeadProjection::forward_shared([&self.w_k, &self.w_v], memory.retaped::<T>()); // (B, H, Sk, HD)
+                                     // Keys and values, (B, H, Sk, HD) each, record their ops on a fresh tape that merges into
+                                     // the query's one.
+        let [k, v] = HeadProjection::forward_shared([&self.w_k, &self.w_v], memory.retaped::<T>());
         self.attend_heads(q, k, v, mask)
     }
 }
@@ -293,7 +294,8 @@ impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device
     /// Projects `memory: (B, Sk, D)` to the keys and values that cross-attention reads at every
     /// decoding step.
     pub fn project_memory(&self, memory: &Hidden<usize, usize, D, E, Dev>) -> KvCache<H, HD, E, Dev> {
-        KvCache { keys: self.w_k.forward(memory.clone()), values: self.w_v.forward(memory.clone()) }
+        let [keys, values] = HeadProjection::forward_shared([&self.w_k, &self.w_v], memory.clone());
+        KvCache { keys, values }
     }
 
     /// Causal self-attention of new positions `x: (B, Snew, D)` over the cached ones and
@@ -316,9 +318,8 @@ impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device
                 });
             }
         }
-        let q = self.w_q.forward(x.clone()); // (B, H, Snew, HD)
-        let k_new = self.w_k.forward(x.clone()); // (B, H, Snew, HD)
-        let v_new = self.w_v.forward(x);
+        // (B, H, Snew, HD) each.
+        let [q, k_new, v_new] = HeadProjection::forward_shared([&self.w_q, &self.w_k, &self.w_v], x);
         let (keys, values) = match cache.take() {
             // (B, H, Spast + Snew, HD)
             Some(c) => ((c.keys, k_new).concat_along(Axis::<2>), (c.values, v_new).concat_along(Axis::<2>)),
