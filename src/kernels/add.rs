@@ -3,7 +3,7 @@
 //! d-512 encoder's forward pass, as much again in a training step's backward).
 
 use super::cpu;
-use super::{cast, cast_mut, cast_ref, fast_cpu, simd, with_result_grad, PER_TASK};
+use super::{cast, cast_ref, fast_cpu, record_backward, simd, PER_TASK};
 use crate::FloatDtype;
 use dfdx::prelude::*;
 use dfdx::tensor::Merge;
@@ -27,20 +27,11 @@ pub(crate) fn add<S: Shape, E: FloatDtype, Dev: Device<E>, T: Tape<E, Dev> + Mer
     if T::OWNS_TAPE {
         // Only ids and sizes are kept for the backward pass, not the inputs' data.
         let (a, b): (&Tensor<S, E, Cpu>, &Tensor<S, E, Cpu>) = (cast_ref(&a), cast_ref(&b));
-        let (out_id, a, b) = (out.ghost(), a.ghost(), b.ghost());
-        tape.add_backward_op(move |grads| {
-            let grads: &mut Gradients<E, Cpu> = cast_mut(grads);
-            let (a, b) = (&a, &b);
-            with_result_grad(
-                grads,
-                |g| g.get_or_alloc_mut(&out_id).map(|v| &mut **v),
-                |grad_out, grads| {
-                    accumulate(grads.get_or_alloc_mut(a)?, grad_out);
-                    accumulate(grads.get_or_alloc_mut(b)?, grad_out);
-                    Ok(())
-                },
-            )
-            .map_err(cast)
+        let (a, b) = (a.ghost(), b.ghost());
+        record_backward(&mut tape, &out, move |grad_out, grads| {
+            accumulate(grads.get_or_alloc_mut(&a)?, grad_out);
+            accumulate(grads.get_or_alloc_mut(&b)?, grad_out);
+            Ok(())
         });
     }
     cast::<Tensor<S, E, Cpu>, Tensor<S, E, Dev>>(out).put_tape(tape)

@@ -3,7 +3,7 @@
 //! (heads split out of a projection, keys transposed), read in place through their strides.
 
 use super::cpu::{self, Layout, Threads};
-use super::{cast, cast_mut, cast_ref, fast_cpu, with_result_grad};
+use super::{cast, cast_ref, fast_cpu, record_backward};
 use crate::FloatDtype;
 use dfdx::prelude::*;
 use rayon::prelude::*;
@@ -93,15 +93,8 @@ fn fast<B: Dim, H: Dim, M: Dim, K: Dim, N: Dim, E: FloatDtype, Dev: Device<E>, T
     };
     let mut tape = tape_a.merge(tape_b);
     if T::OWNS_TAPE {
-        let out_id = out.ghost();
-        tape.add_backward_op(move |grads| {
-            let grads: &mut Gradients<E, Cpu> = cast_mut(grads);
-            with_result_grad(
-                grads,
-                |g| g.get_or_alloc_mut(&out_id).map(|v| &mut **v),
-                |grad_out, grads| cpu_backward::<B, H, M, K, N, E>(cast_ref(&a), cast_ref(&b), grad_out, order, grads),
-            )
-            .map_err(cast)
+        record_backward(&mut tape, &out, move |grad_out, grads| {
+            cpu_backward::<B, H, M, K, N, E>(cast_ref(&a), cast_ref(&b), grad_out, order, grads)
         });
     }
     Ok((cast::<Batch<B, H, M, N, E, Cpu>, Batch<B, H, M, N, E, Dev>>(out), tape))

@@ -4,7 +4,7 @@
 
 use super::cpu;
 use super::exp::exp;
-use super::{cast, cast_mut, cast_ref, fast_cpu, same, simd, with_result_grad, PER_TASK};
+use super::{cast, cast_ref, fast_cpu, record_backward, same, simd, PER_TASK};
 use crate::FloatDtype;
 use dfdx::prelude::*;
 use rayon::prelude::*;
@@ -26,29 +26,20 @@ pub(crate) fn gelu<S: Shape, E: FloatDtype, Dev: Device<E>, T: Tape<E, Dev>>(
     };
     let mut tape = tape;
     if T::OWNS_TAPE {
-        let out_id = out.ghost();
-        tape.add_backward_op(move |grads| {
-            let grads: &mut Gradients<E, Cpu> = cast_mut(grads);
+        record_backward(&mut tape, &out, move |grad_out, grads| {
             let x: &Tensor<S, E, Cpu> = cast_ref(&x);
             let xs = cpu::dense(x).expect("checked in the forward pass");
-            with_result_grad(
-                grads,
-                |g| g.get_or_alloc_mut(&out_id).map(|v| &mut **v),
-                |grad_out, grads| {
-                    let grad_x: &mut Vec<E> = grads.get_or_alloc_mut(x)?;
-                    let chunks =
-                        grad_x.par_chunks_mut(PER_TASK).zip(grad_out.par_chunks(PER_TASK)).zip(xs.par_chunks(PER_TASK));
-                    chunks.for_each(|((d, g), x)| {
-                        simd(|| {
-                            for ((d, &g), &v) in d.iter_mut().zip(g).zip(x) {
-                                *d += g * slope(v);
-                            }
-                        })
-                    });
-                    Ok(())
-                },
-            )
-            .map_err(cast)
+            let grad_x: &mut Vec<E> = grads.get_or_alloc_mut(x)?;
+            let chunks =
+                grad_x.par_chunks_mut(PER_TASK).zip(grad_out.par_chunks(PER_TASK)).zip(xs.par_chunks(PER_TASK));
+            chunks.for_each(|((d, g), x)| {
+                simd(|| {
+                    for ((d, &g), &v) in d.iter_mut().zip(g).zip(x) {
+                        *d += g * slope(v);
+                    }
+                })
+            });
+            Ok(())
         });
     }
     Ok(cast::<Tensor<S, E, Cpu>, Tensor<S, E, Dev>>(out).put_tape(tape))

@@ -3,9 +3,7 @@
 //! broadcasts) dfdx composes it from, each with its own buffer.
 
 use super::add::accumulate;
-use super::{
-    cast, cast_mut, cast_ref, fast_cpu, rows_per_task, simd_run, split_optional, with_result_grad, Vectorized,
-};
+use super::{cast, cast_ref, fast_cpu, record_backward, rows_per_task, simd_run, split_optional, Vectorized};
 use super::{cpu, reduce};
 use crate::FloatDtype;
 use dfdx::prelude::*;
@@ -34,16 +32,9 @@ pub(crate) fn layer_norm<B: Dim, S: Dim, const D: usize, E: FloatDtype, Dev: Dev
     let mut tape = tape_x.merge(tape_w).merge(tape_b);
     let Forward { out, mean, rstd } = forward;
     if T::OWNS_TAPE {
-        let out_id = out.ghost();
-        tape.add_backward_op(move |grads| {
-            let grads: &mut Gradients<E, Cpu> = cast_mut(grads);
+        record_backward(&mut tape, &out, move |grad_out, grads| {
             let inputs = (cast_ref(&x), cast_ref(&w), b.as_ref().map(cast_ref));
-            with_result_grad(
-                grads,
-                |g| g.get_or_alloc_mut(&out_id).map(|v| &mut **v),
-                |grad_out, grads| cpu_backward::<B, S, D, E>(inputs, &mean, &rstd, grad_out, grads),
-            )
-            .map_err(cast)
+            cpu_backward::<B, S, D, E>(inputs, &mean, &rstd, grad_out, grads)
         });
     }
     cast::<Rows<B, S, D, E, Cpu>, Rows<B, S, D, E, Dev>>(out).put_tape(tape)

@@ -1,7 +1,7 @@
 //! The matrix product `(M, K) x (K, N)` (+ bias) through [`cpu::gemm_all`](super::cpu::gemm_all).
 
 use super::cpu::{self, Layout, Threads};
-use super::{cast, cast_mut, cast_ref, fast_cpu, split_optional, with_result_grad};
+use super::{cast, cast_ref, fast_cpu, record_backward, split_optional};
 use crate::FloatDtype;
 use dfdx::prelude::*;
 
@@ -60,17 +60,10 @@ pub(crate) fn affine_shared<const P: usize, M: Dim, K: Dim, N: Dim, E: FloatDtyp
         let out = outs.next().expect("one output per map");
         let mut tape = tape.merge(tape_a.take().unwrap_or_default());
         if T::OWNS_TAPE {
-            let out_id = out.ghost(); // the output's id and size, without its data
             let a = a.clone();
-            tape.add_backward_op(move |grads| {
-                let grads: &mut Gradients<E, Cpu> = cast_mut(grads);
+            record_backward(&mut tape, &out, move |grad_out, grads| {
                 let inputs = (cast_ref(&a), cast_ref(&b), bias.as_ref().map(cast_ref));
-                with_result_grad(
-                    grads,
-                    |g| g.get_or_alloc_mut(&out_id).map(|v| &mut **v),
-                    |grad_out, grads| cpu_backward::<M, K, N, E>(inputs, grad_out, grads),
-                )
-                .map_err(cast)
+                cpu_backward::<M, K, N, E>(inputs, grad_out, grads)
             });
         }
         cast::<Tensor<(M, N), E, Cpu>, Tensor<(M, N), E, Dev>>(out).put_tape(tape)

@@ -57,20 +57,25 @@ impl Drop for FreeConsumedGradients {
     }
 }
 
-/// Runs a backward op's `body` on the gradient of the op's result, which `slot` finds in
-/// `grads`: taken out for the call (so `body` may borrow `grads` for the inputs' gradients), then
-/// put back, or freed inside [`FreeConsumedGradients`].
-fn with_result_grad<E: Dtype>(
-    grads: &mut Gradients<E, Cpu>,
-    slot: impl Fn(&mut Gradients<E, Cpu>) -> Result<&mut Vec<E>, CpuError>,
-    body: impl FnOnce(&[E], &mut Gradients<E, Cpu>) -> Result<(), CpuError>,
-) -> Result<(), CpuError> {
-    let grad = std::mem::take(slot(grads)?);
-    body(&grad, grads)?;
-    if !FREE_CONSUMED.get() {
-        *slot(grads)? = grad;
-    }
-    Ok(())
+/// Records on `tape` the backward op of a CPU kernel's result `out`: `body` gets the result's
+/// gradient, taken out of `grads` for the call (so `body` may borrow `grads` for the inputs'
+/// gradients), then put back, or freed inside [`FreeConsumedGradients`]. Only `out`'s id and
+/// size are kept, not its data.
+fn record_backward<S: Shape, E: Dtype, Dev: Device<E>, T: Tape<E, Dev>, Tp>(
+    tape: &mut T,
+    out: &Tensor<S, E, Cpu, Tp>,
+    body: impl FnOnce(&[E], &mut Gradients<E, Cpu>) -> Result<(), CpuError> + 'static,
+) {
+    let out_id = out.ghost();
+    tape.add_backward_op(move |grads| {
+        let grads: &mut Gradients<E, Cpu> = cast_mut(grads);
+        let grad = std::mem::take(&mut **grads.get_or_alloc_mut(&out_id).map_err(cast)?);
+        body(&grad, grads).map_err(cast)?;
+        if !FREE_CONSUMED.get() {
+            **grads.get_or_alloc_mut(&out_id).map_err(cast)? = grad;
+        }
+        Ok(())
+    });
 }
 
 fn same<A: 'static, B: 'static>() -> bool {

@@ -3,7 +3,7 @@
 //! sum, divide), each with its own buffer of `B x H x Sq x Sk`.
 
 use super::exp::exp;
-use super::{cast, cast_mut, cast_ref, fast_cpu, rows_per_task, simd_run, with_result_grad, Vectorized};
+use super::{cast, cast_ref, fast_cpu, record_backward, rows_per_task, simd_run, Vectorized};
 use super::{cpu, reduce};
 use crate::FloatDtype;
 use dfdx::prelude::*;
@@ -36,20 +36,12 @@ where
         let scores_id = cast_ref::<_, Scores<B, H, Sq, Sk, E, Cpu>>(&scores).ghost();
         let weights = out.clone();
         drop(scores); // the backward needs only the weights
-        tape.add_backward_op(move |grads| {
-            let grads: &mut Gradients<E, Cpu> = cast_mut(grads);
+        record_backward(&mut tape, cast_ref::<_, Scores<B, H, Sq, Sk, E, Cpu>>(&out), move |grad_out, grads| {
             let weights: &Scores<B, H, Sq, Sk, E, Cpu> = cast_ref(&weights);
             let y = cpu::dense(weights).expect("the forward pass wrote it densely");
-            with_result_grad(
-                grads,
-                |g| g.get_or_alloc_mut(weights).map(|v| &mut **v),
-                |grad_out, grads| {
-                    let grad_scores: &mut Vec<E> = grads.get_or_alloc_mut(&scores_id)?;
-                    backward_rows(y, grad_out, grad_scores, y.len() / weights.shape().3.size(), scale);
-                    Ok(())
-                },
-            )
-            .map_err(cast)
+            let grad_scores: &mut Vec<E> = grads.get_or_alloc_mut(&scores_id)?;
+            backward_rows(y, grad_out, grad_scores, y.len() / weights.shape().3.size(), scale);
+            Ok(())
         });
     }
     out.put_tape(tape)
