@@ -86,6 +86,10 @@ fn issue_workloads(c: &mut Criterion) {
     let encoder = dev.build_module::<Encoder512<Cpu>, f32>();
     let x: Tensor<(usize, usize, Const<512>), f32, _> = dev.sample_normal_like(&(b, s, Const));
     group.bench_function("forward", |bench| bench.iter(|| encoder.forward(x.clone(), &MaskSpec::none()).unwrap()));
+    let packed = PackedWeights::of(&encoder);
+    group.bench_function("forward, packed weights", |bench| {
+        bench.iter(|| packed.run(|| encoder.forward(x.clone(), &MaskSpec::none()).unwrap()))
+    });
     let mut grads = Some(encoder.alloc_grads());
     group.bench_function("forward + backward", |bench| {
         bench.iter(|| {
@@ -129,6 +133,10 @@ fn issue_workloads(c: &mut Criterion) {
             let mut group = c.benchmark_group("all-MiniLM-L6-v2");
             group.sample_size(10).throughput(Throughput::Elements(tokens as u64));
             group.bench_function("embed 32 sentences", |bench| bench.iter(|| encoder.embed_all(&texts, 32).unwrap()));
+            let packed = PackedWeights::of(&encoder.model);
+            group.bench_function("embed 32 sentences, packed weights", |bench| {
+                bench.iter(|| packed.run(|| encoder.embed_all(&texts, 32).unwrap()))
+            });
             group.finish();
         }
         Err(e) => eprintln!("all-MiniLM-L6-v2 skipped (run scripts/fetch-minilm.sh): {e}"),

@@ -75,6 +75,24 @@ fn padded_batches_equal_one_text_at_a_time() {
 }
 
 #[test]
+fn packed_weights_give_the_same_embeddings() {
+    // 32 texts of ~20 tokens: products of ~600 rows, which run in column blocks on 2 threads.
+    let texts: Vec<String> = (0..32)
+        .map(|i| format!("text number {i} is about trains, rain and the things people do on weekends"))
+        .collect();
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let plain = encoder().embed_all(&texts, 32).unwrap();
+    let packed = PackedWeights::of(&encoder().model);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let fast = pool.install(|| packed.run(|| encoder().embed_all(&texts, 32))).unwrap();
+    assert!(packed.copies() >= 6 * 6, "every layer's weights were packed: {packed:?}");
+    for (a, b) in plain.iter().zip(&fast) {
+        let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        assert!(diff < 1e-6, "{diff}");
+    }
+}
+
+#[test]
 fn long_texts_are_truncated_to_256_tokens() {
     let long = "word ".repeat(1000);
     let ids = encoder().tokenizer.encode_batch(&[&long]).unwrap();

@@ -1,4 +1,5 @@
-//! Compile-fail tests: every shape contract of the library is a compile error, checked against
+//! Compile-fail tests: every shape contract of the library is a compile error (as is changing a
+//! model while `PackedWeights` of it exist), checked against
 //! the message in the `.stderr` beside each case. Regenerate with `TRYBUILD=overwrite` and
 //! review the diff.
 

@@ -1,6 +1,7 @@
 """PyTorch's side of benches/compare/run.sh: the same workloads as workloads.rs, on 2 threads.
 
 Usage: python torch_workloads.py <workload> [seconds]; prints "<workload> <tokens per second>".
+A `-packed` workload is typeformer's inference through `PackedWeights`; PyTorch runs the plain one.
 """
 
 import math
@@ -141,4 +142,4 @@ def run(workload, seconds):
 if __name__ == "__main__":
     name = sys.argv[1]
     secs = float(sys.argv[2]) if len(sys.argv) > 2 else 3.0
-    print(f"{name} {run(name, secs):.1f}", flush=True)
+    print(f"{name} {run(name.removesuffix('-packed'), secs):.1f}", flush=True)

@@ -58,16 +58,39 @@ fn gpt_train_step_memory() -> typeformer::Result<()> {
     Ok(())
 }
 
-const WORKLOADS: [&str; 8] = [
+const WORKLOADS: [&str; 12] = [
     "attention",
+    "attention-packed",
     "encoder-layer",
+    "encoder-layer-packed",
     "encoder-forward",
+    "encoder-forward-packed",
     "encoder-forward-backward",
     "gpt-train-step",
     "generate-cached",
     "generate-recompute",
     "minilm-embed",
+    "minilm-embed-packed",
 ];
+
+/// The `-packed` variant of an inference workload runs it through [`PackedWeights`].
+struct Packing<'m, M>(Option<PackedWeights<'m, M>>);
+
+impl<'m, M> Packing<'m, M> {
+    fn new<E: Dtype, D: Device<E>>(workload: &str, model: &'m M) -> Self
+    where
+        M: dfdx::nn::tensor_collection::TensorCollection<E, D>,
+    {
+        Self(workload.ends_with("-packed").then(|| PackedWeights::of(model)))
+    }
+
+    fn run<R>(&self, f: impl FnOnce() -> R) -> R {
+        match &self.0 {
+            Some(packed) => packed.run(f),
+            None => f(),
+        }
+    }
+}
 
 /// Calls `f` (which processes `tokens` tokens) repeatedly for about `seconds`, after one warm-up
 /// call, and returns tokens per second.
@@ -90,20 +113,25 @@ fn run(workload: &str, seconds: f64) -> typeformer::Result<f64> {
     let dev = Cpu::seed_from_u64(0);
     let (b, s) = (1, 128);
     Ok(match workload {
-        "attention" => {
+        "attention" | "attention-packed" => {
             let mha = dev.build_module::<MultiHeadAttention<512, 8, 64, f32, Cpu>, f32>();
             let x = hidden::<512>(&dev, b, s);
-            throughput(b * s, seconds, || drop(mha.self_attention(x.clone(), &MaskSpec::none()).unwrap()))
+            let packed = Packing::new(workload, &mha);
+            throughput(b * s, seconds, || {
+                packed.run(|| drop(mha.self_attention(x.clone(), &MaskSpec::none()).unwrap()))
+            })
         }
-        "encoder-layer" => {
+        "encoder-layer" | "encoder-layer-packed" => {
             let layer = dev.build_module::<Layer512, f32>();
             let x = hidden::<512>(&dev, b, s);
-            throughput(b * s, seconds, || drop(layer.forward(x.clone(), &MaskSpec::none()).unwrap()))
+            let packed = Packing::new(workload, &layer);
+            throughput(b * s, seconds, || packed.run(|| drop(layer.forward(x.clone(), &MaskSpec::none()).unwrap())))
         }
-        "encoder-forward" => {
+        "encoder-forward" | "encoder-forward-packed" => {
             let encoder = dev.build_module::<Encoder512<Cpu>, f32>();
             let x = hidden::<512>(&dev, b, s);
-            throughput(b * s, seconds, || drop(encoder.forward(x.clone(), &MaskSpec::none()).unwrap()))
+            let packed = Packing::new(workload, &encoder);
+            throughput(b * s, seconds, || packed.run(|| drop(encoder.forward(x.clone(), &MaskSpec::none()).unwrap())))
         }
         "encoder-forward-backward" => {
             let mut encoder = dev.build_module::<Encoder512<Cpu>, f32>();
@@ -134,15 +162,16 @@ fn run(workload: &str, seconds: f64) -> typeformer::Result<f64> {
             let cached = workload == "generate-cached";
             throughput(64, seconds, || drop(greedy(&model, &prompt, 64, cached)))
         }
-        "minilm-embed" => {
+        "minilm-embed" | "minilm-embed-packed" => {
             let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2");
             let encoder = SentenceEncoder::<MiniLmL6>::load(&dir, &dev)?;
+            let packed = Packing::new(workload, &encoder.model);
             let texts: Vec<String> = (0..32)
                 .map(|i| format!("sentence number {i} is about the weather and the things people do on weekends"))
                 .collect();
             let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
             let tokens: usize = encoder.tokenizer.encode_batch(&texts)?.iter().map(Vec::len).sum();
-            throughput(tokens, seconds, || drop(encoder.embed_all(&texts, 32).unwrap()))
+            throughput(tokens, seconds, || packed.run(|| drop(encoder.embed_all(&texts, 32).unwrap())))
         }
         other => {
             return Err(typeformer::Error::InvalidConfig(format!(

@@ -10,9 +10,11 @@
 //!   element at the largest offset the view reaches, both bounds-checked by dfdx, so the slice
 //!   between them is inside the buffer; the strides are read off element addresses.
 
+use super::packed::{self, PackedMatrix};
 use dfdx::shapes::{HasShape, Shape, Unit};
 use dfdx::tensor::{Cpu, Tensor};
 use std::any::TypeId;
+use std::sync::Arc;
 
 /// A CPU tensor's buffer, without copying, and its strides (in elements).
 ///
@@ -107,7 +109,7 @@ impl Layout {
         (c >= 1 && r >= self.cols.saturating_mul(c)) || (r >= 1 && c >= self.rows.saturating_mul(r))
     }
 
-    fn fits(self, len: usize) -> bool {
+    pub(crate) fn fits(self, len: usize) -> bool {
         self.extent().is_some_and(|end| end <= len) && self.strides.iter().all(|&s| s <= isize::MAX as usize)
     }
 }
@@ -255,7 +257,8 @@ impl<E: num_traits::Float + 'static> Operands<E> {
         // reads or writes is below the slice lengths (a block of columns reaches no further than
         // all of them); `dst` is a unique borrow whose elements have distinct addresses, so
         // neither gemm's threads nor the column blocks (disjoint sets of elements) write one
-        // address twice; `lhs`/`rhs` are only read.
+        // address twice; `lhs`/`rhs` are only read. A packed block (`Task::Packed`) replaces
+        // `rhs` by a slice that its task holds alive, checked there to fit its layout.
         #[allow(unsafe_code)]
         unsafe {
             gemm::gemm(
@@ -287,7 +290,7 @@ impl<E: num_traits::Float + 'static> Operands<E> {
 /// overwritten, or added to when `accumulate`. Returns `false`, touching nothing, when the dtype is not
 /// supported, the shapes disagree, a view reaches outside its slice or `dst` overlaps itself.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm<E: num_traits::Float + 'static>(
+pub(crate) fn gemm<E: num_traits::Float + Send + Sync + 'static>(
     dst: &mut [E],
     dst_layout: Layout,
     accumulate: bool,
@@ -306,11 +309,14 @@ pub(crate) fn gemm<E: num_traits::Float + 'static>(
 /// [`column_blocks`]: many rows, little work, a column-major destination, one thread) run first,
 /// one after another, on gemm's own threading. Returns `false`, touching nothing, unless every
 /// product is valid (see [`gemm`]).
-pub(crate) fn gemm_all<E: num_traits::Float + 'static>(products: &mut [Product<'_, E>], threads: Threads) -> bool {
+pub(crate) fn gemm_all<E: num_traits::Float + Send + Sync + 'static>(
+    products: &mut [Product<'_, E>],
+    threads: Threads,
+) -> bool {
     if !products.iter().all(Product::valid) {
         return false;
     }
-    let mut blocks = Vec::new(); // (operands, first column, columns) run together on the pool
+    let mut tasks = Vec::new(); // run together on the pool
     for p in products.iter_mut() {
         let (m, k, n) = (p.lhs_layout.rows, p.lhs_layout.cols, p.rhs_layout.cols);
         if m == 0 || n == 0 {
@@ -324,22 +330,67 @@ pub(crate) fn gemm_all<E: num_traits::Float + 'static>(products: &mut [Product<'
         match threads {
             Threads::Caller => operands.columns(0, n, gemm::Parallelism::None),
             Threads::Pool => {
-                let (width, count) = split_columns(n, column_blocks(m, k, n, p.dst_layout));
+                let parts = column_blocks(m, k, n, p.dst_layout);
+                if let Some(packed) = (parts > 1).then(|| packed::lookup(p.rhs, p.rhs_layout)).flatten() {
+                    let per_task = packed.blocks().div_ceil(parts);
+                    tasks.extend((0..packed.blocks()).step_by(per_task).map(|first| {
+                        let blocks = first..(first + per_task).min(packed.blocks());
+                        Task::Packed(operands, Arc::clone(&packed), blocks)
+                    }));
+                    continue;
+                }
+                let (width, count) = split_columns(n, parts);
                 if count == 1 {
                     operands.columns(0, n, gemm::Parallelism::Rayon(0));
                 } else {
-                    blocks.extend((0..count).map(|b| (operands, b * width, width.min(n - b * width))));
+                    tasks.extend((0..count).map(|b| Task::Columns(operands, b * width, width.min(n - b * width))));
                 }
             }
         }
     }
-    if !blocks.is_empty() {
+    if !tasks.is_empty() {
         use rayon::prelude::*;
-        blocks
-            .into_par_iter()
-            .for_each(|(operands, first, cols)| operands.columns(first, cols, gemm::Parallelism::None));
+        tasks.into_par_iter().for_each(Task::run);
     }
     true
+}
+
+/// One rayon task of [`gemm_all`].
+enum Task<E> {
+    /// Columns `first..first + cols` of a product.
+    Columns(Operands<E>, usize, usize),
+    /// The columns of some blocks of a product whose right operand has a packed copy.
+    Packed(Operands<E>, Arc<PackedMatrix<E>>, std::ops::Range<usize>),
+}
+
+impl<E: num_traits::Float + 'static> Task<E> {
+    fn run(self) {
+        match self {
+            Task::Columns(operands, first, cols) => operands.columns(first, cols, gemm::Parallelism::None),
+            Task::Packed(operands, packed, blocks) => {
+                for b in blocks {
+                    let (first, rhs, rhs_layout) = packed.block(b);
+                    // The packed copy holds the same `(K, N)` matrix as the product's right
+                    // operand (its view was the key), so these columns of it fit the product;
+                    // `columns` relies on it, hence a check that stays in release builds.
+                    assert!(
+                        rhs_layout.rows == operands.rhs_layout.rows
+                            && first + rhs_layout.cols <= operands.rhs_layout.cols
+                            && rhs_layout.fits(rhs.len()),
+                        "a packed weight does not match its product"
+                    );
+                    let block = Operands {
+                        dst: Shared(operands.dst.offset(first * operands.dst_layout.strides[1])),
+                        dst_layout: Layout { cols: rhs_layout.cols, ..operands.dst_layout },
+                        rhs: Shared(rhs.as_ptr().cast_mut()),
+                        rhs_layout,
+                        ..operands
+                    };
+                    block.columns(0, rhs_layout.cols, gemm::Parallelism::None);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

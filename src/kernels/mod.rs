@@ -17,6 +17,7 @@ mod exp;
 mod gelu;
 mod layer_norm;
 mod matmul;
+mod packed;
 mod reduce;
 mod softmax;
 
@@ -25,6 +26,7 @@ pub(crate) use batched::{batched_matmul, batched_matmul_heads_last};
 pub(crate) use gelu::gelu;
 pub(crate) use layer_norm::layer_norm;
 pub(crate) use matmul::{affine_shared, AffineMap};
+pub(crate) use packed::{Registry as PackedRegistry, Scope as PackedScope};
 pub(crate) use softmax::attention_softmax;
 
 use dfdx::prelude::*;
