@@ -75,8 +75,28 @@ fn copies_are_made_only_inside_run_and_only_for_split_products() {
         packed.run(|| encoder.forward(long.clone(), &MaskSpec::none())).unwrap();
         let copies = packed.copies();
         assert!(copies > 0);
-        packed.run(|| encoder.forward(long, &MaskSpec::none())).unwrap();
+        packed.run(|| encoder.forward(long.clone(), &MaskSpec::none())).unwrap();
         assert_eq!(packed.copies(), copies, "each weight is copied once");
+
+        let elsewhere = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let fresh = PackedWeights::of(&encoder);
+        fresh.run(|| elsewhere.install(|| encoder.forward(long, &MaskSpec::none()))).unwrap();
+        assert_eq!(fresh.copies(), 0, "`install`'s closure runs on another thread, outside `run`");
+    });
+}
+
+#[test]
+fn tasks_of_several_blocks_compute_the_same() {
+    on_two_threads(|| {
+        // 64 rows: the feed-forward's 4 blocks of 200 columns have work for 2 tasks of 2 blocks.
+        let dev = Cpu::seed_from_u64(3);
+        let encoder = dev.build_module::<Enc, f32>();
+        let x: Tensor<(usize, usize, Const<96>), f32, Cpu> = dev.sample_normal_like(&(1, 64, Const));
+        let plain = encoder.forward(x.clone(), &MaskSpec::none()).unwrap().as_vec();
+        let packed = PackedWeights::of(&encoder);
+        let fast = packed.run(|| encoder.forward(x, &MaskSpec::none())).unwrap().as_vec();
+        assert!(packed.copies() > 0);
+        assert!(max_rel_diff(&plain, &fast) < 1e-5);
     });
 }
 
@@ -93,9 +113,11 @@ fn gradients_inside_run_are_the_gradients_outside() {
         };
         let plain = grads_of(encoder.forward(x.clone().traced(encoder.alloc_grads()), &MaskSpec::none()).unwrap());
         let packed = PackedWeights::of(&encoder);
+        packed.run(|| encoder.forward(x.clone(), &MaskSpec::none())).unwrap();
+        let forward_copies = packed.copies();
         let fast =
             packed.run(|| grads_of(encoder.forward(x.traced(encoder.alloc_grads()), &MaskSpec::none()).unwrap()));
-        assert!(packed.copies() > 0);
+        assert!(packed.copies() > forward_copies, "the backward pass read the weights transposed, from copies");
         assert!(max_rel_diff(&plain, &fast) < 1e-5);
     });
 }

@@ -109,7 +109,7 @@ impl Layout {
         (c >= 1 && r >= self.cols.saturating_mul(c)) || (r >= 1 && c >= self.rows.saturating_mul(r))
     }
 
-    pub(crate) fn fits(self, len: usize) -> bool {
+    fn fits(self, len: usize) -> bool {
         self.extent().is_some_and(|end| end <= len) && self.strides.iter().all(|&s| s <= isize::MAX as usize)
     }
 }
@@ -155,14 +155,13 @@ impl<E> Shared<E> {
 /// products keep gemm's threading.
 fn column_blocks(m: usize, k: usize, n: usize, dst: Layout) -> usize {
     const FEW_ROWS: usize = 768;
-    const BLOCK_COLS: usize = 64;
     const MIN_BLOCK_WORK: usize = 1 << 19; // multiply-adds below which a task costs more than it saves
     let threads = rayon::current_num_threads();
     if dst.strides[1] != 1 || m > FEW_ROWS || threads < 2 {
         return 1;
     }
     let work = m.saturating_mul(k).saturating_mul(n);
-    n.div_ceil(BLOCK_COLS).min(work / MIN_BLOCK_WORK).min(threads * 8).max(1)
+    n.div_ceil(packed::BLOCK_COLS).min(work / MIN_BLOCK_WORK).min(threads * 8).max(1)
 }
 
 /// The width of each of up to `parts` blocks covering `n` columns, and how many blocks that
@@ -258,7 +257,8 @@ impl<E: num_traits::Float + 'static> Operands<E> {
         // all of them); `dst` is a unique borrow whose elements have distinct addresses, so
         // neither gemm's threads nor the column blocks (disjoint sets of elements) write one
         // address twice; `lhs`/`rhs` are only read. A packed block (`Task::Packed`) replaces
-        // `rhs` by a slice that its task holds alive, checked there to fit its layout.
+        // `rhs` by a slice that its task holds alive, checked there to fit its layout, and `dst`
+        // by the block's columns of the product's (`first + width <= n`, also checked there).
         #[allow(unsafe_code)]
         unsafe {
             gemm::gemm(
@@ -331,11 +331,14 @@ pub(crate) fn gemm_all<E: num_traits::Float + Send + Sync + 'static>(
             Threads::Caller => operands.columns(0, n, gemm::Parallelism::None),
             Threads::Pool => {
                 let parts = column_blocks(m, k, n, p.dst_layout);
-                if let Some(packed) = (parts > 1).then(|| packed::lookup(p.rhs, p.rhs_layout)).flatten() {
+                let packed = if parts > 1 { packed::lookup(p.rhs, p.rhs_layout) } else { None };
+                if let Some(packed) = packed {
+                    // `parts` tasks (at most one per block) of consecutive blocks.
                     let per_task = packed.blocks().div_ceil(parts);
-                    tasks.extend((0..packed.blocks()).step_by(per_task).map(|first| {
-                        let blocks = first..(first + per_task).min(packed.blocks());
-                        Task::Packed(operands, Arc::clone(&packed), blocks)
+                    tasks.extend((0..packed.blocks()).step_by(per_task).map(|first| Task::Packed {
+                        operands,
+                        packed: Arc::clone(&packed),
+                        blocks: first..(first + per_task).min(packed.blocks()),
                     }));
                     continue;
                 }
@@ -343,7 +346,11 @@ pub(crate) fn gemm_all<E: num_traits::Float + Send + Sync + 'static>(
                 if count == 1 {
                     operands.columns(0, n, gemm::Parallelism::Rayon(0));
                 } else {
-                    tasks.extend((0..count).map(|b| Task::Columns(operands, b * width, width.min(n - b * width))));
+                    tasks.extend((0..count).map(|b| Task::Columns {
+                        operands,
+                        first: b * width,
+                        cols: width.min(n - b * width),
+                    }));
                 }
             }
         }
@@ -358,16 +365,16 @@ pub(crate) fn gemm_all<E: num_traits::Float + Send + Sync + 'static>(
 /// One rayon task of [`gemm_all`].
 enum Task<E> {
     /// Columns `first..first + cols` of a product.
-    Columns(Operands<E>, usize, usize),
-    /// The columns of some blocks of a product whose right operand has a packed copy.
-    Packed(Operands<E>, Arc<PackedMatrix<E>>, std::ops::Range<usize>),
+    Columns { operands: Operands<E>, first: usize, cols: usize },
+    /// The columns of `blocks` of a product whose right operand has the packed copy `packed`.
+    Packed { operands: Operands<E>, packed: Arc<PackedMatrix<E>>, blocks: std::ops::Range<usize> },
 }
 
 impl<E: num_traits::Float + 'static> Task<E> {
     fn run(self) {
         match self {
-            Task::Columns(operands, first, cols) => operands.columns(first, cols, gemm::Parallelism::None),
-            Task::Packed(operands, packed, blocks) => {
+            Task::Columns { operands, first, cols } => operands.columns(first, cols, gemm::Parallelism::None),
+            Task::Packed { operands, packed, blocks } => {
                 for b in blocks {
                     let (first, rhs, rhs_layout) = packed.block(b);
                     // The packed copy holds the same `(K, N)` matrix as the product's right

@@ -133,7 +133,8 @@ thread_local! {
     static ACTIVE: RefCell<Option<Arc<Registry>>> = const { RefCell::new(None) };
 }
 
-/// While alive, products on this thread read the listed weights from `registry`'s packed copies.
+/// While alive, products on this thread read the listed weights from `registry`'s packed copies
+/// (only this registry's: an inner scope hides the outer one until it ends).
 pub(crate) struct Scope(Option<Arc<Registry>>);
 
 impl Scope {
@@ -144,7 +145,8 @@ impl Scope {
 
 impl Drop for Scope {
     fn drop(&mut self) {
-        ACTIVE.with(|active| *active.borrow_mut() = self.0.take());
+        // `try_with`: a thread's locals may be gone when it drops a scope from a destructor.
+        let _ = ACTIVE.try_with(|active| *active.borrow_mut() = self.0.take());
     }
 }
 
@@ -154,7 +156,8 @@ pub(crate) fn lookup<E: Copy + num_traits::Zero + Send + Sync + 'static>(
     data: &[E],
     layout: Layout,
 ) -> Option<Arc<PackedMatrix<E>>> {
-    let registry = ACTIVE.with(|active| active.borrow().clone())?;
+    // `try_with`: products may run in another thread-local's destructor, after this one is gone.
+    let registry = ACTIVE.try_with(|active| active.borrow().clone()).ok().flatten()?;
     registry.packed(data, layout)
 }
 
@@ -205,5 +208,29 @@ mod tests {
             assert!(Arc::ptr_eq(&first, &lookup(w_data, layout).unwrap()), "packed once");
         }
         assert!(lookup(w_data, layout).is_none(), "the scope closed");
+    }
+
+    #[test]
+    fn an_inner_scope_hides_the_outer_one_until_it_ends_even_by_a_panic() {
+        use dfdx::prelude::*;
+        let dev = Cpu::default();
+        let (a, b): (Tensor<Rank2<4, 8>, f32, Cpu>, Tensor<Rank2<4, 8>, f32, Cpu>) =
+            (dev.sample_normal(), dev.sample_normal());
+        let registry = |t: &Tensor<Rank2<4, 8>, f32, Cpu>| {
+            let mut r = Registry::default();
+            r.add(t);
+            Arc::new(r)
+        };
+        let (outer, inner) = (registry(&a), registry(&b));
+        let layout = Layout { rows: 4, cols: 8, strides: [8, 1] };
+        let (a_data, b_data) = (cpu::buffer(&a).unwrap().0, cpu::buffer(&b).unwrap().0);
+        let _outer = Scope::enter(outer);
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _inner = Scope::enter(Arc::clone(&inner));
+            assert!(lookup(b_data, layout).is_some() && lookup(a_data, layout).is_none());
+            panic!("inside the inner scope");
+        }));
+        assert!(panicked.is_err());
+        assert!(lookup(a_data, layout).is_some() && lookup(b_data, layout).is_none(), "the outer scope is back");
     }
 }

@@ -8,21 +8,22 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 /// A model's weights, read-only, with copies in the layout that the CPU's matrix products read
-/// fastest: code run through [`PackedWeights::run`] computes the same results as without it,
-/// faster where it multiplies few rows (up to 768 tokens at a time) by the model's weights, as
-/// in inference (1.1-1.3x on the products of a d-512 encoder, whose weights do not fit in
-/// cache).
+/// fastest: code run through [`PackedWeights::run`] computes what it computes without it (equal
+/// up to rounding), faster where it multiplies up to 768 rows (tokens) at a time by the model's
+/// weights, as inference does (1.1-1.25x on a d-512 encoder, whose weights do not fit in cache).
 ///
-/// A product's first step is to copy its share of the weight matrix into a contiguous panel;
-/// read out of a row-major weight that share is a strided walk the CPU's prefetchers do not
-/// follow. The packed copy stores each block of 64 columns contiguously, so it streams in.
+/// Each block of such a product starts by copying its share of the weight matrix into a
+/// contiguous panel; read out of a row-major weight that share is a strided walk the CPU's
+/// prefetchers do not follow. The packed copy stores each block of 64 columns contiguously, so
+/// it streams in.
 ///
 /// It holds a shared borrow of the model, so nothing can change or drop the model's weights
-/// while it exists: the copies cannot go stale. Each weight is copied the first time a product
-/// reads it (the first call is slower), and the copies are freed with the `PackedWeights`; they
-/// take as much memory as the weights they copy. Training needs none of this: gradients and
-/// the optimizer use the model's own tensors, and outside `run` nothing changes. On other
-/// devices `run` just calls its closure.
+/// while it exists: the copies cannot go stale. A weight is copied the first time a product
+/// reads it in a given layout (the first call is slower; a backward pass inside `run` reads the
+/// weights transposed, which makes a second copy), and the copies are freed with the
+/// `PackedWeights`: about as much memory as the weights per layout (each padded to a multiple of
+/// 64 columns). It is for inference: training changes the weights every step, which the borrow
+/// rules out, and outside `run` nothing changes. On other devices `run` just calls its closure.
 ///
 /// ```
 /// use typeformer::prelude::*;
@@ -33,9 +34,9 @@ use std::sync::Arc;
 /// let x: Tensor<(usize, usize, Const<128>), f32, Cpu> = dev.sample_normal_like(&(1, 64, Const));
 ///
 /// let packed = PackedWeights::of(&encoder);
-/// let fast = packed.run(|| encoder.forward(x.clone(), &MaskSpec::none()))?;
-/// let plain = encoder.forward(x, &MaskSpec::none())?;
-/// assert_eq!(fast.as_vec(), plain.as_vec());
+/// let fast = packed.run(|| encoder.forward(x.clone(), &MaskSpec::none()))?.as_vec();
+/// let plain = encoder.forward(x, &MaskSpec::none())?.as_vec();
+/// assert!(fast.iter().zip(&plain).all(|(a, b)| (a - b).abs() < 1e-5));
 /// # Ok::<(), typeformer::Error>(())
 /// ```
 pub struct PackedWeights<'m, M> {
@@ -50,25 +51,33 @@ impl<'m, M> PackedWeights<'m, M> {
         M: TensorCollection<E, Dev>,
     {
         let mut lister = ListTensors(PackedRegistry::default());
-        // Listing only reads the model; a visitor that returns no error cannot fail.
-        let _ = M::iter_tensors(&mut RecursiveWalker { m: model, f: &mut lister });
+        match M::iter_tensors(&mut RecursiveWalker { m: model, f: &mut lister }) {
+            Ok(_) => {}
+            Err(never) => match never {},
+        }
         Self { registry: Arc::new(lister.0), model: PhantomData }
     }
 
-    /// How many of the model's tensors are listed (its tensors on the CPU).
+    /// How many buffers of the model's tensors are listed: its non-empty tensors on the CPU,
+    /// tensors that share a buffer (tied weights) counted once.
     pub fn tensors(&self) -> usize {
         self.registry.len()
     }
 
-    /// How many packed copies have been made so far (one per weight and layout that a product
-    /// read inside [`run`](Self::run); none for products that run on one thread, with few
-    /// rows and columns, or with more than 768 rows, which read the weights in place).
+    /// How many packed copies have been made so far: one per weight and layout that a product
+    /// read inside [`run`](Self::run). Products that are not split into column blocks read the
+    /// weights in place and copy nothing: on a rayon pool of one thread, with little work (one
+    /// token's), or with more than 768 rows.
     pub fn copies(&self) -> usize {
         self.registry.copies()
     }
 
-    /// Runs `f` on this thread with the packed copies in use: every matrix product `f` computes
-    /// on this thread whose right operand is one of the model's weights reads the copy instead.
+    /// Runs `f` with the packed copies in use on the calling thread: the products that `f`
+    /// starts on this thread, that read one of the model's weights as their right operand and
+    /// that are split into column blocks (see [`copies`](Self::copies)), read the copy instead.
+    /// Put `run` inside `rayon::ThreadPool::install`, not around it (the closure of `install`
+    /// runs on the pool's thread). Inside another `PackedWeights`' `run`, only this one's copies
+    /// are in use until it returns.
     pub fn run<R>(&self, f: impl FnOnce() -> R) -> R {
         let _scope = PackedScope::enter(Arc::clone(&self.registry));
         f()
