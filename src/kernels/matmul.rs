@@ -49,11 +49,11 @@ pub(crate) fn affine_shared<const P: usize, M: Dim, K: Dim, N: Dim, E: FloatDtyp
         .flatten();
     let mut tape_a = Some(tape_a);
     let Some(outs) = fast else {
-        return maps.map(|(b, bias, tape)| {
-            let a = a.clone().put_tape(tape_a.take().unwrap_or_default());
-            let (b, bias) = (b.put_tape(tape), bias.map(|bias| bias.put_tape(T::default())));
-            composed(a, b, bias)
-        });
+        let a = a.put_tape(tape_a.take().unwrap_or_default());
+        return composed_each(
+            a,
+            maps.map(|(b, bias, tape)| (b.put_tape(tape), bias.map(|bias| bias.put_tape(T::default())))),
+        );
     };
     let mut outs = outs.into_iter();
     maps.map(|(b, bias, tape)| {
@@ -68,6 +68,17 @@ pub(crate) fn affine_shared<const P: usize, M: Dim, K: Dim, N: Dim, E: FloatDtyp
         }
         cast::<Tensor<(M, N), E, Cpu>, Tensor<(M, N), E, Dev>>(out).put_tape(tape)
     })
+}
+
+/// Each map of [`affine_shared`] by dfdx's own ops, `a`'s tape going with the first output: its
+/// fallback, and the reference its tests compare with.
+fn composed_each<const P: usize, M: Dim, K: Dim, N: Dim, E: FloatDtype, Dev: Device<E>, T: Tape<E, Dev>>(
+    a: Tensor<(M, K), E, Dev, T>,
+    maps: [AffineMap<K, N, E, Dev, T>; P],
+) -> [Tensor<(M, N), E, Dev, T>; P] {
+    let (a, tape) = a.split_tape();
+    let mut tape = Some(tape);
+    maps.map(|(b, bias)| composed(a.clone().put_tape(tape.take().unwrap_or_default()), b, bias))
 }
 
 /// dfdx's own ops: every device and dtype.
@@ -170,8 +181,9 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// `affine_shared` of one map against dfdx's composition, on a weight read transposed (as projections do): the
-    /// output and the gradients of the input, the weight and (when given) the bias.
+    /// `affine_shared` of one map against dfdx's composition, on a weight read transposed (as
+    /// projections do): the output and the gradients of the input, the weight and (when given)
+    /// the bias.
     fn check<E>(m: usize, k: usize, n: usize, with_bias: bool, seed: u64, tol: f64)
     where
         E: FloatDtype + Into<f64>,
@@ -225,13 +237,7 @@ mod tests {
             let maps: [_; 3] = std::array::from_fn(|i| {
                 (ws[i].retaped::<OwnedTape<f64, Cpu>>(), (i != 1).then(|| biases[i].retaped::<OwnedTape<f64, Cpu>>()))
             });
-            let [p, q, r] = if fast {
-                affine_shared(x, maps)
-            } else {
-                let (x, tape) = x.split_tape();
-                let mut tape = Some(tape);
-                maps.map(|(w, b)| composed(x.clone().put_tape(tape.take().unwrap_or_default()), w, b))
-            };
+            let [p, q, r] = if fast { affine_shared(x, maps) } else { composed_each(x, maps) };
             let outs = [p.as_vec(), q.as_vec(), r.as_vec()].concat();
             let grads = (p.square() * q + r.sin()).sum().backward();
             let mut got = vec![outs, grads.get(&a).as_vec()];
@@ -262,13 +268,7 @@ mod tests {
         let run = |fast: bool| {
             let x = a.clone().traced(Gradients::leaky());
             let maps = [(broadcast(), None), (w.retaped::<OwnedTape<f64, Cpu>>(), None)];
-            let [p, q] = if fast {
-                affine_shared(x, maps)
-            } else {
-                let (x, tape) = x.split_tape();
-                let mut tape = Some(tape);
-                maps.map(|(w, b)| composed(x.clone().put_tape(tape.take().unwrap_or_default()), w, b))
-            };
+            let [p, q] = if fast { affine_shared(x, maps) } else { composed_each(x, maps) };
             let outs = [p.as_vec(), q.as_vec()].concat();
             let grads = (p * q).sum().backward();
             [outs, grads.get(&a).as_vec(), grads.get(&row).as_vec(), grads.get(&w).as_vec()]

@@ -98,7 +98,7 @@ impl Registry {
         }
     }
 
-    /// How many tensors are listed.
+    /// How many buffers are listed (tensors that share one count once).
     pub(crate) fn len(&self) -> usize {
         self.sources.len()
     }

@@ -253,9 +253,9 @@ impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device
                 found: memory.shape().0.size(),
             });
         }
-        let q = self.w_q.forward(x); // (B, H, Sq, HD)
-                                     // Keys and values, (B, H, Sk, HD) each, record their ops on a fresh tape that merges into
-                                     // the query's one.
+        // Queries (B, H, Sq, HD); keys and values, (B, H, Sk, HD) each, record their ops on a fresh
+        // tape that merges into the query's one.
+        let q = self.w_q.forward(x);
         let [k, v] = HeadProjection::forward_shared([&self.w_k, &self.w_v], memory.retaped::<T>());
         self.attend_heads(q, k, v, mask)
     }
