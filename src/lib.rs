@@ -21,7 +21,9 @@
 //! - [`data`] holds the built-in tasks;
 //! - [`device`] opens a CUDA GPU (with the `cuda` feature) without panicking when there is none;
 //! - [`io`] holds checkpoints and loss curves;
-//! - `kernels` (private) holds the fast CPU matrix product, the one place with `unsafe`.
+//! - `kernels` (private) holds the fast CPU kernels and the threads they run on; with
+//!   `allocator`, the only modules with `unsafe` (the matrix product's raw pointers, the helper
+//!   threads' borrowed closures).
 
 #![deny(unsafe_code)]
 

@@ -3,11 +3,10 @@
 //! d-512 encoder's forward pass, as much again in a training step's backward).
 
 use super::cpu;
-use super::{cast, cast_ref, fast_cpu, record_backward, simd, PER_TASK};
+use super::{cast, cast_ref, fast_cpu, parallel, record_backward, simd, PER_TASK};
 use crate::FloatDtype;
 use dfdx::prelude::*;
 use dfdx::tensor::Merge;
-use rayon::prelude::*;
 
 /// `a + b` elementwise, with gradients for both when traced (`b` may carry no tape, as dfdx's
 /// `+` allows).
@@ -41,8 +40,8 @@ pub(crate) fn add<S: Shape, E: FloatDtype, Dev: Device<E>, T: Tape<E, Dev> + Mer
 fn cpu_forward<S: Shape, E: FloatDtype>(a: &Tensor<S, E, Cpu>, b: &Tensor<S, E, Cpu>) -> Option<Tensor<S, E, Cpu>> {
     let (xs, ys) = (cpu::dense(a)?, cpu::dense(b)?);
     let mut out = vec![E::zero(); xs.len()];
-    let chunks = out.par_chunks_mut(PER_TASK).zip(xs.par_chunks(PER_TASK)).zip(ys.par_chunks(PER_TASK));
-    chunks.for_each(|((z, x), y)| {
+    let chunks = out.chunks_mut(PER_TASK).zip(xs.chunks(PER_TASK)).zip(ys.chunks(PER_TASK));
+    parallel::for_each(chunks, |((z, x), y)| {
         simd(|| {
             for ((z, &x), &y) in z.iter_mut().zip(x).zip(y) {
                 *z = x + y;
@@ -54,7 +53,7 @@ fn cpu_forward<S: Shape, E: FloatDtype>(a: &Tensor<S, E, Cpu>, b: &Tensor<S, E, 
 
 /// `dst += src` (in parallel tasks when long).
 pub(super) fn accumulate<E: FloatDtype>(dst: &mut [E], src: &[E]) {
-    dst.par_chunks_mut(PER_TASK).zip(src.par_chunks(PER_TASK)).for_each(|(d, s)| {
+    parallel::for_each(dst.chunks_mut(PER_TASK).zip(src.chunks(PER_TASK)), |(d, s)| {
         simd(|| {
             for (d, &s) in d.iter_mut().zip(s) {
                 *d += s;

@@ -1,12 +1,11 @@
 //! Attention's per-head products, `(B, H, M, K) x (B, H, K, N)`, through
-//! [`cpu::gemm`](super::cpu::gemm), one head per rayon task. The operands are usually views
+//! [`cpu::gemm`](super::cpu::gemm), one head per parallel task. The operands are usually views
 //! (heads split out of a projection, keys transposed), read in place through their strides.
 
 use super::cpu::{self, Layout, Threads};
-use super::{cast, cast_ref, fast_cpu, record_backward};
+use super::{cast, cast_ref, fast_cpu, parallel, record_backward};
 use crate::FloatDtype;
 use dfdx::prelude::*;
-use rayon::prelude::*;
 
 type Batch<B, H, R, C, E, Dev, T = NoneTape> = Tensor<(B, H, R, C), E, Dev, T>;
 
@@ -163,20 +162,20 @@ fn cpu_forward<B: Dim, H: Dim, M: Dim, K: Dim, N: Dim, E: FloatDtype>(
     let (items, heads, rows, cols) = (bs.size(), h.size(), m.size(), n.size());
     let mut out = vec![E::zero(); items * heads * rows * cols];
     let ok = match order {
-        Order::Heads => out.par_chunks_mut(rows * cols).enumerate().all(|(i, dst)| {
+        Order::Heads => all(out.chunks_mut(rows * cols).enumerate(), |(i, dst)| {
             let (_, layout) = placed(order, i, heads, rows, cols);
             cpu::gemm(dst, layout, false, am.get(i), am.layout, bm.get(i), bm.layout, Threads::Caller)
         }),
         Order::Rows => {
             // The heads of a row interleave, so tasks take blocks of rows of one batch item (a
             // contiguous part of the buffer), with every head: a few blocks per thread.
-            let blocks_per_item = (4 * rayon::current_num_threads()).div_ceil(items);
+            let blocks_per_item = (4 * parallel::threads()).div_ceil(items);
             let block = rows.div_ceil(blocks_per_item).max(1);
             let width = heads * cols;
-            let tasks = out.par_chunks_mut(rows * width).enumerate().flat_map(|(item, x)| {
-                x.par_chunks_mut(block * width).enumerate().map(move |(j, dst)| (item, j * block, dst))
+            let tasks = out.chunks_mut(rows * width).enumerate().flat_map(|(item, x)| {
+                x.chunks_mut(block * width).enumerate().map(move |(j, dst)| (item, j * block, dst))
             });
-            tasks.all(|(item, first, dst)| {
+            all(tasks, |(item, first, dst)| {
                 let lhs_rows = Layout { rows: dst.len() / width, ..am.layout };
                 let dst_layout = Layout { rows: lhs_rows.rows, cols, strides: [width, 1] };
                 (0..heads).all(|head| {
@@ -232,9 +231,9 @@ fn add_products<E: FloatDtype>(
     let heads = view.offsets.len() / items.max(1);
     let layout = view.layout;
     // The gradient covers every element the view reaches, so every item has its block.
-    if items >= rayon::current_num_threads() && grad.len() >= view.data.len() {
+    if items >= parallel::threads() && grad.len() >= view.data.len() {
         if let Some(stride) = item_blocks(view, items, heads) {
-            return grad.par_chunks_mut(stride).take(items).enumerate().all(|(item, block)| {
+            return all(grad.chunks_mut(stride).take(items).enumerate(), |(item, block)| {
                 let first = item * heads;
                 (first..first + heads)
                     .all(|i| product(i, &mut block[view.offsets[i] - view.offsets[first]..], layout, true))
@@ -244,11 +243,20 @@ fn add_products<E: FloatDtype>(
     let (rows, cols) = (layout.rows, layout.cols);
     let dense = Layout { rows, cols, strides: [cols, 1] };
     let mut products = vec![E::zero(); view.offsets.len() * rows * cols];
-    let ok = products.par_chunks_mut((rows * cols).max(1)).enumerate().all(|(i, dst)| product(i, dst, dense, false));
+    let ok = all(products.chunks_mut((rows * cols).max(1)).enumerate(), |(i, dst)| product(i, dst, dense, false));
     if ok {
         scatter_add(grad, &view.offsets, layout, &products);
     }
     ok
+}
+
+/// Whether `f` holds for every item, the items run in parallel (all of them, even after a `false`).
+fn all<I>(items: I, f: impl Fn(I::Item) -> bool + Sync) -> bool
+where
+    I: Iterator + Send,
+    I::Item: Send,
+{
+    parallel::map(items, f).into_iter().all(|ok| ok)
 }
 
 /// The distance from one batch item's matrices to the next's, when every item's matrices lie

@@ -1,19 +1,24 @@
-//! The two `unsafe` operations the fast CPU path needs, each behind a checked, safe function.
+//! The `unsafe` operations the fast CPU path needs, each behind a checked, safe function.
 //!
 //! - [`gemm_all`] (and [`gemm`], one product): `gemm::gemm` takes raw pointers and strides.
 //!   Every call first checks that each strided matrix lies inside its slice and that each
 //!   destination's strides never map two elements to one address (the product writes it from
 //!   several threads); distinct destinations are distinct `&mut` borrows. A call that fails a
-//!   check returns `false` and writes nothing; the caller then uses dfdx's kernel.
+//!   check returns `false` and writes nothing; the caller then uses dfdx's kernel. Its blocks
+//!   share the products' addresses across threads, and name a slice of `E` as `f32` when `E` is
+//!   `f32` (the same `TypeId`) for the AVX-512 copy of a transposed operand.
 //! - [`buffer`]: dfdx 0.13 exposes neither a CPU tensor's buffer nor its strides, only element
 //!   references through `Index`. Element `[0, .., 0]` sits at the buffer's start and the last
 //!   element at the largest offset the view reaches, both bounds-checked by dfdx, so the slice
 //!   between them is inside the buffer; the strides are read off element addresses.
 
 use super::packed::{self, PackedMatrix};
+use super::{parallel, transpose};
 use dfdx::shapes::{HasShape, Shape, Unit};
 use dfdx::tensor::{Cpu, Tensor};
-use std::any::TypeId;
+use std::any::{Any, TypeId};
+use std::cell::RefCell;
+use std::ops::Range;
 use std::sync::Arc;
 
 /// A CPU tensor's buffer, without copying, and its strides (in elements).
@@ -119,11 +124,11 @@ pub(crate) fn supports<E: 'static>() -> bool {
     TypeId::of::<E>() == TypeId::of::<f32>() || TypeId::of::<E>() == TypeId::of::<f64>()
 }
 
-/// A pointer the column blocks of one product share across rayon's threads.
+/// A pointer the blocks of one product share across threads.
 #[derive(Clone, Copy)]
 struct Shared<E>(*mut E);
 // SAFETY: it only carries an address between threads; every access through it happens inside
-// `Operands::columns`'s unsafe block, whose conditions (checked bounds, disjoint destination
+// `Operands::block`'s unsafe block, whose conditions (checked bounds, disjoint destination
 // elements) hold on every thread.
 #[allow(unsafe_code)]
 unsafe impl<E> Send for Shared<E> {}
@@ -137,47 +142,59 @@ impl<E> Shared<E> {
     }
 }
 
-/// How many blocks of columns to split a pool product into; rayon spreads them over its threads,
-/// each block computed by gemm on one thread.
+/// How a pool product is split into tasks: blocks of up to `rows` destination rows by up to
+/// `cols` columns, each computed by gemm on one thread, the blocks spread over the threads by
+/// [`parallel::for_each`] (the calling thread among them).
 ///
 /// For a row-major destination gemm transposes the problem, so the right operand (projection
 /// weights, a tied embedding table) becomes the left one, which it repacks in panels. With few
 /// destination rows (tokens; in the backward pass also the input width of a weight's gradient,
-/// `xᵀ g`) gemm's threads split the work along the rows, so every thread
-/// repacks the whole weight matrix; with a transposed right operand it even repacks all of it on
-/// one thread before the others start. Blocks of columns make each thread repack only its own
-/// share of the weights, and narrow blocks (64 columns, one gemm panel; wider when a product has
-/// more than 8 blocks per thread's worth of columns, and fewer when it has little work) let
-/// rayon balance them across cores that another process slows: on the encoder's shapes (128 rows) 64-column blocks
-/// ran 1.1-1.25x faster than two halves, which ran 1.05-1.15x faster than gemm's threading, in
+/// `xᵀ g`) gemm's own threads split the work along the rows, so every thread repacked the whole
+/// weight matrix. Blocks of columns make each thread repack only its own share of the weights,
+/// and narrow blocks (64 columns, one gemm panel; wider when a product has more than 8 blocks
+/// per thread's worth of columns, and fewer when it has little work) let the threads balance
+/// when another process slows a core: on the encoder's shapes (128 rows) 64-column blocks ran
+/// 1.1-1.25x faster than two halves, which ran 1.05-1.15x faster than gemm's threading, in
 /// alternating runs; with up to 768 rows, MiniLM's batch of 32 sentences (576 tokens) embedded
-/// 1.16x faster. From 1024 rows (a GPT training batch) neither way won consistently, so those
-/// products keep gemm's threading.
-fn column_blocks(m: usize, k: usize, n: usize, dst: Layout) -> usize {
-    const FEW_ROWS: usize = 768;
-    const MIN_BLOCK_WORK: usize = 1 << 19; // multiply-adds below which a task costs more than it saves
-    let threads = rayon::current_num_threads();
-    if dst.strides[1] != 1 || m > FEW_ROWS || threads < 2 {
-        return 1;
-    }
-    let work = m.saturating_mul(k).saturating_mul(n);
-    n.div_ceil(packed::BLOCK_COLS).min(work / MIN_BLOCK_WORK).min(threads * 8).max(1)
+/// 1.16x faster. Products with more rows (a GPT training batch of 1024 tokens) are also split
+/// into blocks of up to 512 rows: in a scratch program on the GPT's shapes, 512 x 64 and
+/// 512 x 128 blocks ran within noise of gemm's own threading (180-199 GFLOP/s), which would
+/// leave the calling thread idle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Split {
+    rows: usize,
+    cols: usize,
 }
 
-/// The width of each of up to `parts` blocks covering `n` columns, and how many blocks that
-/// makes: `ceil(n / parts)` wide blocks may need fewer than `parts` (n = 8200 in 128 parts
-/// takes 127 blocks of 65), and a block must not start past the last column.
-fn split_columns(n: usize, parts: usize) -> (usize, usize) {
-    let block = n.div_ceil(parts.max(1)).max(1);
-    (block, n.div_ceil(block))
+impl Split {
+    fn of(m: usize, k: usize, n: usize, threads: usize) -> Self {
+        const FEW_ROWS: usize = 768;
+        const ROW_BLOCK: usize = 512;
+        const MIN_BLOCK_WORK: usize = 1 << 19; // multiply-adds below which a task costs more than it saves
+        if threads < 2 {
+            return Split { rows: m, cols: n };
+        }
+        let row_blocks = if m > FEW_ROWS { m.div_ceil(ROW_BLOCK) } else { 1 };
+        let work = m.saturating_mul(k).saturating_mul(n) / row_blocks;
+        let col_blocks = n.div_ceil(packed::BLOCK_COLS).min(work / MIN_BLOCK_WORK).min(threads * 8).max(1);
+        Split { rows: m.div_ceil(row_blocks), cols: n.div_ceil(col_blocks) }
+    }
+
+    /// The blocks' row and column ranges, column block after column block.
+    fn blocks(self, m: usize, n: usize) -> impl Iterator<Item = (Range<usize>, Range<usize>)> {
+        let Split { rows, cols } = self;
+        (0..n)
+            .step_by(cols)
+            .flat_map(move |c| (0..m).step_by(rows).map(move |r| (r..(r + rows).min(m), c..(c + cols).min(n))))
+    }
 }
 
 /// Where [`gemm`] and [`gemm_all`] run.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Threads {
-    /// Split across the rayon pool (large products).
+    /// Split across the threads (large products).
     Pool,
-    /// On the calling thread (one product per rayon task).
+    /// On the calling thread (one product per task of an outer parallel loop).
     Caller,
 }
 
@@ -208,6 +225,32 @@ impl<E: num_traits::Float + 'static> Product<'_, E> {
             && r.fits(self.rhs.len())
     }
 
+    /// Rewrites a product with a column-major destination as the same product transposed,
+    /// `dstᵀ = rhsᵀ lhsᵀ`, whose destination is row-major (a tied embedding table's gradient is
+    /// written through the transposed view the forward pass read), so that it splits into
+    /// column blocks like any other.
+    fn orient(&mut self) {
+        let d = self.dst_layout;
+        let row_major = d.strides[1] == 1 || d.cols == 1;
+        if !row_major && (d.strides[0] == 1 || d.rows == 1) {
+            self.dst_layout = d.t();
+            std::mem::swap(&mut self.lhs, &mut self.rhs);
+            (self.lhs_layout, self.rhs_layout) = (self.rhs_layout.t(), self.lhs_layout.t());
+        }
+    }
+
+    /// Whether the destination's rows are contiguous, so that it splits into column blocks.
+    fn splits(&self) -> bool {
+        self.dst_layout.strides[1] == 1 || self.dst_layout.cols == 1
+    }
+
+    /// Whether the right operand is stored transposed (its columns contiguous) with enough
+    /// rows for a full tile: [`Task::Transposed`] copies it into row-major blocks first.
+    fn transposed_rhs(&self) -> bool {
+        let r = self.rhs_layout;
+        r.strides[0] == 1 && r.strides[1] > 1 && r.cols > 1 && r.rows >= 16
+    }
+
     /// `k == 0`: the product is zero, so only an overwritten destination changes.
     fn write_empty_sum(&mut self) {
         if !self.accumulate {
@@ -221,13 +264,14 @@ impl<E: num_traits::Float + 'static> Product<'_, E> {
     }
 }
 
-/// Raw addresses of one valid [`Product`], which its column blocks share across threads. Made
-/// and used only inside [`gemm_all`], while the product's borrows are held.
+/// Raw addresses of one valid [`Product`], which its blocks share across threads. Made and used
+/// only inside [`gemm_all`], while the product's borrows are held.
 #[derive(Clone, Copy)]
 struct Operands<E> {
     dst: Shared<E>,
     lhs: Shared<E>,
     rhs: Shared<E>,
+    rhs_len: usize,
     dst_layout: Layout,
     lhs_layout: Layout,
     rhs_layout: Layout,
@@ -240,6 +284,7 @@ impl<E: num_traits::Float + 'static> Operands<E> {
             dst: Shared(p.dst.as_mut_ptr()),
             lhs: Shared(p.lhs.as_ptr().cast_mut()),
             rhs: Shared(p.rhs.as_ptr().cast_mut()),
+            rhs_len: p.rhs.len(),
             dst_layout: p.dst_layout,
             lhs_layout: p.lhs_layout,
             rhs_layout: p.rhs_layout,
@@ -247,46 +292,73 @@ impl<E: num_traits::Float + 'static> Operands<E> {
         }
     }
 
-    /// Columns `first_col..first_col + cols` of the product.
-    fn columns(self, first_col: usize, cols: usize, parallelism: gemm::Parallelism) {
+    /// The product's right operand, read-only.
+    fn rhs(&self) -> &[E] {
+        // SAFETY: `rhs` and `rhs_len` are the address and length of the product's `rhs` slice,
+        // still borrowed (see `Operands`), which nothing writes while the product runs (its
+        // destination is a distinct `&mut` borrow).
+        #[allow(unsafe_code)]
+        unsafe {
+            std::slice::from_raw_parts(self.rhs.0, self.rhs_len)
+        }
+    }
+
+    /// Rows `rows` by columns `cols` of the product, by gemm on this thread. `block`, when
+    /// given, holds the right operand's columns `cols` (all its rows) in place of the right
+    /// operand itself.
+    fn block(self, rows: Range<usize>, cols: Range<usize>, block: Option<(&[E], Layout)>) {
         let s = |x: usize| x as isize; // checked by `Product::valid`: every stride fits in isize
-        let (m, k) = (self.lhs_layout.rows, self.lhs_layout.cols);
+        let (d, l) = (self.dst_layout, self.lhs_layout);
+        let (rhs, r) = match block {
+            Some((data, layout)) => {
+                // A block made from this product's right operand: the same rows, these columns.
+                assert!(
+                    layout.rows == self.rhs_layout.rows
+                        && layout.cols == cols.len()
+                        && cols.end <= self.rhs_layout.cols
+                        && layout.fits(data.len()),
+                    "a block of the right operand does not match its product"
+                );
+                (data.as_ptr(), layout)
+            }
+            None => (self.rhs.offset(cols.start * self.rhs_layout.strides[1]).cast_const(), self.rhs_layout),
+        };
+        assert!(rows.end <= d.rows && cols.end <= d.cols && !rows.is_empty() && !cols.is_empty());
         // SAFETY: `Product::valid` held for the product these addresses come from, which is
-        // still borrowed: `E` is f32/f64, which `gemm::gemm` implements; every offset the product
-        // reads or writes is below the slice lengths (a block of columns reaches no further than
-        // all of them); `dst` is a unique borrow whose elements have distinct addresses, so
-        // neither gemm's threads nor the column blocks (disjoint sets of elements) write one
-        // address twice; `lhs`/`rhs` are only read. A packed block (`Task::Packed`) replaces
-        // `rhs` by a slice that its task holds alive, checked there to fit its layout, and `dst`
-        // by the block's columns of the product's (`first + width <= n`, also checked there).
+        // still borrowed: `E` is f32/f64, which `gemm::gemm` implements; the rows and columns
+        // are inside the product (checked above), so every offset the block reads or writes is
+        // below the slice lengths; `dst` is a unique borrow whose elements have distinct
+        // addresses, and the blocks of one product cover disjoint sets of its elements, so no
+        // two threads write one address; `lhs` and `rhs` are only read. A `block` replacing the
+        // right operand is a live slice that fits its layout (checked above).
         #[allow(unsafe_code)]
         unsafe {
             gemm::gemm(
-                m,
-                cols,
-                k,
-                self.dst.offset(first_col * self.dst_layout.strides[1]),
-                s(self.dst_layout.strides[1]),
-                s(self.dst_layout.strides[0]),
+                rows.len(),
+                cols.len(),
+                l.cols,
+                self.dst.offset(rows.start * d.strides[0] + cols.start * d.strides[1]),
+                s(d.strides[1]),
+                s(d.strides[0]),
                 self.accumulate,
-                self.lhs.offset(0),
-                s(self.lhs_layout.strides[1]),
-                s(self.lhs_layout.strides[0]),
-                self.rhs.offset(first_col * self.rhs_layout.strides[1]),
-                s(self.rhs_layout.strides[1]),
-                s(self.rhs_layout.strides[0]),
+                self.lhs.offset(rows.start * l.strides[0]),
+                s(l.strides[1]),
+                s(l.strides[0]),
+                rhs,
+                s(r.strides[1]),
+                s(r.strides[0]),
                 E::one(),
                 E::one(),
                 false,
                 false,
                 false,
-                parallelism,
+                gemm::Parallelism::None,
             );
         }
     }
 }
 
-/// `dst (+)= lhs x rhs` on strided views, on the rayon pool or the calling thread: `dst` is
+/// `dst (+)= lhs x rhs` on strided views, on the threads or the calling thread: `dst` is
 /// overwritten, or added to when `accumulate`. Returns `false`, touching nothing, when the dtype is not
 /// supported, the shapes disagree, a view reaches outside its slice or `dst` overlaps itself.
 #[allow(clippy::too_many_arguments)]
@@ -303,11 +375,9 @@ pub(crate) fn gemm<E: num_traits::Float + Send + Sync + 'static>(
     gemm_all(&mut [Product { dst, dst_layout, accumulate, lhs, lhs_layout, rhs, rhs_layout }], threads)
 }
 
-/// Several independent products (distinct destinations) as one parallel pass: the column blocks
-/// of all of them are spread over the pool together, so the Q/K/V projections of one input cost
-/// one hand-off to the threads instead of three. Products not split into blocks (see
-/// [`column_blocks`]: many rows, little work, a column-major destination, one thread) run first,
-/// one after another, on gemm's own threading. Returns `false`, touching nothing, unless every
+/// Several independent products (distinct destinations) as one parallel pass: the blocks of all
+/// of them are spread over the threads together, so the Q/K/V projections of one input cost one
+/// hand-off to the threads instead of three. Returns `false`, touching nothing, unless every
 /// product is valid (see [`gemm`]).
 pub(crate) fn gemm_all<E: num_traits::Float + Send + Sync + 'static>(
     products: &mut [Product<'_, E>],
@@ -316,8 +386,13 @@ pub(crate) fn gemm_all<E: num_traits::Float + Send + Sync + 'static>(
     if !products.iter().all(Product::valid) {
         return false;
     }
-    let mut tasks = Vec::new(); // run together on the pool
+    let threads = match threads {
+        Threads::Pool => parallel::threads(),
+        Threads::Caller => 1,
+    };
+    let mut tasks = Vec::new();
     for p in products.iter_mut() {
+        p.orient();
         let (m, k, n) = (p.lhs_layout.rows, p.lhs_layout.cols, p.rhs_layout.cols);
         if m == 0 || n == 0 {
             continue;
@@ -326,78 +401,127 @@ pub(crate) fn gemm_all<E: num_traits::Float + Send + Sync + 'static>(
             p.write_empty_sum();
             continue;
         }
+        let split = if p.splits() { Split::of(m, k, n, threads) } else { Split { rows: m, cols: n } };
+        let packed = if split.cols < n { packed::lookup(p.rhs, p.rhs_layout) } else { None };
+        let transposed = p.splits() && p.transposed_rhs();
         let operands = Operands::of(p);
-        match threads {
-            Threads::Caller => operands.columns(0, n, gemm::Parallelism::None),
-            Threads::Pool => {
-                let parts = column_blocks(m, k, n, p.dst_layout);
-                let packed = if parts > 1 { packed::lookup(p.rhs, p.rhs_layout) } else { None };
-                if let Some(packed) = packed {
-                    // `parts` tasks (at most one per block) of consecutive blocks.
-                    let per_task = packed.blocks().div_ceil(parts);
-                    tasks.extend((0..packed.blocks()).step_by(per_task).map(|first| Task::Packed {
-                        operands,
-                        packed: Arc::clone(&packed),
-                        blocks: first..(first + per_task).min(packed.blocks()),
-                    }));
-                    continue;
-                }
-                let (width, count) = split_columns(n, parts);
-                if count == 1 {
-                    operands.columns(0, n, gemm::Parallelism::Rayon(0));
-                } else {
-                    tasks.extend((0..count).map(|b| Task::Columns {
-                        operands,
-                        first: b * width,
-                        cols: width.min(n - b * width),
-                    }));
-                }
+        if let Some(packed) = packed {
+            // As many tasks of consecutive packed blocks per row block as `split` has columns.
+            let per_task = packed.blocks().div_ceil(n.div_ceil(split.cols));
+            for first in (0..packed.blocks()).step_by(per_task) {
+                let blocks = first..(first + per_task).min(packed.blocks());
+                tasks.extend((0..m).step_by(split.rows).map(|r| Task::Packed {
+                    operands,
+                    packed: Arc::clone(&packed),
+                    rows: r..(r + split.rows).min(m),
+                    blocks: blocks.clone(),
+                }));
             }
+            continue;
         }
+        tasks.extend(split.blocks(m, n).map(|(rows, cols)| match transposed {
+            true => Task::Transposed { operands, rows, cols },
+            false => Task::InPlace { operands, rows, cols },
+        }));
     }
-    if !tasks.is_empty() {
-        use rayon::prelude::*;
-        tasks.into_par_iter().for_each(Task::run);
+    if threads > 1 {
+        parallel::for_each(tasks.into_iter(), Task::run);
+    } else {
+        tasks.into_iter().for_each(Task::run);
     }
     true
 }
 
-/// One rayon task of [`gemm_all`].
+/// One task of [`gemm_all`]: a block of one product.
 enum Task<E> {
-    /// Columns `first..first + cols` of a product.
-    Columns { operands: Operands<E>, first: usize, cols: usize },
-    /// The columns of `blocks` of a product whose right operand has the packed copy `packed`.
-    Packed { operands: Operands<E>, packed: Arc<PackedMatrix<E>>, blocks: std::ops::Range<usize> },
+    /// Rows `rows` by columns `cols`, the right operand read in place.
+    InPlace { operands: Operands<E>, rows: Range<usize>, cols: Range<usize> },
+    /// Rows `rows` by columns `cols` of a product whose right operand is stored transposed:
+    /// 64 columns at a time are copied into a row-major block first (see [`super::transpose`]).
+    Transposed { operands: Operands<E>, rows: Range<usize>, cols: Range<usize> },
+    /// Rows `rows` by the columns of `blocks` of a product whose right operand has the packed
+    /// copy `packed`.
+    Packed { operands: Operands<E>, packed: Arc<PackedMatrix<E>>, rows: Range<usize>, blocks: Range<usize> },
 }
 
 impl<E: num_traits::Float + 'static> Task<E> {
     fn run(self) {
         match self {
-            Task::Columns { operands, first, cols } => operands.columns(first, cols, gemm::Parallelism::None),
-            Task::Packed { operands, packed, blocks } => {
+            Task::InPlace { operands, rows, cols } => operands.block(rows, cols, None),
+            Task::Transposed { operands, rows, cols } => {
+                let (k, width) = (operands.rhs_layout.rows, packed::BLOCK_COLS);
+                with_scratch::<E, _>(k * width, |scratch| {
+                    for first in cols.clone().step_by(width) {
+                        let cols = first..(first + width).min(cols.end);
+                        pack_columns(operands.rhs(), operands.rhs_layout, cols.clone(), scratch, width);
+                        let layout = Layout { rows: k, cols: cols.len(), strides: [width, 1] };
+                        operands.block(rows.clone(), cols, Some((scratch, layout)));
+                    }
+                });
+            }
+            Task::Packed { operands, packed, rows, blocks } => {
                 for b in blocks {
-                    let (first, rhs, rhs_layout) = packed.block(b);
-                    // The packed copy holds the same `(K, N)` matrix as the product's right
-                    // operand (its view was the key), so these columns of it fit the product;
-                    // `columns` relies on it, hence a check that stays in release builds.
-                    assert!(
-                        rhs_layout.rows == operands.rhs_layout.rows
-                            && first + rhs_layout.cols <= operands.rhs_layout.cols
-                            && rhs_layout.fits(rhs.len()),
-                        "a packed weight does not match its product"
-                    );
-                    let block = Operands {
-                        dst: Shared(operands.dst.offset(first * operands.dst_layout.strides[1])),
-                        dst_layout: Layout { cols: rhs_layout.cols, ..operands.dst_layout },
-                        rhs: Shared(rhs.as_ptr().cast_mut()),
-                        rhs_layout,
-                        ..operands
-                    };
-                    block.columns(0, rhs_layout.cols, gemm::Parallelism::None);
+                    let (first, data, layout) = packed.block(b);
+                    operands.block(rows.clone(), first..first + layout.cols, Some((data, layout)));
                 }
             }
         }
     }
+}
+
+/// Columns `cols` of the view `layout` of `src`, all rows, into `dst` with row stride `stride`
+/// (through AVX-512 registers for f32).
+fn pack_columns<E: Copy + 'static>(src: &[E], layout: Layout, cols: Range<usize>, dst: &mut [E], stride: usize) {
+    match as_f32(src) {
+        Some(src) => {
+            let dst = as_f32_mut(dst).expect("`dst` has the element type of `src`");
+            transpose::pack_columns_f32(src, layout, cols.start, cols.len(), dst, stride);
+        }
+        None => transpose::pack_columns(src, layout, cols.start, cols.len(), dst, stride),
+    }
+}
+
+thread_local! {
+    /// Each thread's block for [`Task::Transposed`], kept from product to product.
+    static SCRATCH_F32: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH_F64: RefCell<Vec<f64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Calls `f` with `len` elements of this thread's scratch buffer for `E` (whatever they hold).
+fn with_scratch<E: num_traits::Zero + Copy + 'static, R>(len: usize, f: impl FnOnce(&mut [E]) -> R) -> R {
+    fn with_vec<E: num_traits::Zero + Copy + 'static, V: 'static, R>(
+        v: &mut V,
+        len: usize,
+        f: impl FnOnce(&mut [E]) -> R,
+    ) -> R {
+        let v = (v as &mut dyn Any).downcast_mut::<Vec<E>>().expect("the scratch buffer of `E`");
+        if v.len() < len {
+            v.resize(len, E::zero());
+        }
+        f(&mut v[..len])
+    }
+    if super::same::<E, f32>() {
+        SCRATCH_F32.with_borrow_mut(|v| with_vec(v, len, f))
+    } else if super::same::<E, f64>() {
+        SCRATCH_F64.with_borrow_mut(|v| with_vec(v, len, f))
+    } else {
+        f(&mut vec![E::zero(); len])
+    }
+}
+
+/// `data` as `f32`s, when `E` is `f32`.
+fn as_f32<E: 'static>(data: &[E]) -> Option<&[f32]> {
+    // SAFETY: `E` is `f32` (the same `TypeId`), so this is the same slice with its type named.
+    #[allow(unsafe_code)]
+    super::same::<E, f32>().then(|| unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<f32>(), data.len()) })
+}
+
+/// `data` as `f32`s, when `E` is `f32`.
+fn as_f32_mut<E: 'static>(data: &mut [E]) -> Option<&mut [f32]> {
+    // SAFETY: as in `as_f32`; the new slice takes over the unique borrow of `data`.
+    #[allow(unsafe_code)]
+    super::same::<E, f32>()
+        .then(|| unsafe { std::slice::from_raw_parts_mut(data.as_mut_ptr().cast::<f32>(), data.len()) })
 }
 
 #[cfg(test)]
@@ -438,35 +562,64 @@ mod tests {
     }
 
     #[test]
-    fn column_splits_start_every_block_inside_the_matrix() {
-        for n in 1..3000 {
-            for parts in 1..140 {
-                let (block, count) = split_columns(n, parts);
-                assert!(count <= parts && (count - 1) * block < n && count * block >= n, "n {n}, parts {parts}");
+    fn splits_cover_every_element_once() {
+        for threads in [1, 2, 3, 16] {
+            for (m, k, n) in
+                [(1, 1, 1), (128, 512, 512), (9, 512, 301), (1024, 128, 128), (2000, 64, 3000), (769, 7, 65)]
+            {
+                let split = Split::of(m, k, n, threads);
+                let mut hits = vec![0u8; m * n];
+                for (rows, cols) in split.blocks(m, n) {
+                    assert!(!rows.is_empty() && !cols.is_empty() && rows.end <= m && cols.end <= n);
+                    for i in rows {
+                        for j in cols.clone() {
+                            hits[i * n + j] += 1;
+                        }
+                    }
+                }
+                assert!(hits.iter().all(|&h| h == 1), "{m}x{k}x{n} on {threads} threads: {split:?}");
+                if threads == 1 {
+                    assert_eq!(split, Split { rows: m, cols: n });
+                }
             }
         }
+        assert!(Split::of(1024, 128, 128, 2).rows < 1024, "many rows split into row blocks");
+        assert_eq!(Split::of(128, 512, 512, 2).cols, 64, "few rows: blocks of 64 columns");
     }
 
     #[test]
-    fn column_blocks_cover_every_column_once() {
-        // Few rows: the product is split into column blocks (n odd, so the last block is
-        // shorter), with the right operand stored transposed or row-major; the result must match
-        // the naive one.
-        let (m, k, n) = (9, 512, 301);
-        assert!(
-            column_blocks(m, k, n, Layout { rows: m, cols: n, strides: [n, 1] }) > 1
-                || rayon::current_num_threads() < 2
-        );
-        let a: Vec<f64> = (0..m * k).map(|i| (i as f64 * 0.37).sin()).collect();
-        let b: Vec<f64> = (0..k * n).map(|i| (i as f64 * 0.11).cos()).collect();
-        let al = Layout { rows: m, cols: k, strides: [k, 1] };
-        for bl in [Layout { rows: k, cols: n, strides: [1, k] }, Layout { rows: k, cols: n, strides: [n, 1] }] {
+    fn every_kind_of_block_matches_the_naive_product() {
+        // Few and many rows; right operands stored row-major (read in place) and transposed
+        // (copied into row-major blocks, with a short last block and rows that end mid-tile);
+        // a destination stored column-major (the product is transposed to split it).
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("a thread pool");
+        for (m, k, n) in [(9, 512, 301), (900, 40, 70), (33, 16, 17), (5, 3, 200)] {
+            let a: Vec<f64> = (0..m * k).map(|i| (i as f64 * 0.37).sin()).collect();
+            let b: Vec<f64> = (0..k * n).map(|i| (i as f64 * 0.11).cos()).collect();
+            let al = Layout { rows: m, cols: k, strides: [k, 1] };
+            for bl in [Layout { rows: k, cols: n, strides: [1, k] }, Layout { rows: k, cols: n, strides: [n, 1] }] {
+                let want = naive(&a, al, &b, bl);
+                for dl in [Layout { rows: m, cols: n, strides: [n, 1] }, Layout { rows: m, cols: n, strides: [1, m] }] {
+                    let mut dst = vec![0.5; m * n];
+                    assert!(pool.install(|| gemm(&mut dst, dl, true, &a, al, &b, bl, Threads::Pool)));
+                    for i in 0..m {
+                        for j in 0..n {
+                            let (x, y) = (dst[i * dl.strides[0] + j * dl.strides[1]], want[i * n + j]);
+                            assert!((x - 0.5 - y).abs() < 1e-9, "{x} vs {y} + 0.5 ({m}x{k}x{n}, {bl:?}, {dl:?})");
+                        }
+                    }
+                }
+            }
+            // f32 takes the AVX-512 copy of a transposed operand where the CPU has it.
+            let (a32, b32): (Vec<f32>, Vec<f32>) =
+                (a.iter().map(|&x| x as f32).collect(), b.iter().map(|&x| x as f32).collect());
+            let bl = Layout { rows: k, cols: n, strides: [1, k] };
             let want = naive(&a, al, &b, bl);
             let dl = Layout { rows: m, cols: n, strides: [n, 1] };
-            let mut dst = vec![0.5; m * n];
-            assert!(gemm(&mut dst, dl, true, &a, al, &b, bl, Threads::Pool));
+            let mut dst = vec![0.0f32; m * n];
+            assert!(pool.install(|| gemm(&mut dst, dl, false, &a32, al, &b32, bl, Threads::Pool)));
             for (x, y) in dst.iter().zip(&want) {
-                assert!((x - 0.5 - y).abs() < 1e-9, "{x} vs {y} + 0.5 ({bl:?})");
+                assert!((f64::from(*x) - y).abs() < 1e-4 * (1.0 + y.abs()), "{x} vs {y} ({m}x{k}x{n}, f32)");
             }
         }
     }
@@ -474,17 +627,12 @@ mod tests {
     #[test]
     fn products_run_together_match_each_alone_and_an_invalid_one_stops_all() {
         // Three products of one left operand (few rows, so their column blocks share one pass),
-        // one with many rows (gemm's threading) and one with k = 0.
+        // one with many rows (row blocks) and one with k = 0.
         let lhs = |m: usize, k: usize| -> Vec<f64> { (0..m * k).map(|i| (i as f64 * 0.37).sin()).collect() };
         let rhs = |k: usize, n: usize, seed: f64| -> Vec<f64> { (0..k * n).map(|i| (i as f64 * seed).cos()).collect() };
         let shapes = [(16, 512, 300), (16, 512, 200), (16, 512, 130), (900, 40, 70), (5, 0, 3)];
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("a thread pool");
-        assert!(shapes[..3].iter().all(|&(m, k, n)| pool.install(|| column_blocks(
-            m,
-            k,
-            n,
-            Layout { rows: m, cols: n, strides: [n, 1] }
-        )) > 1));
+        assert!(shapes[..3].iter().all(|&(m, k, n)| Split::of(m, k, n, 2).cols < n));
         let a: Vec<Vec<f64>> = shapes.iter().map(|&(m, k, _)| lhs(m, k)).collect();
         let b: Vec<Vec<f64>> =
             shapes.iter().enumerate().map(|(i, &(_, k, n))| rhs(k, n, 0.1 + i as f64 * 0.01)).collect();

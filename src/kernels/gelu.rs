@@ -2,12 +2,11 @@
 //! has a wrong derivative, which `nn::Gelu` corrects with four more ops and a second `exp`;
 //! here the value and the slope `Φ(x) + x φ(x)` are computed directly.
 
-use super::cpu;
 use super::exp::exp;
 use super::{cast, cast_ref, fast_cpu, record_backward, same, simd, PER_TASK};
+use super::{cpu, parallel};
 use crate::FloatDtype;
 use dfdx::prelude::*;
-use rayon::prelude::*;
 
 /// The fused result, or the input back where the fused kernel does not apply.
 type Fused<S, E, Dev, T> = Result<Tensor<S, E, Dev, T>, Tensor<S, E, Dev, T>>;
@@ -30,9 +29,8 @@ pub(crate) fn gelu<S: Shape, E: FloatDtype, Dev: Device<E>, T: Tape<E, Dev>>(
             let x: &Tensor<S, E, Cpu> = cast_ref(&x);
             let xs = cpu::dense(x).expect("checked in the forward pass");
             let grad_x: &mut Vec<E> = grads.get_or_alloc_mut(x)?;
-            let chunks =
-                grad_x.par_chunks_mut(PER_TASK).zip(grad_out.par_chunks(PER_TASK)).zip(xs.par_chunks(PER_TASK));
-            chunks.for_each(|((d, g), x)| {
+            let chunks = grad_x.chunks_mut(PER_TASK).zip(grad_out.chunks(PER_TASK)).zip(xs.chunks(PER_TASK));
+            parallel::for_each(chunks, |((d, g), x)| {
                 simd(|| {
                     for ((d, &g), &v) in d.iter_mut().zip(g).zip(x) {
                         *d += g * slope(v);
@@ -48,7 +46,7 @@ pub(crate) fn gelu<S: Shape, E: FloatDtype, Dev: Device<E>, T: Tape<E, Dev>>(
 fn cpu_forward<S: Shape, E: FloatDtype>(x: &Tensor<S, E, Cpu>) -> Option<Tensor<S, E, Cpu>> {
     let xs = cpu::dense(x)?;
     let mut out = vec![E::zero(); xs.len()];
-    out.par_chunks_mut(PER_TASK).zip(xs.par_chunks(PER_TASK)).for_each(|(y, x)| {
+    parallel::for_each(out.chunks_mut(PER_TASK).zip(xs.chunks(PER_TASK)), |(y, x)| {
         simd(|| y.iter_mut().zip(x).for_each(|(y, &v)| *y = v * normal(v).0));
     });
     x.device().try_tensor_from_vec(out, *x.shape()).ok()

@@ -4,10 +4,9 @@
 
 use super::add::accumulate;
 use super::{cast, cast_ref, fast_cpu, record_backward, rows_per_task, simd_run, split_optional, Vectorized};
-use super::{cpu, reduce};
+use super::{cpu, parallel, reduce};
 use crate::FloatDtype;
 use dfdx::prelude::*;
-use rayon::prelude::*;
 
 type Rows<B, S, const D: usize, E, Dev, T = NoneTape> = Tensor<(B, S, Const<D>), E, Dev, T>;
 type Vector<const D: usize, E, Dev, T = NoneTape> = Tensor<(Const<D>,), E, Dev, T>;
@@ -76,10 +75,14 @@ fn cpu_forward<B: Dim, S: Dim, const D: usize, E: FloatDtype>(
     let eps = E::from(eps)?;
     let rows = xs.len() / D;
     let (mut out, mut mean, mut rstd) = (vec![E::zero(); rows * D], vec![E::zero(); rows], vec![E::zero(); rows]);
-    let rows =
-        xs.par_chunks_exact(D).zip(out.par_chunks_exact_mut(D)).zip(mean.par_iter_mut().zip(rstd.par_iter_mut()));
-    rows.with_min_len(rows_per_task(D)).for_each(|((row, y), (mean, rstd))| {
-        (*mean, *rstd) = simd_run(NormalizeRow { row, ws, bs, eps, y });
+    let per_task = rows_per_task(D);
+    let blocks = xs.chunks(per_task * D).zip(out.chunks_mut(per_task * D));
+    let blocks = blocks.zip(mean.chunks_mut(per_task).zip(rstd.chunks_mut(per_task)));
+    parallel::for_each(blocks, |((xs, ys), (means, rstds))| {
+        let rows = xs.chunks_exact(D).zip(ys.chunks_exact_mut(D)).zip(means.iter_mut().zip(rstds.iter_mut()));
+        for ((row, y), (mean, rstd)) in rows {
+            (*mean, *rstd) = simd_run(NormalizeRow { row, ws, bs, eps, y });
+        }
     });
     let out = x.device().try_tensor_from_vec(out, *x.shape()).ok()?;
     Some(Forward { out, mean, rstd })
@@ -164,15 +167,13 @@ fn cpu_backward<B: Dim, S: Dim, const D: usize, E: FloatDtype>(
     let ws = cpu::dense(w).expect("checked in the forward pass");
     let grad_x: &mut Vec<E> = grads.get_or_alloc_mut(x)?;
     // Fixed blocks of rows, each summing its own weight and bias gradients, added in block
-    // order afterwards: the result does not depend on how rayon schedules the blocks.
+    // order afterwards: the result does not depend on which thread runs which block.
     let block = rows_per_task(D) * D;
-    let blocks = xs.par_chunks(block).zip(grad_out.par_chunks(block)).zip(grad_x.par_chunks_mut(block)).enumerate();
-    let partials: Vec<(Vec<E>, Vec<E>)> = blocks
-        .map(|(b, ((xs, g), dx))| {
-            let first = b * block / D;
-            simd_run(BackwardBlock::<D, E> { xs, g, dx, mean: &mean[first..], rstd: &rstd[first..], ws })
-        })
-        .collect();
+    let blocks = xs.chunks(block).zip(grad_out.chunks(block)).zip(grad_x.chunks_mut(block)).enumerate();
+    let partials: Vec<(Vec<E>, Vec<E>)> = parallel::map(blocks, |(b, ((xs, g), dx))| {
+        let first = b * block / D;
+        simd_run(BackwardBlock::<D, E> { xs, g, dx, mean: &mean[first..], rstd: &rstd[first..], ws })
+    });
     let (mut dw, mut db) = (vec![E::zero(); D], vec![E::zero(); D]);
     for (pw, pb) in &partials {
         accumulate(&mut dw, pw);

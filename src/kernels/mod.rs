@@ -6,7 +6,7 @@
 //! AVX2/FMA at run time on those that do not). [`affine_shared`] sends CPU products of f32 and f64
 //! through it, forward and backward (the backward is recorded on the tape like any dfdx op), and
 //! leaves every other device and dtype to dfdx; layer norm, attention's masked softmax and the
-//! exact GELU are fused into one pass each way, split across rayon's threads, with a vectorisable
+//! exact GELU are fused into one pass each way, split across the cores (see [`parallel`]), with a vectorisable
 //! `exp` ([`exp`]). The choice is made per call from the types, so the typed API does not change
 //! and generic code needs no new bounds.
 
@@ -18,8 +18,10 @@ mod gelu;
 mod layer_norm;
 mod matmul;
 mod packed;
+mod parallel;
 mod reduce;
 mod softmax;
+mod transpose;
 
 pub(crate) use add::add;
 pub(crate) use batched::{batched_matmul, batched_matmul_heads_last};
@@ -111,12 +113,12 @@ fn split_optional<S: Shape, E: Dtype, Dev: Device<E>, T: Tape<E, Dev>>(
     }
 }
 
-/// Elements per rayon task in the element- and row-wise kernels (tens of microseconds of work):
+/// Elements per parallel task in the element- and row-wise kernels (tens of microseconds of work):
 /// enough that waking the other thread costs little beside it, so the small tensors of a small
 /// model stay on the calling thread.
 const PER_TASK: usize = 1 << 16;
 
-/// Rows of `width` elements per rayon task (at least one).
+/// Rows of `width` elements per parallel task (at least one).
 fn rows_per_task(width: usize) -> usize {
     (PER_TASK / width.max(1)).max(1)
 }

@@ -4,10 +4,9 @@
 
 use super::exp::exp;
 use super::{cast, cast_ref, fast_cpu, record_backward, rows_per_task, simd_run, Vectorized};
-use super::{cpu, reduce};
+use super::{cpu, parallel, reduce};
 use crate::FloatDtype;
 use dfdx::prelude::*;
-use rayon::prelude::*;
 
 type Scores<B, const H: usize, Sq, Sk, E, Dev, T = NoneTape> = Tensor<(B, Const<H>, Sq, Sk), E, Dev, T>;
 
@@ -77,14 +76,18 @@ fn cpu_forward<B: Dim, const H: usize, Sq: Dim, Sk: Dim, E: FloatDtype>(
     let (_, _, sq, sk) = *scores.shape();
     let (sq, sk) = (sq.size(), sk.size());
     let mut out = vec![E::zero(); s.len()];
-    let rows = s.par_chunks_exact(sk).zip(out.par_chunks_exact_mut(sk)).enumerate().with_min_len(rows_per_task(sk));
-    rows.for_each(|(r, (x, y))| {
-        // row r is (batch, head, query) = (r / (H sq), _, r % sq); the bias skips the head
-        let mask = bias.map(|bias| {
-            let (item, query) = (r / (H * sq), r % sq);
-            &bias[(item * sq + query) * sk..][..sk]
-        });
-        simd_run(SoftmaxRow { x, mask, scale, y })
+    let per_task = rows_per_task(sk);
+    let blocks = s.chunks(per_task * sk).zip(out.chunks_mut(per_task * sk)).enumerate();
+    parallel::for_each(blocks, |(block, (xs, ys))| {
+        for (i, (x, y)) in xs.chunks_exact(sk).zip(ys.chunks_exact_mut(sk)).enumerate() {
+            // row r is (batch, head, query) = (r / (H sq), _, r % sq); the bias skips the head
+            let r = block * per_task + i;
+            let mask = bias.map(|bias| {
+                let (item, query) = (r / (H * sq), r % sq);
+                &bias[(item * sq + query) * sk..][..sk]
+            });
+            simd_run(SoftmaxRow { x, mask, scale, y })
+        }
     });
     scores.device().try_tensor_from_vec(out, *scores.shape()).ok()
 }
@@ -137,8 +140,13 @@ impl<E: FloatDtype> Vectorized for SoftmaxBackwardRow<'_, E> {
 /// `dscores += scale * y * (g - Σ g y)` for each row of `y` (the softmax weights).
 fn backward_rows<E: FloatDtype>(y: &[E], g: &[E], grad_scores: &mut [E], rows: usize, scale: E) {
     let width = y.len() / rows.max(1);
-    let rows = y.par_chunks_exact(width).zip(g.par_chunks_exact(width)).zip(grad_scores.par_chunks_exact_mut(width));
-    rows.with_min_len(rows_per_task(width)).for_each(|((y, g), d)| simd_run(SoftmaxBackwardRow { y, g, scale, d }));
+    let block = rows_per_task(width) * width;
+    let blocks = y.chunks(block).zip(g.chunks(block)).zip(grad_scores.chunks_mut(block));
+    parallel::for_each(blocks, |((y, g), d)| {
+        for ((y, g), d) in y.chunks_exact(width).zip(g.chunks_exact(width)).zip(d.chunks_exact_mut(width)) {
+            simd_run(SoftmaxBackwardRow { y, g, scale, d })
+        }
+    });
 }
 
 #[cfg(test)]
@@ -181,6 +189,6 @@ mod tests {
 
     #[test]
     fn many_rows_split_into_tasks_match_dfdx() {
-        check(2, 700, 5, true, 3); // 4200 rows of 5: several rayon tasks
+        check(2, 700, 5, true, 3); // 4200 rows of 5: several parallel tasks
     }
 }

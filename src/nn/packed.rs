@@ -66,8 +66,8 @@ impl<'m, M> PackedWeights<'m, M> {
 
     /// How many packed copies have been made so far: one per weight and layout that a product
     /// read inside [`run`](Self::run). Products that are not split into column blocks read the
-    /// weights in place and copy nothing: on a rayon pool of one thread, with little work (one
-    /// token's), or with more than 768 rows.
+    /// weights in place and copy nothing: on one thread (a rayon pool of one, or
+    /// `RAYON_NUM_THREADS=1`), or with little work (one token's).
     pub fn copies(&self) -> usize {
         self.registry.copies()
     }
