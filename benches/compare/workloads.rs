@@ -2,7 +2,9 @@
 //! and prints its throughput, `<workload> <tokens per second>`. PyTorch's side is
 //! `torch_workloads.py`; the script alternates the two and prints the ratios.
 //!
-//! `cargo bench --bench compare -- <workload> [seconds]`; `cargo bench --bench compare -- list`.
+//! `cargo bench --bench compare -- <workload> [seconds]`; `cargo bench --bench compare -- list`;
+//! `-- memory` (the training step's peak memory); `-- peak` (the machine's f32 FMA peak, the
+//! reference for the fraction of peak a workload reaches).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -56,6 +58,86 @@ fn gpt_train_step_memory() -> typeformer::Result<()> {
         (peak - before) / (state + activations)
     );
     Ok(())
+}
+
+/// Twelve independent chains of fused multiply-adds, `rounds` times each, in the widest
+/// registers the CPU has: 16 f32 lanes with AVX-512, 8 with AVX2 and FMA. Returns the lanes and
+/// a sum of the results (so the loop is not optimised away); `None` on other CPUs.
+fn fma_chains(rounds: u64) -> Option<(u64, f32)> {
+    const CHAINS: usize = 12;
+    #[cfg(target_arch = "x86_64")]
+    {
+        struct Avx512(pulp::x86::V4, u64);
+        impl pulp::NullaryFnOnce for Avx512 {
+            type Output = f32;
+            #[inline(always)]
+            fn call(self) -> f32 {
+                let Self(simd, rounds) = self;
+                let avx = simd.avx512f;
+                let (a, b) = (avx._mm512_set1_ps(0.999_99), avx._mm512_set1_ps(1e-6));
+                let mut acc: [_; CHAINS] = std::array::from_fn(|i| avx._mm512_set1_ps(i as f32));
+                for _ in 0..rounds {
+                    for x in &mut acc {
+                        *x = avx._mm512_fmadd_ps(*x, a, b);
+                    }
+                }
+                acc.iter().map(|&x| pulp::cast::<_, [f32; 16]>(x).iter().sum::<f32>()).sum()
+            }
+        }
+        struct Avx2(pulp::x86::V3, u64);
+        impl pulp::NullaryFnOnce for Avx2 {
+            type Output = f32;
+            #[inline(always)]
+            fn call(self) -> f32 {
+                let Self(simd, rounds) = self;
+                let (a, b) = (simd.avx._mm256_set1_ps(0.999_99), simd.avx._mm256_set1_ps(1e-6));
+                let mut acc: [_; CHAINS] = std::array::from_fn(|i| simd.avx._mm256_set1_ps(i as f32));
+                for _ in 0..rounds {
+                    for x in &mut acc {
+                        *x = simd.fma._mm256_fmadd_ps(*x, a, b);
+                    }
+                }
+                acc.iter().map(|&x| pulp::cast::<_, [f32; 8]>(x).iter().sum::<f32>()).sum()
+            }
+        }
+        if let Some(simd) = pulp::x86::V4::try_new() {
+            return Some((16 * CHAINS as u64, simd.vectorize(Avx512(simd, rounds))));
+        }
+        if let Some(simd) = pulp::x86::V3::try_new() {
+            return Some((8 * CHAINS as u64, simd.vectorize(Avx2(simd, rounds))));
+        }
+    }
+    let _ = rounds;
+    None
+}
+
+/// The f32 multiply-add peak of the machine, GFLOP/s: [`fma_chains`] on every core at once for
+/// about `seconds` (a multiply-add counts as two operations). The reference for the fraction of
+/// peak that a workload reaches.
+fn fma_peak(seconds: f64) -> typeformer::Result<f64> {
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let unsupported = || typeformer::Error::InvalidConfig("the FMA peak needs an x86-64 CPU with AVX2 and FMA".into());
+    fma_chains(1).ok_or_else(unsupported)?;
+    let start = Instant::now();
+    let flops: u64 = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let (mut flops, mut sink) = (0u64, 0.0f32);
+                    while start.elapsed() < Duration::from_secs_f64(seconds) {
+                        let rounds = 1 << 22;
+                        let (lanes, sum) = fma_chains(rounds).expect("checked above");
+                        flops += 2 * lanes * rounds;
+                        sink += sum;
+                    }
+                    std::hint::black_box(sink);
+                    flops
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().expect("a peak thread")).sum()
+    });
+    Ok(flops as f64 / start.elapsed().as_secs_f64() / 1e9)
 }
 
 const WORKLOADS: [&str; 12] = [
@@ -192,6 +274,17 @@ fn main() {
         if let Err(e) = gpt_train_step_memory() {
             eprintln!("error: {e}");
             std::process::exit(1);
+        }
+        return;
+    }
+    if workload == "peak" {
+        let seconds = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(3.0);
+        match fma_peak(seconds) {
+            Ok(gflops) => println!("fma-peak {gflops:.1} GFLOP/s"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
         }
         return;
     }
