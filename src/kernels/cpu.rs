@@ -214,15 +214,12 @@ impl<E: num_traits::Float + 'static> Product<'_, E> {
     /// Whether gemm may run it: a supported dtype, shapes that agree, views inside their
     /// slices, and a destination whose elements have distinct addresses.
     fn valid(&self) -> bool {
-        let (l, r, d) = (self.lhs_layout, self.rhs_layout, self.dst_layout);
-        supports::<E>()
-            && r.rows == l.cols
-            && d.rows == l.rows
-            && d.cols == r.cols
+        let d = self.dst_layout;
+        operands_valid::<E>(self.lhs, self.lhs_layout, self.rhs, self.rhs_layout)
+            && d.rows == self.lhs_layout.rows
+            && d.cols == self.rhs_layout.cols
             && d.fits(self.dst.len())
             && d.injective()
-            && l.fits(self.lhs.len())
-            && r.fits(self.rhs.len())
     }
 
     /// Rewrites a product with a column-major destination as the same product transposed,
@@ -239,18 +236,6 @@ impl<E: num_traits::Float + 'static> Product<'_, E> {
         }
     }
 
-    /// Whether the destination's rows are contiguous, so that it splits into column blocks.
-    fn splits(&self) -> bool {
-        self.dst_layout.strides[1] == 1 || self.dst_layout.cols == 1
-    }
-
-    /// Whether the right operand is stored transposed (its columns contiguous) with enough
-    /// rows for a full tile: [`Task::Transposed`] copies it into row-major blocks first.
-    fn transposed_rhs(&self) -> bool {
-        let r = self.rhs_layout;
-        r.strides[0] == 1 && r.strides[1] > 1 && r.cols > 1 && r.rows >= 16
-    }
-
     /// `k == 0`: the product is zero, so only an overwritten destination changes.
     fn write_empty_sum(&mut self) {
         if !self.accumulate {
@@ -264,8 +249,37 @@ impl<E: num_traits::Float + 'static> Product<'_, E> {
     }
 }
 
-/// Raw addresses of one valid [`Product`], which its blocks share across threads. Made and used
-/// only inside [`gemm_all`], while the product's borrows are held.
+/// Whether gemm may read `lhs x rhs`: a supported dtype, shapes that agree, views inside their
+/// slices.
+fn operands_valid<E: 'static>(lhs: &[E], lhs_layout: Layout, rhs: &[E], rhs_layout: Layout) -> bool {
+    supports::<E>() && rhs_layout.rows == lhs_layout.cols && lhs_layout.fits(lhs.len()) && rhs_layout.fits(rhs.len())
+}
+
+/// One product into a new buffer, `lhs x rhs` with `bias` (one element per column) added to
+/// every row when given: see [`gemm_new`].
+pub(crate) struct NewProduct<'a, E> {
+    pub lhs: &'a [E],
+    pub lhs_layout: Layout,
+    pub rhs: &'a [E],
+    pub rhs_layout: Layout,
+    pub bias: Option<&'a [E]>,
+}
+
+/// What a block does with the destination before adding its product.
+#[derive(Clone, Copy)]
+enum Init<E> {
+    /// Adds to what it holds.
+    Accumulate,
+    /// Overwrites it.
+    Overwrite,
+    /// It is fresh memory, dense and row-major: the block first writes the bias (`n` elements)
+    /// into each of its rows, or zeros, then adds the product.
+    Fresh(Option<Shared<E>>),
+}
+
+/// Raw addresses of one valid product, which its blocks share across threads. Made and used
+/// only inside [`gemm_all`] and [`gemm_new`], while the product's borrows are held (and, for a
+/// new buffer, its allocation).
 #[derive(Clone, Copy)]
 struct Operands<E> {
     dst: Shared<E>,
@@ -275,7 +289,7 @@ struct Operands<E> {
     dst_layout: Layout,
     lhs_layout: Layout,
     rhs_layout: Layout,
-    accumulate: bool,
+    init: Init<E>,
 }
 
 impl<E: num_traits::Float + 'static> Operands<E> {
@@ -288,7 +302,7 @@ impl<E: num_traits::Float + 'static> Operands<E> {
             dst_layout: p.dst_layout,
             lhs_layout: p.lhs_layout,
             rhs_layout: p.rhs_layout,
-            accumulate: p.accumulate,
+            init: if p.accumulate { Init::Accumulate } else { Init::Overwrite },
         }
     }
 
@@ -296,18 +310,30 @@ impl<E: num_traits::Float + 'static> Operands<E> {
     fn rhs(&self) -> &[E] {
         // SAFETY: `rhs` and `rhs_len` are the address and length of the product's `rhs` slice,
         // still borrowed (see `Operands`), which nothing writes while the product runs (its
-        // destination is a distinct `&mut` borrow).
+        // destination is a distinct `&mut` borrow or a new buffer).
         #[allow(unsafe_code)]
         unsafe {
             std::slice::from_raw_parts(self.rhs.0, self.rhs_len)
         }
     }
 
+    /// Whether the destination's rows are contiguous, so that it splits into column blocks.
+    fn splits(&self) -> bool {
+        self.dst_layout.strides[1] == 1 || self.dst_layout.cols == 1
+    }
+
+    /// Whether the right operand is stored transposed (its columns contiguous) with enough
+    /// rows for a full tile: [`Task::Transposed`] copies it into row-major blocks first.
+    fn transposed_rhs(&self) -> bool {
+        let r = self.rhs_layout;
+        r.strides[0] == 1 && r.strides[1] > 1 && r.cols > 1 && r.rows >= 16
+    }
+
     /// Rows `rows` by columns `cols` of the product, by gemm on this thread. `block`, when
     /// given, holds the right operand's columns `cols` (all its rows) in place of the right
     /// operand itself.
     fn block(self, rows: Range<usize>, cols: Range<usize>, block: Option<(&[E], Layout)>) {
-        let s = |x: usize| x as isize; // checked by `Product::valid`: every stride fits in isize
+        let s = |x: usize| x as isize; // checked by `operands_valid`: every stride fits in isize
         let (d, l) = (self.dst_layout, self.lhs_layout);
         let (rhs, r) = match block {
             Some((data, layout)) => {
@@ -324,13 +350,40 @@ impl<E: num_traits::Float + 'static> Operands<E> {
             None => (self.rhs.offset(cols.start * self.rhs_layout.strides[1]).cast_const(), self.rhs_layout),
         };
         assert!(rows.end <= d.rows && cols.end <= d.cols && !rows.is_empty() && !cols.is_empty());
-        // SAFETY: `Product::valid` held for the product these addresses come from, which is
-        // still borrowed: `E` is f32/f64, which `gemm::gemm` implements; the rows and columns
-        // are inside the product (checked above), so every offset the block reads or writes is
-        // below the slice lengths; `dst` is a unique borrow whose elements have distinct
-        // addresses, and the blocks of one product cover disjoint sets of its elements, so no
-        // two threads write one address; `lhs` and `rhs` are only read. A `block` replacing the
-        // right operand is a live slice that fits its layout (checked above).
+        let read_dst = match self.init {
+            Init::Accumulate => true,
+            Init::Overwrite => false,
+            Init::Fresh(bias) => {
+                for row in rows.clone() {
+                    let at = self.dst.offset(row * d.strides[0] + cols.start);
+                    // SAFETY: a fresh destination is a dense row-major allocation of
+                    // `d.rows * d.cols` elements (`gemm_new`), so `cols` of `row` lie inside it,
+                    // and only this block writes them; a bias holds `d.cols` elements (checked
+                    // there) and is only read. Writing (not reading) uninitialised memory is
+                    // allowed, and after this every element of the block is initialised.
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        match bias {
+                            Some(bias) => std::ptr::copy_nonoverlapping(bias.offset(cols.start), at, cols.len()),
+                            None => std::ptr::write_bytes(at, 0, cols.len()),
+                        }
+                    }
+                }
+                true
+            }
+        };
+        if l.cols == 0 {
+            return; // an empty sum: a new buffer holds its bias or zeros, nothing else changes
+        }
+        // SAFETY: the product these addresses come from passed `operands_valid` (and, when it
+        // writes into a borrowed slice, `Product::valid`) and is still borrowed: `E` is f32/f64,
+        // which `gemm::gemm` implements; the rows and columns are inside the product (checked
+        // above), so every offset the block reads or writes is inside its slice or buffer; the
+        // destination is a unique borrow whose elements have distinct addresses, or a new dense
+        // buffer, and the blocks of one product cover disjoint sets of its elements, so no two
+        // threads write one address; a new buffer's block was initialised above before gemm
+        // reads it; `lhs` and `rhs` are only read. A `block` replacing the right operand is a
+        // live slice that fits its layout (checked above).
         #[allow(unsafe_code)]
         unsafe {
             gemm::gemm(
@@ -340,7 +393,7 @@ impl<E: num_traits::Float + 'static> Operands<E> {
                 self.dst.offset(rows.start * d.strides[0] + cols.start * d.strides[1]),
                 s(d.strides[1]),
                 s(d.strides[0]),
-                self.accumulate,
+                read_dst,
                 self.lhs.offset(rows.start * l.strides[0]),
                 s(l.strides[1]),
                 s(l.strides[0]),
@@ -386,10 +439,7 @@ pub(crate) fn gemm_all<E: num_traits::Float + Send + Sync + 'static>(
     if !products.iter().all(Product::valid) {
         return false;
     }
-    let threads = match threads {
-        Threads::Pool => parallel::threads(),
-        Threads::Caller => 1,
-    };
+    let threads = count(threads);
     let mut tasks = Vec::new();
     for p in products.iter_mut() {
         p.orient();
@@ -401,35 +451,106 @@ pub(crate) fn gemm_all<E: num_traits::Float + Send + Sync + 'static>(
             p.write_empty_sum();
             continue;
         }
-        let split = if p.splits() { Split::of(m, k, n, threads) } else { Split { rows: m, cols: n } };
-        let packed = if split.cols < n { packed::lookup(p.rhs, p.rhs_layout) } else { None };
-        let transposed = p.splits() && p.transposed_rhs();
-        let operands = Operands::of(p);
-        if let Some(packed) = packed {
-            // As many tasks of consecutive packed blocks per row block as `split` has columns.
-            let per_task = packed.blocks().div_ceil(n.div_ceil(split.cols));
-            for first in (0..packed.blocks()).step_by(per_task) {
-                let blocks = first..(first + per_task).min(packed.blocks());
-                tasks.extend((0..m).step_by(split.rows).map(|r| Task::Packed {
-                    operands,
-                    packed: Arc::clone(&packed),
-                    rows: r..(r + split.rows).min(m),
-                    blocks: blocks.clone(),
-                }));
-            }
+        plan(Operands::of(p), threads, &mut tasks);
+    }
+    run(tasks, threads);
+    true
+}
+
+/// The products `lhs x rhs (+ bias)`, each into a new dense row-major `(m, n)` buffer, as one
+/// parallel pass like [`gemm_all`]: each block writes its bias (or zeros) into its part of the
+/// buffer just before its product adds to it, on its own thread while the part is in cache, so
+/// a new buffer is neither zeroed nor seeded with the bias by the calling thread beforehand.
+/// `None`, computing nothing, unless every product is valid (see [`gemm`]) and every bias has
+/// `n` elements.
+pub(crate) fn gemm_new<E: num_traits::Float + Send + Sync + 'static>(
+    products: &[NewProduct<'_, E>],
+    threads: Threads,
+) -> Option<Vec<Vec<E>>> {
+    let valid = |p: &NewProduct<'_, E>| {
+        operands_valid::<E>(p.lhs, p.lhs_layout, p.rhs, p.rhs_layout)
+            && p.bias.is_none_or(|bias| bias.len() == p.rhs_layout.cols)
+            && p.lhs_layout.rows.checked_mul(p.rhs_layout.cols).is_some_and(|len| len <= isize::MAX as usize)
+    };
+    if !products.iter().all(valid) {
+        return None;
+    }
+    let threads = count(threads);
+    let mut outs: Vec<Vec<E>> =
+        products.iter().map(|p| Vec::with_capacity(p.lhs_layout.rows * p.rhs_layout.cols)).collect();
+    let mut tasks = Vec::new();
+    for (p, out) in products.iter().zip(&mut outs) {
+        let (m, n) = (p.lhs_layout.rows, p.rhs_layout.cols);
+        if m == 0 || n == 0 {
             continue;
         }
-        tasks.extend(split.blocks(m, n).map(|(rows, cols)| match transposed {
-            true => Task::Transposed { operands, rows, cols },
-            false => Task::InPlace { operands, rows, cols },
-        }));
+        let operands = Operands {
+            dst: Shared(out.as_mut_ptr()),
+            lhs: Shared(p.lhs.as_ptr().cast_mut()),
+            rhs: Shared(p.rhs.as_ptr().cast_mut()),
+            rhs_len: p.rhs.len(),
+            dst_layout: Layout { rows: m, cols: n, strides: [n, 1] },
+            lhs_layout: p.lhs_layout,
+            rhs_layout: p.rhs_layout,
+            init: Init::Fresh(p.bias.map(|bias| Shared(bias.as_ptr().cast_mut()))),
+        };
+        plan(operands, threads, &mut tasks);
     }
+    run(tasks, threads);
+    for (p, out) in products.iter().zip(&mut outs) {
+        // SAFETY: the capacity is `m * n`, and the blocks planned for the product cover every
+        // element of its `(m, n)` buffer (each block initialises its part before the product
+        // adds to it), all finished now: `run` returns after every task (or unwinds, and the
+        // buffer is dropped empty).
+        #[allow(unsafe_code)]
+        unsafe {
+            out.set_len(p.lhs_layout.rows * p.rhs_layout.cols);
+        }
+    }
+    Some(outs)
+}
+
+/// The number of threads a product of `threads` runs on.
+fn count(threads: Threads) -> usize {
+    match threads {
+        Threads::Pool => parallel::threads(),
+        Threads::Caller => 1,
+    }
+}
+
+/// Adds the blocks of one product, split for `threads` threads (see [`Split`]), to `tasks`.
+fn plan<E: num_traits::Float + Send + Sync + 'static>(operands: Operands<E>, threads: usize, tasks: &mut Vec<Task<E>>) {
+    let (m, k, n) = (operands.lhs_layout.rows, operands.lhs_layout.cols, operands.rhs_layout.cols);
+    let split = if operands.splits() { Split::of(m, k, n, threads) } else { Split { rows: m, cols: n } };
+    let packed = if split.cols < n && k > 0 { packed::lookup(operands.rhs(), operands.rhs_layout) } else { None };
+    if let Some(packed) = packed {
+        // As many tasks of consecutive packed blocks per row block as `split` has columns.
+        let per_task = packed.blocks().div_ceil(n.div_ceil(split.cols));
+        for first in (0..packed.blocks()).step_by(per_task) {
+            let blocks = first..(first + per_task).min(packed.blocks());
+            tasks.extend((0..m).step_by(split.rows).map(|r| Task::Packed {
+                operands,
+                packed: Arc::clone(&packed),
+                rows: r..(r + split.rows).min(m),
+                blocks: blocks.clone(),
+            }));
+        }
+        return;
+    }
+    let transposed = operands.splits() && operands.transposed_rhs() && k > 0;
+    tasks.extend(split.blocks(m, n).map(|(rows, cols)| match transposed {
+        true => Task::Transposed { operands, rows, cols },
+        false => Task::InPlace { operands, rows, cols },
+    }));
+}
+
+/// Runs the tasks on `threads` threads (the calling thread among them).
+fn run<E: num_traits::Float + Send + Sync + 'static>(tasks: Vec<Task<E>>, threads: usize) {
     if threads > 1 {
         parallel::for_each(tasks.into_iter(), Task::run);
     } else {
         tasks.into_iter().for_each(Task::run);
     }
-    true
 }
 
 /// One task of [`gemm_all`]: a block of one product.
@@ -622,6 +743,44 @@ mod tests {
                 assert!((f64::from(*x) - y).abs() < 1e-4 * (1.0 + y.abs()), "{x} vs {y} ({m}x{k}x{n}, f32)");
             }
         }
+    }
+
+    #[test]
+    fn new_buffers_hold_the_product_and_its_bias_in_every_block() {
+        // Products into new buffers, with and without a bias, split into column and row blocks
+        // (many rows), reading a transposed right operand or a packed copy, and with k = 0.
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("a thread pool");
+        for (m, k, n) in [(9, 512, 301), (900, 40, 70), (33, 16, 17), (1, 1, 1), (7, 0, 5)] {
+            let a: Vec<f64> = (0..m * k).map(|i| (i as f64 * 0.37).sin()).collect();
+            let b: Vec<f64> = (0..k * n).map(|i| (i as f64 * 0.11).cos()).collect();
+            let bias: Vec<f64> = (0..n).map(|j| j as f64 - 2.5).collect();
+            let al = Layout { rows: m, cols: k, strides: [k, 1] };
+            for bl in [Layout { rows: k, cols: n, strides: [1, k] }, Layout { rows: k, cols: n, strides: [n, 1] }] {
+                let want = naive(&a, al, &b, bl);
+                for with_bias in [false, true] {
+                    let products = [NewProduct {
+                        lhs: &a,
+                        lhs_layout: al,
+                        rhs: &b,
+                        rhs_layout: bl,
+                        bias: with_bias.then_some(&bias[..]),
+                    }];
+                    let outs = pool.install(|| gemm_new(&products, Threads::Pool)).expect("a valid product");
+                    assert_eq!(outs[0].len(), m * n);
+                    for (i, (x, y)) in outs[0].iter().zip(&want).enumerate() {
+                        let y = y + if with_bias { bias[i % n] } else { 0.0 };
+                        assert!((x - y).abs() < 1e-9, "{x} vs {y} ({m}x{k}x{n}, {bl:?}, bias {with_bias})");
+                    }
+                }
+            }
+        }
+        let short_bias = [1.0f64; 2];
+        let (a, b) = (vec![1.0f64; 6], vec![1.0f64; 6]);
+        let l = Layout { rows: 2, cols: 3, strides: [3, 1] };
+        let r = Layout { rows: 3, cols: 2, strides: [2, 1] };
+        let product = |bias| NewProduct { lhs: &a, lhs_layout: l, rhs: &b, rhs_layout: r, bias };
+        assert!(gemm_new(&[product(Some(&short_bias[..1]))], Threads::Pool).is_none(), "a bias of the wrong length");
+        assert_eq!(gemm_new(&[product(Some(&short_bias[..]))], Threads::Pool), Some(vec![vec![4.0; 4]]));
     }
 
     #[test]

@@ -105,7 +105,7 @@ fn matrix<E: Unit, R: Dim, C: Dim, T>(t: &Tensor<(R, C), E, Cpu, T>) -> Option<(
 type Inputs<'a, M, K, N, E> =
     (&'a Tensor<(M, K), E, Cpu>, &'a Tensor<(K, N), E, Cpu>, Option<&'a Tensor<(N,), E, Cpu>>);
 
-/// The outputs `a x b_i (+ bias_i)`, computed in one [`cpu::gemm_all`] pass; `None` where the
+/// The outputs `a x b_i (+ bias_i)`, computed in one [`cpu::gemm_new`] pass; `None` where the
 /// kernel does not apply (an empty matrix; a broadcast input when its gradient will be needed,
 /// since gradients are written through the input's strides).
 fn cpu_forward<const P: usize, M: Dim, K: Dim, N: Dim, E: FloatDtype>(
@@ -118,36 +118,22 @@ fn cpu_forward<const P: usize, M: Dim, K: Dim, N: Dim, E: FloatDtype>(
     if traced && !a_layout.injective() {
         return None;
     }
-    let mut rhs = Vec::with_capacity(P);
-    let mut outs = Vec::with_capacity(P);
+    let mut products = Vec::with_capacity(P);
+    let mut widths = Vec::with_capacity(P);
     for (b, bias) in maps {
         let (b_data, b_layout) = matrix(b)?;
         if traced && !b_layout.injective() {
             return None;
         }
-        let n = b.shape().1;
-        outs.push(match bias {
-            Some(bias) => cpu::dense(bias)?.repeat(m.size()),
-            None => vec![E::zero(); m.size() * n.size()],
-        });
-        rhs.push((b_data, b_layout, n, bias.is_some()));
+        let bias = match bias {
+            Some(bias) => Some(cpu::dense(bias)?),
+            None => None,
+        };
+        products.push(cpu::NewProduct { lhs: a_data, lhs_layout: a_layout, rhs: b_data, rhs_layout: b_layout, bias });
+        widths.push(b.shape().1);
     }
-    let mut products: Vec<cpu::Product<'_, E>> = outs
-        .iter_mut()
-        .zip(&rhs)
-        .map(|(out, &(b_data, b_layout, n, with_bias))| cpu::Product {
-            dst: out,
-            dst_layout: layout2(m.size(), n.size(), [n.size(), 1]),
-            accumulate: with_bias,
-            lhs: a_data,
-            lhs_layout: a_layout,
-            rhs: b_data,
-            rhs_layout: b_layout,
-        })
-        .collect();
-    cpu::gemm_all(&mut products, Threads::Pool).then_some(())?;
-    drop(products);
-    outs.into_iter().zip(&rhs).map(|(out, &(_, _, n, _))| a.device().try_tensor_from_vec(out, (m, n)).ok()).collect()
+    let outs = cpu::gemm_new(&products, Threads::Pool)?;
+    outs.into_iter().zip(widths).map(|(out, n)| a.device().try_tensor_from_vec(out, (m, n)).ok()).collect()
 }
 
 /// `grad_a += grad_out x bᵀ`, `grad_b += aᵀ x grad_out`, each written through the tensor's own
