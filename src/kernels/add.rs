@@ -39,9 +39,8 @@ pub(crate) fn add<S: Shape, E: FloatDtype, Dev: Device<E>, T: Tape<E, Dev> + Mer
 /// `a + b` when both are dense row-major (their gradients then are too).
 fn cpu_forward<S: Shape, E: FloatDtype>(a: &Tensor<S, E, Cpu>, b: &Tensor<S, E, Cpu>) -> Option<Tensor<S, E, Cpu>> {
     let (xs, ys) = (cpu::dense(a)?, cpu::dense(b)?);
-    let mut out = vec![E::zero(); xs.len()];
-    let chunks = out.chunks_mut(PER_TASK).zip(xs.chunks(PER_TASK)).zip(ys.chunks(PER_TASK));
-    parallel::for_each(chunks, |((z, x), y)| {
+    let (out, _) = parallel::new_vec(xs.len(), PER_TASK, |i, z| {
+        let (x, y) = (&xs[i * PER_TASK..][..z.len()], &ys[i * PER_TASK..][..z.len()]);
         simd(|| {
             for ((z, &x), &y) in z.iter_mut().zip(x).zip(y) {
                 *z = x + y;

@@ -160,13 +160,17 @@ fn cpu_forward<B: Dim, H: Dim, M: Dim, K: Dim, N: Dim, E: FloatDtype>(
     let (bs, h, m, _) = *a.shape();
     let n = b.shape().3;
     let (items, heads, rows, cols) = (bs.size(), h.size(), m.size(), n.size());
-    let mut out = vec![E::zero(); items * heads * rows * cols];
-    let ok = match order {
-        Order::Heads => all(out.chunks_mut(rows * cols).enumerate(), |(i, dst)| {
-            let (_, layout) = placed(order, i, heads, rows, cols);
-            cpu::gemm(dst, layout, false, am.get(i), am.layout, bm.get(i), bm.layout, Threads::Caller)
-        }),
+    let len = items * heads * rows * cols;
+    let (out, ok) = match order {
+        Order::Heads => {
+            let (out, oks) = parallel::new_vec(len, rows * cols, |i, dst| {
+                let (_, layout) = placed(order, i, heads, rows, cols);
+                cpu::gemm(dst, layout, false, am.get(i), am.layout, bm.get(i), bm.layout, Threads::Caller)
+            });
+            (out, oks.into_iter().all(|ok| ok))
+        }
         Order::Rows => {
+            let mut out = vec![E::zero(); len];
             // The heads of a row interleave, so tasks take blocks of rows of one batch item (a
             // contiguous part of the buffer), with every head: a few blocks per thread.
             let blocks_per_item = (4 * parallel::threads()).div_ceil(items);
@@ -175,7 +179,7 @@ fn cpu_forward<B: Dim, H: Dim, M: Dim, K: Dim, N: Dim, E: FloatDtype>(
             let tasks = out.chunks_mut(rows * width).enumerate().flat_map(|(item, x)| {
                 x.chunks_mut(block * width).enumerate().map(move |(j, dst)| (item, j * block, dst))
             });
-            all(tasks, |(item, first, dst)| {
+            let ok = all(tasks, |(item, first, dst)| {
                 let lhs_rows = Layout { rows: dst.len() / width, ..am.layout };
                 let dst_layout = Layout { rows: lhs_rows.rows, cols, strides: [width, 1] };
                 (0..heads).all(|head| {
@@ -184,7 +188,8 @@ fn cpu_forward<B: Dim, H: Dim, M: Dim, K: Dim, N: Dim, E: FloatDtype>(
                     let dst = &mut dst[head * cols..];
                     cpu::gemm(dst, dst_layout, false, lhs, lhs_rows, bm.get(i), bm.layout, Threads::Caller)
                 })
-            })
+            });
+            (out, ok)
         }
     };
     ok.then_some(())?;

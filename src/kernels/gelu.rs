@@ -45,8 +45,8 @@ pub(crate) fn gelu<S: Shape, E: FloatDtype, Dev: Device<E>, T: Tape<E, Dev>>(
 
 fn cpu_forward<S: Shape, E: FloatDtype>(x: &Tensor<S, E, Cpu>) -> Option<Tensor<S, E, Cpu>> {
     let xs = cpu::dense(x)?;
-    let mut out = vec![E::zero(); xs.len()];
-    parallel::for_each(out.chunks_mut(PER_TASK).zip(xs.chunks(PER_TASK)), |(y, x)| {
+    let (out, _) = parallel::new_vec(xs.len(), PER_TASK, |i, y| {
+        let x = &xs[i * PER_TASK..][..y.len()];
         simd(|| y.iter_mut().zip(x).for_each(|(y, &v)| *y = v * normal(v).0));
     });
     x.device().try_tensor_from_vec(out, *x.shape()).ok()

@@ -74,16 +74,14 @@ fn cpu_forward<B: Dim, S: Dim, const D: usize, E: FloatDtype>(
     };
     let eps = E::from(eps)?;
     let rows = xs.len() / D;
-    let (mut out, mut mean, mut rstd) = (vec![E::zero(); rows * D], vec![E::zero(); rows], vec![E::zero(); rows]);
     let per_task = rows_per_task(D);
-    let blocks = xs.chunks(per_task * D).zip(out.chunks_mut(per_task * D));
-    let blocks = blocks.zip(mean.chunks_mut(per_task).zip(rstd.chunks_mut(per_task)));
-    parallel::for_each(blocks, |((xs, ys), (means, rstds))| {
-        let rows = xs.chunks_exact(D).zip(ys.chunks_exact_mut(D)).zip(means.iter_mut().zip(rstds.iter_mut()));
-        for ((row, y), (mean, rstd)) in rows {
-            (*mean, *rstd) = simd_run(NormalizeRow { row, ws, bs, eps, y });
-        }
+    // Each block of rows returns its rows' means and reciprocal deviations.
+    let (out, stats) = parallel::new_vec(rows * D, per_task * D, |block, ys| {
+        let xs = &xs[block * per_task * D..][..ys.len()];
+        let rows = xs.chunks_exact(D).zip(ys.chunks_exact_mut(D));
+        rows.map(|(row, y)| simd_run(NormalizeRow { row, ws, bs, eps, y })).collect::<Vec<_>>()
     });
+    let (mean, rstd): (Vec<E>, Vec<E>) = stats.into_iter().flatten().unzip();
     let out = x.device().try_tensor_from_vec(out, *x.shape()).ok()?;
     Some(Forward { out, mean, rstd })
 }

@@ -28,10 +28,12 @@
 //! This module exists for its `unsafe`: a helper runs the loop's closure, which borrows from
 //! the caller's stack, through a pointer whose lifetime is erased. The caller does not return
 //! or unwind until every helper that joined the loop has finished with it ([`Closing`]), and a
-//! helper that arrives after the caller has closed the loop never touches the closure.
+//! helper that arrives after the caller has closed the loop never touches the closure. And
+//! [`new_vec`] hands out a new vector's chunks to the threads that initialise them.
 
 use std::any::Any;
 use std::cell::Cell;
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -109,6 +111,36 @@ where
     let mut results = results.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
     results.sort_unstable_by_key(|&(i, _)| i);
     results.into_iter().map(|(_, r)| r).collect()
+}
+
+/// A new vector of `len` elements, written in chunks of `chunk` elements (the last one shorter)
+/// on the threads of a loop: `fill(i, part)` gets chunk `i`, zeroed, and writes it; its results
+/// come back in chunk order. Each chunk is zeroed on the thread that fills it, right before,
+/// while it is in that core's cache: a `vec![0; len]` made first would be zeroed by the calling
+/// thread alone (a serial `memset` of every kernel's output).
+pub(crate) fn new_vec<E, R, F>(len: usize, chunk: usize, fill: F) -> (Vec<E>, Vec<R>)
+where
+    E: num_traits::Zero + Copy + Send + Sync,
+    R: Send,
+    F: Fn(usize, &mut [E]) -> R + Sync,
+{
+    let mut out: Vec<E> = Vec::with_capacity(len);
+    let results = map(out.spare_capacity_mut()[..len].chunks_mut(chunk.max(1)).enumerate(), |(i, part)| {
+        part.fill(MaybeUninit::new(E::zero()));
+        // SAFETY: every element of `part` is initialised (just above), and `MaybeUninit<E>` has
+        // the layout of `E`; the new slice takes over the unique borrow of `part`.
+        #[allow(unsafe_code)]
+        let part = unsafe { &mut *(part as *mut [MaybeUninit<E>] as *mut [E]) };
+        fill(i, part)
+    });
+    // SAFETY: the chunks cover the first `len` elements of the capacity, and each was
+    // initialised by its item; `map` returns once every item has run (a panic in one unwinds
+    // before this line, dropping `out` empty).
+    #[allow(unsafe_code)]
+    unsafe {
+        out.set_len(len);
+    }
+    (out, results)
 }
 
 /// How many threads a loop started here runs on, the calling thread included: one inside
@@ -432,6 +464,25 @@ mod tests {
         });
         assert_eq!(total.load(Ordering::Relaxed), 999 * 1000 / 2);
         assert!(!IN_LOOP.get());
+    }
+
+    #[test]
+    fn new_vectors_are_written_chunk_by_chunk() {
+        for (len, chunk) in [(0, 4), (1, 4), (1000, 64), (1000, 7), (64, 64)] {
+            // Each chunk arrives zeroed; it writes its positions and returns its first one.
+            let (v, firsts) = new_vec(len, chunk, |i, part: &mut [f64]| {
+                assert!(part.iter().all(|&x| x == 0.0));
+                assert_eq!(part.len(), chunk.min(len - i * chunk));
+                for (j, x) in part.iter_mut().enumerate() {
+                    *x = (i * chunk + j) as f64;
+                }
+                i * chunk
+            });
+            assert_eq!(v, (0..len).map(|x| x as f64).collect::<Vec<_>>());
+            assert_eq!(firsts, (0..len.div_ceil(chunk)).map(|i| i * chunk).collect::<Vec<_>>());
+        }
+        let panicked = std::panic::catch_unwind(|| new_vec(100, 10, |i, _: &mut [f32]| assert!(i != 5)));
+        assert!(panicked.is_err());
     }
 
     #[test]

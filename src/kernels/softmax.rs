@@ -75,10 +75,9 @@ fn cpu_forward<B: Dim, const H: usize, Sq: Dim, Sk: Dim, E: FloatDtype>(
     };
     let (_, _, sq, sk) = *scores.shape();
     let (sq, sk) = (sq.size(), sk.size());
-    let mut out = vec![E::zero(); s.len()];
     let per_task = rows_per_task(sk);
-    let blocks = s.chunks(per_task * sk).zip(out.chunks_mut(per_task * sk)).enumerate();
-    parallel::for_each(blocks, |(block, (xs, ys))| {
+    let (out, _) = parallel::new_vec(s.len(), per_task * sk, |block, ys| {
+        let xs = &s[block * per_task * sk..][..ys.len()];
         for (i, (x, y)) in xs.chunks_exact(sk).zip(ys.chunks_exact_mut(sk)).enumerate() {
             // row r is (batch, head, query) = (r / (H sq), _, r % sq); the bias skips the head
             let r = block * per_task + i;
