@@ -81,10 +81,22 @@ fn issue_workloads(c: &mut Criterion) {
     typeformer::reuse_freed_memory();
     let dev = Cpu::seed_from_u64(0);
     let (b, s) = (1, 128);
+    let x: Tensor<(usize, usize, Const<512>), f32, _> = dev.sample_normal_like(&(b, s, Const));
+    let mut group = c.benchmark_group("d-512 blocks (batch 1, seq 128, 8 heads, d_ff 2048)");
+    group.throughput(Throughput::Elements((b * s) as u64));
+    let mha = dev.build_module::<MultiHeadAttention<512, 8, 64, f32, Cpu>, f32>();
+    group.bench_function("multi-head self-attention", |bench| {
+        bench.iter(|| mha.self_attention(x.clone(), &MaskSpec::none()).unwrap())
+    });
+    let layer = dev.build_module::<EncoderLayer<512, 8, 64, 2048, PostNorm, Relu, f32, Cpu>, f32>();
+    group.bench_function("post-LN encoder layer", |bench| {
+        bench.iter(|| layer.forward(x.clone(), &MaskSpec::none()).unwrap())
+    });
+    group.finish();
+
     let mut group = c.benchmark_group("d-512 6-layer post-LN encoder (batch 1, seq 128)");
     group.sample_size(10).throughput(Throughput::Elements((b * s) as u64));
     let encoder = dev.build_module::<Encoder512<Cpu>, f32>();
-    let x: Tensor<(usize, usize, Const<512>), f32, _> = dev.sample_normal_like(&(b, s, Const));
     group.bench_function("forward", |bench| bench.iter(|| encoder.forward(x.clone(), &MaskSpec::none()).unwrap()));
     let packed = PackedWeights::of(&encoder);
     group.bench_function("forward, packed weights", |bench| {
