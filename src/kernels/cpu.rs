@@ -127,9 +127,9 @@ pub(crate) fn supports<E: 'static>() -> bool {
 /// A pointer the blocks of one product share across threads.
 #[derive(Clone, Copy)]
 struct Shared<E>(*mut E);
-// SAFETY: it only carries an address between threads; every access through it happens inside
-// `Operands::block`'s unsafe block, whose conditions (checked bounds, disjoint destination
-// elements) hold on every thread.
+// SAFETY: it only carries an address between threads; every access through it happens in
+// `Operands`' unsafe blocks (`block`, `rhs`), whose conditions (checked bounds, disjoint
+// destination elements, read-only operands) hold on every thread.
 #[allow(unsafe_code)]
 unsafe impl<E> Send for Shared<E> {}
 #[allow(unsafe_code)]
@@ -159,7 +159,9 @@ impl<E> Shared<E> {
 /// 1.16x faster. Products with more rows (a GPT training batch of 1024 tokens) are also split
 /// into blocks of up to 512 rows: in a scratch program on the GPT's shapes, 512 x 64 and
 /// 512 x 128 blocks ran within noise of gemm's own threading (180-199 GFLOP/s), which would
-/// leave the calling thread idle.
+/// leave the calling thread idle. A narrow product (few column blocks for the threads, as a
+/// small vocabulary's logits or a narrow weight's gradient `xᵀ g`) is split along its rows too,
+/// down to blocks of 16 rows, so that every thread gets a share.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Split {
     rows: usize,
@@ -170,13 +172,18 @@ impl Split {
     fn of(m: usize, k: usize, n: usize, threads: usize) -> Self {
         const FEW_ROWS: usize = 768;
         const ROW_BLOCK: usize = 512;
+        const MIN_ROWS: usize = 16;
         const MIN_BLOCK_WORK: usize = 1 << 19; // multiply-adds below which a task costs more than it saves
         if threads < 2 {
             return Split { rows: m, cols: n };
         }
-        let row_blocks = if m > FEW_ROWS { m.div_ceil(ROW_BLOCK) } else { 1 };
-        let work = m.saturating_mul(k).saturating_mul(n) / row_blocks;
-        let col_blocks = n.div_ceil(packed::BLOCK_COLS).min(work / MIN_BLOCK_WORK).min(threads * 8).max(1);
+        let tasks = (m.saturating_mul(k).saturating_mul(n) / MIN_BLOCK_WORK).max(1); // at most
+        let mut row_blocks = if m > FEW_ROWS { m.div_ceil(ROW_BLOCK) } else { 1 };
+        let col_blocks = n.div_ceil(packed::BLOCK_COLS).min(tasks / row_blocks).min(threads * 8).max(1);
+        let wanted = (2 * threads).min(tasks);
+        if row_blocks * col_blocks < wanted {
+            row_blocks = row_blocks.max(wanted.div_ceil(col_blocks).min(m.div_ceil(MIN_ROWS)));
+        }
         Split { rows: m.div_ceil(row_blocks), cols: n.div_ceil(col_blocks) }
     }
 
@@ -329,10 +336,16 @@ impl<E: num_traits::Float + 'static> Operands<E> {
         r.strides[0] == 1 && r.strides[1] > 1 && r.cols > 1 && r.rows >= 16
     }
 
-    /// Rows `rows` by columns `cols` of the product, by gemm on this thread. `block`, when
-    /// given, holds the right operand's columns `cols` (all its rows) in place of the right
-    /// operand itself.
-    fn block(self, rows: Range<usize>, cols: Range<usize>, block: Option<(&[E], Layout)>) {
+    /// Rows `rows` by columns `cols` of the product, by gemm on this thread (or on gemm's own
+    /// threads, with `parallelism`). `block`, when given, holds the right operand's columns
+    /// `cols` (all its rows) in place of the right operand itself.
+    fn block(
+        self,
+        rows: Range<usize>,
+        cols: Range<usize>,
+        block: Option<(&[E], Layout)>,
+        parallelism: gemm::Parallelism,
+    ) {
         let s = |x: usize| x as isize; // checked by `operands_valid`: every stride fits in isize
         let (d, l) = (self.dst_layout, self.lhs_layout);
         let (rhs, r) = match block {
@@ -405,7 +418,7 @@ impl<E: num_traits::Float + 'static> Operands<E> {
                 false,
                 false,
                 false,
-                gemm::Parallelism::None,
+                parallelism,
             );
         }
     }
@@ -521,7 +534,11 @@ fn count(threads: Threads) -> usize {
 /// Adds the blocks of one product, split for `threads` threads (see [`Split`]), to `tasks`.
 fn plan<E: num_traits::Float + Send + Sync + 'static>(operands: Operands<E>, threads: usize, tasks: &mut Vec<Task<E>>) {
     let (m, k, n) = (operands.lhs_layout.rows, operands.lhs_layout.cols, operands.rhs_layout.cols);
-    let split = if operands.splits() { Split::of(m, k, n, threads) } else { Split { rows: m, cols: n } };
+    if !operands.splits() {
+        tasks.push(Task::Whole { operands, parallel: threads > 1 });
+        return;
+    }
+    let split = Split::of(m, k, n, threads);
     let packed = if split.cols < n && k > 0 { packed::lookup(operands.rhs(), operands.rhs_layout) } else { None };
     if let Some(packed) = packed {
         // As many tasks of consecutive packed blocks per row block as `split` has columns.
@@ -544,8 +561,11 @@ fn plan<E: num_traits::Float + Send + Sync + 'static>(operands: Operands<E>, thr
     }));
 }
 
-/// Runs the tasks on `threads` threads (the calling thread among them).
+/// Runs the tasks on `threads` threads (the calling thread among them): whole products first,
+/// one after another on gemm's own threads, then the blocks.
 fn run<E: num_traits::Float + Send + Sync + 'static>(tasks: Vec<Task<E>>, threads: usize) {
+    let (whole, tasks): (Vec<_>, Vec<_>) = tasks.into_iter().partition(|t| matches!(t, Task::Whole { .. }));
+    whole.into_iter().for_each(Task::run);
     if threads > 1 {
         parallel::for_each(tasks.into_iter(), Task::run);
     } else {
@@ -553,7 +573,7 @@ fn run<E: num_traits::Float + Send + Sync + 'static>(tasks: Vec<Task<E>>, thread
     }
 }
 
-/// One task of [`gemm_all`]: a block of one product.
+/// One task of [`gemm_all`] or [`gemm_new`]: a block of one product.
 enum Task<E> {
     /// Rows `rows` by columns `cols`, the right operand read in place.
     InPlace { operands: Operands<E>, rows: Range<usize>, cols: Range<usize> },
@@ -563,12 +583,15 @@ enum Task<E> {
     /// Rows `rows` by the columns of `blocks` of a product whose right operand has the packed
     /// copy `packed`.
     Packed { operands: Operands<E>, packed: Arc<PackedMatrix<E>>, rows: Range<usize>, blocks: Range<usize> },
+    /// A whole product whose destination does not split into column blocks (neither row- nor
+    /// column-major: a strided view), on gemm's own threads when `parallel`.
+    Whole { operands: Operands<E>, parallel: bool },
 }
 
 impl<E: num_traits::Float + 'static> Task<E> {
     fn run(self) {
         match self {
-            Task::InPlace { operands, rows, cols } => operands.block(rows, cols, None),
+            Task::InPlace { operands, rows, cols } => operands.block(rows, cols, None, gemm::Parallelism::None),
             Task::Transposed { operands, rows, cols } => {
                 let (k, width) = (operands.rhs_layout.rows, packed::BLOCK_COLS);
                 with_scratch::<E, _>(k * width, |scratch| {
@@ -576,15 +599,21 @@ impl<E: num_traits::Float + 'static> Task<E> {
                         let cols = first..(first + width).min(cols.end);
                         pack_columns(operands.rhs(), operands.rhs_layout, cols.clone(), scratch, width);
                         let layout = Layout { rows: k, cols: cols.len(), strides: [width, 1] };
-                        operands.block(rows.clone(), cols, Some((scratch, layout)));
+                        operands.block(rows.clone(), cols, Some((scratch, layout)), gemm::Parallelism::None);
                     }
                 });
             }
             Task::Packed { operands, packed, rows, blocks } => {
                 for b in blocks {
                     let (first, data, layout) = packed.block(b);
-                    operands.block(rows.clone(), first..first + layout.cols, Some((data, layout)));
+                    let cols = first..first + layout.cols;
+                    operands.block(rows.clone(), cols, Some((data, layout)), gemm::Parallelism::None);
                 }
+            }
+            Task::Whole { operands, parallel } => {
+                let (m, n) = (operands.dst_layout.rows, operands.dst_layout.cols);
+                let parallelism = if parallel { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+                operands.block(0..m, 0..n, None, parallelism);
             }
         }
     }
@@ -621,13 +650,37 @@ fn with_scratch<E: num_traits::Zero + Copy + 'static, R>(len: usize, f: impl FnO
         }
         f(&mut v[..len])
     }
-    if super::same::<E, f32>() {
-        SCRATCH_F32.with_borrow_mut(|v| with_vec(v, len, f))
-    } else if super::same::<E, f64>() {
-        SCRATCH_F64.with_borrow_mut(|v| with_vec(v, len, f))
-    } else {
-        f(&mut vec![E::zero(); len])
+    /// `f` on the scratch buffer in `key`, or `f` back when it is unavailable: gone (a product
+    /// run from a thread-local's destructor after this one) or already borrowed (a nested use).
+    fn with_own<V: 'static, E: num_traits::Zero + Copy + 'static, R, F: FnOnce(&mut [E]) -> R>(
+        key: &'static std::thread::LocalKey<RefCell<V>>,
+        len: usize,
+        f: F,
+    ) -> Result<R, F> {
+        let mut f = Some(f);
+        let ran = key.try_with(|cell| {
+            let mut v = cell.try_borrow_mut().ok()?;
+            Some(with_vec(&mut *v, len, f.take().expect("`f` runs once")))
+        });
+        match ran {
+            Ok(Some(r)) => Ok(r),
+            _ => Err(f.take().expect("`f` did not run")),
+        }
     }
+    let f = if super::same::<E, f32>() {
+        match with_own(&SCRATCH_F32, len, f) {
+            Ok(r) => return r,
+            Err(f) => f,
+        }
+    } else if super::same::<E, f64>() {
+        match with_own(&SCRATCH_F64, len, f) {
+            Ok(r) => return r,
+            Err(f) => f,
+        }
+    } else {
+        f
+    };
+    f(&mut vec![E::zero(); len])
 }
 
 /// `data` as `f32`s, when `E` is `f32`.
@@ -705,6 +758,9 @@ mod tests {
             }
         }
         assert!(Split::of(1024, 128, 128, 2).rows < 1024, "many rows split into row blocks");
+        let narrow = Split::of(128, 512, 64, 2);
+        assert!(narrow.rows < 128 && narrow.cols == 64, "one column block: rows split for the threads ({narrow:?})");
+        assert_eq!(Split::of(8, 8, 8, 2), Split { rows: 8, cols: 8 }, "too little work to share");
         assert_eq!(Split::of(128, 512, 512, 2).cols, 64, "few rows: blocks of 64 columns");
     }
 
@@ -712,7 +768,8 @@ mod tests {
     fn every_kind_of_block_matches_the_naive_product() {
         // Few and many rows; right operands stored row-major (read in place) and transposed
         // (copied into row-major blocks, with a short last block and rows that end mid-tile);
-        // a destination stored column-major (the product is transposed to split it).
+        // a destination stored column-major (the product is transposed to split it), and one
+        // neither row- nor column-major (gemm's own threads, in one piece).
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("a thread pool");
         for (m, k, n) in [(9, 512, 301), (900, 40, 70), (33, 16, 17), (5, 3, 200)] {
             let a: Vec<f64> = (0..m * k).map(|i| (i as f64 * 0.37).sin()).collect();
@@ -720,8 +777,13 @@ mod tests {
             let al = Layout { rows: m, cols: k, strides: [k, 1] };
             for bl in [Layout { rows: k, cols: n, strides: [1, k] }, Layout { rows: k, cols: n, strides: [n, 1] }] {
                 let want = naive(&a, al, &b, bl);
-                for dl in [Layout { rows: m, cols: n, strides: [n, 1] }, Layout { rows: m, cols: n, strides: [1, m] }] {
-                    let mut dst = vec![0.5; m * n];
+                let strided = Layout { rows: m, cols: n, strides: [2 * n, 2] }; // every other column
+                for dl in [
+                    Layout { rows: m, cols: n, strides: [n, 1] },
+                    Layout { rows: m, cols: n, strides: [1, m] },
+                    strided,
+                ] {
+                    let mut dst = vec![0.5; 2 * m * n];
                     assert!(pool.install(|| gemm(&mut dst, dl, true, &a, al, &b, bl, Threads::Pool)));
                     for i in 0..m {
                         for j in 0..n {
@@ -748,7 +810,8 @@ mod tests {
     #[test]
     fn new_buffers_hold_the_product_and_its_bias_in_every_block() {
         // Products into new buffers, with and without a bias, split into column and row blocks
-        // (many rows), reading a transposed right operand or a packed copy, and with k = 0.
+        // (many rows), reading a transposed right operand or one in place, and with k = 0 (the
+        // packed copies' path is tested through `PackedWeights`, tests/packed_weights.rs).
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("a thread pool");
         for (m, k, n) in [(9, 512, 301), (900, 40, 70), (33, 16, 17), (1, 1, 1), (7, 0, 5)] {
             let a: Vec<f64> = (0..m * k).map(|i| (i as f64 * 0.37).sin()).collect();

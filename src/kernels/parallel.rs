@@ -59,9 +59,26 @@ impl Drop for InLoop {
 }
 
 /// Runs `f` on every item of `items`, on the calling thread and up to [`threads`]` - 1` helper
-/// threads (no more than there are items beyond the first). Returns when every item is done; a
-/// panic in `f` is propagated then.
+/// threads (none for a single item). Returns when every item is done; a panic in `f` is
+/// propagated then.
 pub(crate) fn for_each<I, F>(items: I, f: F)
+where
+    I: Iterator + Send,
+    I::Item: Send,
+    F: Fn(I::Item) + Sync,
+{
+    match items.size_hint() {
+        // An iterator that cannot tell it has several items (a `flat_map`'s lower bound is 0):
+        // counted first, so that it is not taken for a single item and run alone.
+        (lower, upper) if lower < 2 && upper.is_none_or(|upper| upper >= 2) => {
+            for_each_counted(items.collect::<Vec<_>>().into_iter(), f)
+        }
+        _ => for_each_counted(items, f),
+    }
+}
+
+/// [`for_each`] for items whose `size_hint` gives a lower bound of at least 2, or the exact count.
+fn for_each_counted<I, F>(items: I, f: F)
 where
     I: Iterator + Send,
     I::Item: Send,
@@ -145,8 +162,8 @@ where
 
 /// How many threads a loop started here runs on, the calling thread included: one inside
 /// another loop's item; on a thread of a rayon pool (a caller's `ThreadPool::install`), that
-/// pool's size; elsewhere `RAYON_NUM_THREADS` when set, else the machine's cores (fewer while
-/// another thread's loop has the helpers: that loop's threads are busy anyway).
+/// pool's size; elsewhere `RAYON_NUM_THREADS` when set, else the machine's cores (a loop that
+/// starts while another thread's loop has the helpers then runs alone, see [`Helpers::run`]).
 pub(crate) fn threads() -> usize {
     Team::here().helpers() + 1
 }
@@ -440,6 +457,47 @@ mod tests {
                         let sums = map(0..100u64, |i| i * t + round);
                         assert_eq!(sums, (0..100u64).map(|i| i * t + round).collect::<Vec<_>>());
                     }
+                });
+            }
+        });
+    }
+
+    #[test]
+    fn items_of_unknown_count_are_shared_too() {
+        // A `flat_map` reports a lower bound of 0: its items must still reach the helpers.
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("a thread pool");
+        let by_caller = AtomicUsize::new(0);
+        pool.install(|| {
+            let caller = std::thread::current().id();
+            let items = (0..8).flat_map(|i| (0..8).map(move |j| (i, j)));
+            assert_eq!(items.size_hint().0, 0);
+            for_each(items, |_| {
+                if std::thread::current().id() == caller {
+                    by_caller.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            });
+        });
+        let n = by_caller.load(Ordering::Relaxed);
+        assert!(n > 0 && n < 64, "the calling thread ran {n} of 64 items");
+    }
+
+    #[test]
+    fn nested_loops_on_the_helpers_run_inside_their_item() {
+        // Outside any pool (the crate's helpers), loops inside items run on the item's thread,
+        // while other threads start loops of their own.
+        std::thread::scope(|scope| {
+            for _ in 0..3 {
+                scope.spawn(|| {
+                    let total = AtomicUsize::new(0);
+                    for_each(0..16, |_| {
+                        let outer = std::thread::current().id();
+                        for_each(0..16, |_| {
+                            assert_eq!(std::thread::current().id(), outer);
+                            total.fetch_add(1, Ordering::Relaxed);
+                        });
+                    });
+                    assert_eq!(total.load(Ordering::Relaxed), 256);
                 });
             }
         });
