@@ -395,6 +395,24 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    /// How many of `items` (each a millisecond's sleep, so that every thread gets some) the
+    /// calling thread ran itself.
+    fn taken_by_caller<I>(items: I) -> usize
+    where
+        I: Iterator + Send,
+        I::Item: Send,
+    {
+        let by_caller = AtomicUsize::new(0);
+        let caller = std::thread::current().id();
+        for_each(items, |_| {
+            if std::thread::current().id() == caller {
+                by_caller.fetch_add(1, Ordering::Relaxed);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        });
+        by_caller.into_inner()
+    }
+
     #[test]
     fn every_item_runs_once_and_map_keeps_their_order() {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().expect("a thread pool");
@@ -415,17 +433,7 @@ mod tests {
         // Items that take a while, so both threads of a two-thread pool get some: the one that
         // starts the loop (here a pool thread, as `install` runs its closure on one) and a helper.
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("a thread pool");
-        let by_caller = AtomicUsize::new(0);
-        pool.install(|| {
-            let caller = std::thread::current().id();
-            for_each(0..64, |_| {
-                if std::thread::current().id() == caller {
-                    by_caller.fetch_add(1, Ordering::Relaxed);
-                }
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            });
-        });
-        let n = by_caller.load(Ordering::Relaxed);
+        let n = pool.install(|| taken_by_caller(0..64));
         assert!(n > 0 && n < 64, "the calling thread ran {n} of 64 items");
     }
 
@@ -437,15 +445,7 @@ mod tests {
         assert_eq!(threads(), default_threads());
         // Another test's loop may have the helpers at the moment: try a few times.
         let shared = (0..50).any(|_| {
-            let by_caller = AtomicUsize::new(0);
-            let caller = std::thread::current().id();
-            for_each(0..16, |_| {
-                if std::thread::current().id() == caller {
-                    by_caller.fetch_add(1, Ordering::Relaxed);
-                }
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            });
-            let n = by_caller.load(Ordering::Relaxed);
+            let n = taken_by_caller(0..16);
             assert!(n > 0, "the calling thread takes part");
             n < 16
         });
@@ -466,19 +466,9 @@ mod tests {
     fn items_of_unknown_count_are_shared_too() {
         // A `flat_map` reports a lower bound of 0: its items must still reach the helpers.
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("a thread pool");
-        let by_caller = AtomicUsize::new(0);
-        pool.install(|| {
-            let caller = std::thread::current().id();
-            let items = (0..8).flat_map(|i| (0..8).map(move |j| (i, j)));
-            assert_eq!(items.size_hint().0, 0);
-            for_each(items, |_| {
-                if std::thread::current().id() == caller {
-                    by_caller.fetch_add(1, Ordering::Relaxed);
-                }
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            });
-        });
-        let n = by_caller.load(Ordering::Relaxed);
+        let items = (0..8).flat_map(|i| (0..8).map(move |j| (i, j)));
+        assert_eq!(items.size_hint().0, 0);
+        let n = pool.install(|| taken_by_caller(items));
         assert!(n > 0 && n < 64, "the calling thread ran {n} of 64 items");
     }
 
