@@ -61,51 +61,30 @@ fn gpt_train_step_memory() -> typeformer::Result<()> {
 }
 
 /// Twelve independent chains of fused multiply-adds, `rounds` times each, in the widest
-/// registers the CPU has: 16 f32 lanes with AVX-512, 8 with AVX2 and FMA. Returns the lanes and
-/// a sum of the results (so the loop is not optimised away); `None` on other CPUs.
+/// registers the CPU has (pulp's dispatch: 16 f32 lanes with AVX-512, 8 with AVX2 and FMA).
+/// Returns the lanes and a sum of the results (so the loop is not optimised away); `None` on a
+/// CPU without AVX2 and FMA, where the figure would not be a multiply-add peak.
 fn fma_chains(rounds: u64) -> Option<(u64, f32)> {
     const CHAINS: usize = 12;
+    struct Chains(u64);
+    impl pulp::WithSimd for Chains {
+        type Output = (u64, f32);
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, simd: S) -> (u64, f32) {
+            let (a, b) = (simd.splat_f32s(0.999_99), simd.splat_f32s(1e-6));
+            let mut acc: [S::f32s; CHAINS] = std::array::from_fn(|i| simd.splat_f32s(i as f32));
+            for _ in 0..self.0 {
+                for x in &mut acc {
+                    *x = simd.mul_add_e_f32s(*x, a, b);
+                }
+            }
+            let lanes = (std::mem::size_of::<S::f32s>() / std::mem::size_of::<f32>()) as u64;
+            (lanes * CHAINS as u64, acc.iter().map(|&x| simd.reduce_sum_f32s(x)).sum())
+        }
+    }
     #[cfg(target_arch = "x86_64")]
-    {
-        struct Avx512(pulp::x86::V4, u64);
-        impl pulp::NullaryFnOnce for Avx512 {
-            type Output = f32;
-            #[inline(always)]
-            fn call(self) -> f32 {
-                let Self(simd, rounds) = self;
-                let avx = simd.avx512f;
-                let (a, b) = (avx._mm512_set1_ps(0.999_99), avx._mm512_set1_ps(1e-6));
-                let mut acc: [_; CHAINS] = std::array::from_fn(|i| avx._mm512_set1_ps(i as f32));
-                for _ in 0..rounds {
-                    for x in &mut acc {
-                        *x = avx._mm512_fmadd_ps(*x, a, b);
-                    }
-                }
-                acc.iter().map(|&x| pulp::cast::<_, [f32; 16]>(x).iter().sum::<f32>()).sum()
-            }
-        }
-        struct Avx2(pulp::x86::V3, u64);
-        impl pulp::NullaryFnOnce for Avx2 {
-            type Output = f32;
-            #[inline(always)]
-            fn call(self) -> f32 {
-                let Self(simd, rounds) = self;
-                let (a, b) = (simd.avx._mm256_set1_ps(0.999_99), simd.avx._mm256_set1_ps(1e-6));
-                let mut acc: [_; CHAINS] = std::array::from_fn(|i| simd.avx._mm256_set1_ps(i as f32));
-                for _ in 0..rounds {
-                    for x in &mut acc {
-                        *x = simd.fma._mm256_fmadd_ps(*x, a, b);
-                    }
-                }
-                acc.iter().map(|&x| pulp::cast::<_, [f32; 8]>(x).iter().sum::<f32>()).sum()
-            }
-        }
-        if let Some(simd) = pulp::x86::V4::try_new() {
-            return Some((16 * CHAINS as u64, simd.vectorize(Avx512(simd, rounds))));
-        }
-        if let Some(simd) = pulp::x86::V3::try_new() {
-            return Some((8 * CHAINS as u64, simd.vectorize(Avx2(simd, rounds))));
-        }
+    if pulp::x86::V3::try_new().is_some() {
+        return Some(pulp::Arch::new().dispatch(Chains(rounds)));
     }
     let _ = rounds;
     None

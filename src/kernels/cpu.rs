@@ -88,6 +88,12 @@ impl Layout {
         Self { rows: self.cols, cols: self.rows, strides: [self.strides[1], self.strides[0]] }
     }
 
+    /// Whether each row's elements are contiguous (row-major, padded or not), so that the view
+    /// splits into blocks of columns.
+    fn rows_contiguous(self) -> bool {
+        self.strides[1] == 1 || self.cols == 1
+    }
+
     /// One past the largest offset the view touches (0 for an empty view).
     pub fn extent(self) -> Option<usize> {
         if self.rows == 0 || self.cols == 0 {
@@ -189,10 +195,14 @@ impl Split {
 
     /// The blocks' row and column ranges, column block after column block.
     fn blocks(self, m: usize, n: usize) -> impl Iterator<Item = (Range<usize>, Range<usize>)> {
-        let Split { rows, cols } = self;
         (0..n)
-            .step_by(cols)
-            .flat_map(move |c| (0..m).step_by(rows).map(move |r| (r..(r + rows).min(m), c..(c + cols).min(n))))
+            .step_by(self.cols)
+            .flat_map(move |c| self.row_blocks(m).map(move |rows| (rows, c..(c + self.cols).min(n))))
+    }
+
+    /// The row ranges of the blocks of an `m`-row product.
+    fn row_blocks(self, m: usize) -> impl Iterator<Item = Range<usize>> {
+        (0..m).step_by(self.rows).map(move |r| r..(r + self.rows).min(m))
     }
 }
 
@@ -235,8 +245,7 @@ impl<E: num_traits::Float + 'static> Product<'_, E> {
     /// column blocks like any other.
     fn orient(&mut self) {
         let d = self.dst_layout;
-        let row_major = d.strides[1] == 1 || d.cols == 1;
-        if !row_major && (d.strides[0] == 1 || d.rows == 1) {
+        if !d.rows_contiguous() && d.t().rows_contiguous() {
             self.dst_layout = d.t();
             std::mem::swap(&mut self.lhs, &mut self.rhs);
             (self.lhs_layout, self.rhs_layout) = (self.rhs_layout.t(), self.lhs_layout.t());
@@ -322,11 +331,6 @@ impl<E: num_traits::Float + 'static> Operands<E> {
         unsafe {
             std::slice::from_raw_parts(self.rhs.0, self.rhs_len)
         }
-    }
-
-    /// Whether the destination's rows are contiguous, so that it splits into column blocks.
-    fn splits(&self) -> bool {
-        self.dst_layout.strides[1] == 1 || self.dst_layout.cols == 1
     }
 
     /// Whether the right operand is stored transposed (its columns contiguous) with enough
@@ -531,11 +535,15 @@ fn count(threads: Threads) -> usize {
     }
 }
 
-/// Adds the blocks of one product, split for `threads` threads (see [`Split`]), to `tasks`.
+/// Adds the blocks of one product, split for `threads` threads (see [`Split`]), to `tasks`; a
+/// product whose destination does not split into blocks runs at once.
 fn plan<E: num_traits::Float + Send + Sync + 'static>(operands: Operands<E>, threads: usize, tasks: &mut Vec<Task<E>>) {
     let (m, k, n) = (operands.lhs_layout.rows, operands.lhs_layout.cols, operands.rhs_layout.cols);
-    if !operands.splits() {
-        tasks.push(Task::Whole { operands, parallel: threads > 1 });
+    if !operands.dst_layout.rows_contiguous() {
+        // Neither row- nor column-major (a strided view): the whole product now, on gemm's own
+        // threads (a fresh buffer is always row-major, so this only writes a borrowed one).
+        let parallelism = if threads > 1 { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+        operands.block(0..m, 0..n, None, parallelism);
         return;
     }
     let split = Split::of(m, k, n, threads);
@@ -545,27 +553,24 @@ fn plan<E: num_traits::Float + Send + Sync + 'static>(operands: Operands<E>, thr
         let per_task = packed.blocks().div_ceil(n.div_ceil(split.cols));
         for first in (0..packed.blocks()).step_by(per_task) {
             let blocks = first..(first + per_task).min(packed.blocks());
-            tasks.extend((0..m).step_by(split.rows).map(|r| Task::Packed {
+            tasks.extend(split.row_blocks(m).map(|rows| Task::Packed {
                 operands,
                 packed: Arc::clone(&packed),
-                rows: r..(r + split.rows).min(m),
+                rows,
                 blocks: blocks.clone(),
             }));
         }
         return;
     }
-    let transposed = operands.splits() && operands.transposed_rhs() && k > 0;
+    let transposed = operands.transposed_rhs();
     tasks.extend(split.blocks(m, n).map(|(rows, cols)| match transposed {
         true => Task::Transposed { operands, rows, cols },
         false => Task::InPlace { operands, rows, cols },
     }));
 }
 
-/// Runs the tasks on `threads` threads (the calling thread among them): whole products first,
-/// one after another on gemm's own threads, then the blocks.
+/// Runs the tasks on `threads` threads (the calling thread among them).
 fn run<E: num_traits::Float + Send + Sync + 'static>(tasks: Vec<Task<E>>, threads: usize) {
-    let (whole, tasks): (Vec<_>, Vec<_>) = tasks.into_iter().partition(|t| matches!(t, Task::Whole { .. }));
-    whole.into_iter().for_each(Task::run);
     if threads > 1 {
         parallel::for_each(tasks.into_iter(), Task::run);
     } else {
@@ -583,9 +588,6 @@ enum Task<E> {
     /// Rows `rows` by the columns of `blocks` of a product whose right operand has the packed
     /// copy `packed`.
     Packed { operands: Operands<E>, packed: Arc<PackedMatrix<E>>, rows: Range<usize>, blocks: Range<usize> },
-    /// A whole product whose destination does not split into column blocks (neither row- nor
-    /// column-major: a strided view), on gemm's own threads when `parallel`.
-    Whole { operands: Operands<E>, parallel: bool },
 }
 
 impl<E: num_traits::Float + 'static> Task<E> {
@@ -610,11 +612,6 @@ impl<E: num_traits::Float + 'static> Task<E> {
                     operands.block(rows.clone(), cols, Some((data, layout)), gemm::Parallelism::None);
                 }
             }
-            Task::Whole { operands, parallel } => {
-                let (m, n) = (operands.dst_layout.rows, operands.dst_layout.cols);
-                let parallelism = if parallel { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
-                operands.block(0..m, 0..n, None, parallelism);
-            }
         }
     }
 }
@@ -637,22 +634,12 @@ thread_local! {
     static SCRATCH_F64: RefCell<Vec<f64>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Calls `f` with `len` elements of this thread's scratch buffer for `E` (whatever they hold).
+/// Calls `f` with `len` elements of this thread's scratch buffer for `E` (whatever they hold),
+/// or of a fresh buffer where there is none: another dtype, a product run from a thread-local's
+/// destructor after these are gone, or (never in this crate) a nested use.
 fn with_scratch<E: num_traits::Zero + Copy + 'static, R>(len: usize, f: impl FnOnce(&mut [E]) -> R) -> R {
-    fn with_vec<E: num_traits::Zero + Copy + 'static, V: 'static, R>(
-        v: &mut V,
-        len: usize,
-        f: impl FnOnce(&mut [E]) -> R,
-    ) -> R {
-        let v = (v as &mut dyn Any).downcast_mut::<Vec<E>>().expect("the scratch buffer of `E`");
-        if v.len() < len {
-            v.resize(len, E::zero());
-        }
-        f(&mut v[..len])
-    }
-    /// `f` on the scratch buffer in `key`, or `f` back when it is unavailable: gone (a product
-    /// run from a thread-local's destructor after this one) or already borrowed (a nested use).
-    fn with_own<V: 'static, E: num_traits::Zero + Copy + 'static, R, F: FnOnce(&mut [E]) -> R>(
+    /// `f` on the buffer in `key` when it holds `E`s and is available, else `f` back.
+    fn on<V: 'static, E: num_traits::Zero + Copy + 'static, R, F: FnOnce(&mut [E]) -> R>(
         key: &'static std::thread::LocalKey<RefCell<V>>,
         len: usize,
         f: F,
@@ -660,27 +647,15 @@ fn with_scratch<E: num_traits::Zero + Copy + 'static, R>(len: usize, f: impl FnO
         let mut f = Some(f);
         let ran = key.try_with(|cell| {
             let mut v = cell.try_borrow_mut().ok()?;
-            Some(with_vec(&mut *v, len, f.take().expect("`f` runs once")))
+            let v = (&mut *v as &mut dyn Any).downcast_mut::<Vec<E>>()?;
+            if v.len() < len {
+                v.resize(len, E::zero());
+            }
+            Some(f.take().expect("`f` runs once")(&mut v[..len]))
         });
-        match ran {
-            Ok(Some(r)) => Ok(r),
-            _ => Err(f.take().expect("`f` did not run")),
-        }
+        ran.ok().flatten().ok_or_else(|| f.take().expect("`f` did not run"))
     }
-    let f = if super::same::<E, f32>() {
-        match with_own(&SCRATCH_F32, len, f) {
-            Ok(r) => return r,
-            Err(f) => f,
-        }
-    } else if super::same::<E, f64>() {
-        match with_own(&SCRATCH_F64, len, f) {
-            Ok(r) => return r,
-            Err(f) => f,
-        }
-    } else {
-        f
-    };
-    f(&mut vec![E::zero(); len])
+    on(&SCRATCH_F32, len, f).or_else(|f| on(&SCRATCH_F64, len, f)).unwrap_or_else(|f| f(&mut vec![E::zero(); len]))
 }
 
 /// `data` as `f32`s, when `E` is `f32`.

@@ -58,17 +58,12 @@ pub(crate) fn pack_columns_f32(
             let full_cols = width / TILE * TILE;
             let full_rows = src_layout.rows / TILE * TILE;
             simd.vectorize(Tiles { simd, src, ld: src_layout.strides[1], first, full_cols, full_rows, dst, stride });
-            // The edges that do not fill a tile: the last columns, then the last rows.
-            let rest = |dst: &mut [f32], from: usize, cols: usize, rows: std::ops::Range<usize>| {
-                let [rs, cs] = src_layout.strides;
-                for j in from..from + cols {
-                    for p in rows.clone() {
-                        dst[p * stride + j] = src[p * rs + (first + j) * cs];
-                    }
-                }
-            };
-            rest(dst, full_cols, width - full_cols, 0..src_layout.rows);
-            rest(dst, 0, full_cols, full_rows..src_layout.rows);
+            // The edges that do not fill a tile, by the scalar copy: the last columns (all rows),
+            // then the last rows of the tiled columns (a view starting `full_rows` rows down).
+            let rest = &mut dst[full_cols..];
+            pack_columns(src, src_layout, first + full_cols, width - full_cols, rest, stride);
+            let below = Layout { rows: src_layout.rows - full_rows, ..src_layout };
+            pack_columns(&src[full_rows..], below, first, full_cols, &mut dst[full_rows * stride..], stride);
             return;
         }
     }
