@@ -19,6 +19,52 @@ pub const EOS: usize = 2;
 /// The id of the first symbol.
 pub const FIRST_SYMBOL: usize = 3;
 
+/// How symbols are written: symbol `i` (token id `FIRST_SYMBOL + i`) is the `i`-th character.
+pub const SYMBOL_ALPHABET: &str = "0123456789abcdef";
+
+/// The text of a token: its symbol's character, or `<s>`, `</s>`, `<pad>` for the special
+/// tokens (`?` for an id outside the vocabulary).
+pub fn token_text(id: usize) -> String {
+    match id {
+        PAD => "<pad>".into(),
+        BOS => "<s>".into(),
+        EOS => "</s>".into(),
+        _ => symbol_text(&[id]),
+    }
+}
+
+/// Symbols as text, one character each (`?` for a token that is not a symbol).
+pub fn symbol_text(ids: &[usize]) -> String {
+    ids.iter()
+        .map(|&t| t.checked_sub(FIRST_SYMBOL).and_then(|i| SYMBOL_ALPHABET.chars().nth(i)).unwrap_or('?'))
+        .collect()
+}
+
+/// Reads symbols written as [`symbol_text`] does (white space ignored) for a task of
+/// `symbols` symbols.
+pub fn parse_symbols(text: &str, symbols: usize) -> Result<Vec<usize>> {
+    let alphabet: Vec<char> = SYMBOL_ALPHABET.chars().take(symbols).collect();
+    let ids = text
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .map(|c| {
+            alphabet.iter().position(|&a| a == c.to_ascii_lowercase()).map(|i| FIRST_SYMBOL + i).ok_or_else(|| {
+                Error::InvalidConfig(format!(
+                    "`{c}` is not one of the task's {symbols} symbols: write sequences with {}",
+                    alphabet.iter().collect::<String>()
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if ids.is_empty() {
+        return Err(Error::InvalidConfig(format!(
+            "no symbols in `{text}`: write a sequence such as `{}`",
+            alphabet.iter().take(5).collect::<String>()
+        )));
+    }
+    Ok(ids)
+}
+
 /// What the model must learn to do with a sequence of symbols.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Task {
@@ -157,8 +203,20 @@ impl TaskSpec {
 
     /// Number of distinct sources the spec can draw (saturating).
     pub fn space(&self) -> u128 {
-        (self.min_len..=self.max_len)
-            .fold(0u128, |acc, len| acc.saturating_add((self.symbols as u128).saturating_pow(len as u32)))
+        (self.min_len..=self.max_len).fold(0u128, |acc, len| acc.saturating_add(self.space_of_length(len)))
+    }
+
+    /// Number of distinct sources of length `len` (saturating).
+    pub fn space_of_length(&self, len: usize) -> u128 {
+        (self.symbols as u128).saturating_pow(len as u32)
+    }
+
+    /// Most held-out sources of length `len`: half of that length's sources, so that training
+    /// sees every length. (With 10 symbols there are only 10 sources of length 1: held out
+    /// without a cap, a 1000-sequence evaluation set takes all of them, and the model never
+    /// trains on one-symbol inputs.)
+    pub fn held_out_cap(&self, len: usize) -> u128 {
+        self.space_of_length(len) / 2
     }
 }
 
@@ -174,21 +232,27 @@ pub struct TaskData {
 
 impl TaskData {
     /// Draws `held_out` distinct examples for evaluation (from a stream derived from `seed`),
-    /// then trains on examples drawn from `seed` whose sources are not among them.
+    /// at most half of the sources of any one length ([`TaskSpec::held_out_cap`]), then trains
+    /// on examples drawn from `seed` whose sources are not among them.
     pub fn new(spec: TaskSpec, held_out: usize, seed: u64) -> Result<Self> {
-        // Leave at least half of the sequence space for training.
-        if (held_out as u128).saturating_mul(2) > spec.space() {
+        // Leave at least half of every length's sources for training.
+        let capacity = (spec.min_len..=spec.max_len).fold(0u128, |acc, len| acc.saturating_add(spec.held_out_cap(len)));
+        if held_out as u128 > capacity {
             return Err(Error::InvalidConfig(format!(
-                "{held_out} held-out sequences would leave too little to train on: the task has only {} distinct sources",
+                "{held_out} held-out sequences would leave too little to train on: the task has only {} distinct \
+                 sources, and at most {capacity} can be held out (half of those of each length)",
                 spec.space()
             )));
         }
         let mut eval_rng = StdRng::seed_from_u64(seed ^ 0x5eed_e7a1_0000_0001);
         let mut seen = HashSet::new();
+        let mut per_length = vec![0u128; spec.max_len + 1];
         let mut examples = Vec::with_capacity(held_out);
         while examples.len() < held_out {
             let e = spec.sample(&mut eval_rng);
-            if seen.insert(e.source.clone()) {
+            let len = e.source.len();
+            if per_length[len] < spec.held_out_cap(len) && seen.insert(e.source.clone()) {
+                per_length[len] += 1;
                 examples.push(e);
             }
         }
@@ -234,10 +298,37 @@ mod tests {
     }
 
     #[test]
+    fn symbols_are_written_and_read_back() {
+        let ids = parse_symbols("0 1a", 11).unwrap();
+        assert_eq!(ids, vec![3, 4, 13]);
+        assert_eq!(symbol_text(&ids), "01a");
+        assert_eq!(token_text(BOS), "<s>");
+        let err = parse_symbols("019", 5).unwrap_err().to_string();
+        assert!(err.contains("`9` is not one of the task's 5 symbols") && err.contains("01234"), "{err}");
+        assert!(parse_symbols("  ", 5).unwrap_err().to_string().contains("no symbols"));
+    }
+
+    #[test]
     fn too_small_a_space_is_an_error() {
         let spec = TaskSpec { task: Task::Copy, symbols: 2, min_len: 1, max_len: 2 };
+        // 2 + 4 sources, of which 1 + 2 may be held out.
+        assert!(TaskData::new(spec, 3, 0).is_ok());
         let err = TaskData::new(spec, 4, 0).unwrap_err().to_string();
-        assert!(err.contains("only 6 distinct sources"), "{err}");
+        assert!(err.contains("only 6 distinct sources") && err.contains("at most 3"), "{err}");
+    }
+
+    #[test]
+    fn training_sees_every_length() {
+        // 10 sources of length 1 and 100 of length 2: a 1000-example evaluation set drawn
+        // without a cap would hold out all ten one-symbol sources.
+        let spec = TaskSpec { task: Task::Reverse, symbols: 10, min_len: 1, max_len: 10 };
+        let mut data = TaskData::new(spec, 1000, 0).unwrap();
+        for len in 1..=3 {
+            let held = data.held_out().iter().filter(|e| e.source.len() == len).count() as u128;
+            assert!(held <= spec.space_of_length(len) / 2, "length {len}: {held} held out");
+        }
+        let trained: HashSet<usize> = data.train_examples(5000).iter().map(|e| e.source.len()).collect();
+        assert_eq!(trained, (1..=10).collect());
     }
 
     #[test]
