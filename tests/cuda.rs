@@ -222,6 +222,7 @@ fn train_two_steps<Dev: Device<f64>>(model: &mut TaskSmall<f64, Dev>) -> (Vec<f6
         label_smoothing: 0.1,
         warmup: 1,
         lr_factor: 0.01, // a learning rate of 1.25e-3 at both steps
+        cooldown: 0.0,
         adam: AdamConfig::default(),
     };
     typeformer::nn::seed_dropout(11);

@@ -5,6 +5,21 @@ use crate::shape::{Logits, Tokens};
 use crate::{scalar, FloatDtype};
 use dfdx::prelude::*;
 
+/// The least value [`label_smoothed_cross_entropy`] can take over `vocab` tokens: the entropy of
+/// the smoothed target distribution, reached when the model predicts it exactly. A run whose
+/// loss is at this floor predicts every label with the most confidence smoothing allows.
+///
+/// ```
+/// use typeformer::train::label_smoothing_floor;
+/// assert_eq!(label_smoothing_floor(0.0, 19), 0.0);
+/// assert!((label_smoothing_floor(0.1, 19) - 0.5872).abs() < 1e-4);
+/// ```
+pub fn label_smoothing_floor(smoothing: f64, vocab: usize) -> f64 {
+    let spread = smoothing / vocab as f64;
+    let h = |p: f64| if p > 0.0 { -p * p.ln() } else { 0.0 };
+    h(1.0 - smoothing + spread) + (vocab as f64 - 1.0) * h(spread)
+}
+
 /// Mean over non-padding positions of the cross-entropy between the logits and the smoothed
 /// target distribution `(1 - ε) one_hot(label) + ε / V`.
 ///

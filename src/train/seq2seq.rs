@@ -1,6 +1,6 @@
 //! The training loop for sequence-to-sequence tasks, and exact-match evaluation.
 
-use super::{label_smoothed_cross_entropy, Adam, AdamConfig, WarmupSchedule};
+use super::{label_smoothed_cross_entropy, Adam, AdamConfig, Cooldown, WarmupSchedule};
 use crate::data::{Example, Seq2SeqBatch, TaskData, BOS, EOS};
 use crate::error::{Error, Result};
 use crate::generate::{beam_search, greedy_decode, BeamConfig};
@@ -23,8 +23,28 @@ pub struct TrainConfig {
     pub warmup: usize,
     /// Scale of the schedule.
     pub lr_factor: f64,
+    /// Fraction of the steps, at the end, over which the rate goes down linearly to zero
+    /// ([`Cooldown`]; 0 keeps the paper's schedule to the end).
+    pub cooldown: f64,
     /// Adam's settings.
     pub adam: AdamConfig,
+}
+
+impl Default for TrainConfig {
+    /// The recipe of `typeformer train` (and of `cargo run --release`): 1200 steps of 64
+    /// sequences, the paper's warmup schedule (200 warmup steps, factor 0.5) with a linear
+    /// cooldown over the last 30% of the steps, label smoothing 0.1 and the paper's Adam.
+    fn default() -> Self {
+        Self {
+            steps: 1200,
+            batch_size: 64,
+            label_smoothing: 0.1,
+            warmup: 200,
+            lr_factor: 0.5,
+            cooldown: 0.3,
+            adam: AdamConfig::default(),
+        }
+    }
 }
 
 impl TrainConfig {
@@ -40,6 +60,12 @@ impl TrainConfig {
             return Err(Error::InvalidConfig(format!(
                 "--warmup must be positive and --lr-factor a positive number, got {} and {}",
                 self.warmup, self.lr_factor
+            )));
+        }
+        if !(0.0..=1.0).contains(&self.cooldown) {
+            return Err(Error::InvalidConfig(format!(
+                "--cooldown is a fraction of the steps, in [0, 1]; got {}",
+                self.cooldown
             )));
         }
         if !(0.0..1.0).contains(&self.label_smoothing) {
@@ -83,6 +109,7 @@ where
 {
     cfg.validate()?;
     let schedule = WarmupSchedule { d_model: M::D_MODEL, warmup: cfg.warmup, factor: cfg.lr_factor };
+    let cooldown = Cooldown::fraction(cfg.steps, cfg.cooldown);
     let mut opt = Adam::<E, Dev>::new(cfg.adam)?;
     let mut grads = model.alloc_grads();
     let mut logs = Vec::with_capacity(cfg.steps);
@@ -96,7 +123,7 @@ where
             return Err(Error::Training(format!("loss is {loss_value} at step {step}; lower --lr-factor")));
         }
         grads = super::backward(loss)?;
-        let lr = schedule.lr(step);
+        let lr = schedule.lr(step) * cooldown.scale(step);
         let stats = opt.update(model, &grads, lr)?;
         model.zero_grads(&mut grads);
         let tokens = batch.src.num_tokens() + batch.labels.num_tokens();
