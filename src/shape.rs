@@ -14,6 +14,12 @@ pub type Hidden<B, S, const D: usize, E, Dev, T = NoneTape> = Tensor<(B, S, Cons
 pub type Heads<B, const H: usize, S, const HD: usize, E, Dev, T = NoneTape> =
     Tensor<(B, Const<H>, S, Const<HD>), E, Dev, T>;
 
+/// Attention weights of `H` heads, queries over keys: `(B, H, Sq, Sk)`.
+pub type AttentionMap<B, const H: usize, Sq, Sk, E, Dev, T = NoneTape> = Tensor<(B, Const<H>, Sq, Sk), E, Dev, T>;
+
+/// An additive attention mask shared by all heads: `(B, Sq, Sk)`.
+pub type MaskBias<B, Sq, Sk, E, Dev> = Tensor<(B, Sq, Sk), E, Dev>;
+
 /// Scores over a vocabulary of `V` tokens: `(B, S, V)`.
 pub type Logits<B, S, const V: usize, E, Dev, T = NoneTape> = Tensor<(B, S, Const<V>), E, Dev, T>;
 

@@ -96,6 +96,61 @@ proptest! {
     }
 
     #[test]
+    fn recorded_attention_maps_are_distributions_that_respect_the_masks(
+        seed in any::<u64>(), src_lens in lengths(2, 6), tgt_lens in lengths(2, 5),
+    ) {
+        let dev = Cpu::seed_from_u64(seed);
+        let model = dev.build_module::<TaskSmall<f64, Cpu>, f64>();
+        let seqs = |lens: &[usize]| -> Vec<Vec<usize>> {
+            lens.iter().enumerate().map(|(i, &n)| (0..n).map(|p| 3 + (i + 2 * p) % 10).collect()).collect()
+        };
+        let src = Tokens::<TASK_VOCAB>::from_sequences(&seqs(&src_lens)).unwrap();
+        let tgt = Tokens::<TASK_VOCAB>::from_sequences(&seqs(&tgt_lens)).unwrap();
+        let maps = model.attention(&src, &tgt).unwrap();
+        prop_assert_eq!(maps.encoder.len(), TaskSmallSpec::ENCODER_LAYERS);
+        prop_assert_eq!(maps.decoder.len(), TaskSmallSpec::DECODER_LAYERS);
+        // Rows are distributions; a key past its sequence's length, or after the query in the
+        // decoder's self-attention, gets no weight.
+        let check = |w: &AttentionWeights, key_lens: &[usize], causal: bool| -> Result<(), TestCaseError> {
+            for (item, &len) in key_lens.iter().enumerate() {
+                for head in 0..w.heads() {
+                    for (q, row) in w.map(item, head).unwrap().iter().enumerate() {
+                        prop_assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+                        for (k, &x) in row.iter().enumerate() {
+                            if k >= len || (causal && k > q) {
+                                prop_assert_eq!(x, 0.0);
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(())
+        };
+        for layer in &maps.encoder {
+            prop_assert!(layer.cross_attn.is_none());
+            check(&layer.self_attn, &src_lens, false)?;
+        }
+        for layer in &maps.decoder {
+            check(&layer.self_attn, &tgt_lens, true)?;
+            check(layer.cross_attn.as_ref().unwrap(), &src_lens, false)?;
+            prop_assert_eq!(layer.cross_attn.as_ref().unwrap().shape, [2, TaskSmallSpec::HEADS, tgt.seq_len(), src.seq_len()]);
+        }
+    }
+
+    #[test]
+    fn recording_attention_leaves_a_layer_output_unchanged(seed in any::<u64>(), s in 1usize..6) {
+        let dev = Cpu::seed_from_u64(seed);
+        let layer = dev.build_module::<EncoderLayer<D, H, HD, 16, PreNorm, Gelu, f64, Cpu>, f64>();
+        let x = normal(&dev, (2, s, 0));
+        let mask = MaskSpec::causal(None);
+        let mut record = Vec::new();
+        let recorded = layer.forward_recording(x.clone(), &mask, Some(&mut record)).unwrap().as_vec();
+        prop_assert_eq!(recorded, layer.forward(x, &mask).unwrap().as_vec());
+        prop_assert_eq!(record.len(), 1);
+        prop_assert_eq!(record[0].self_attn.shape, [2, H, s, s]);
+    }
+
+    #[test]
     fn padded_keys_change_nothing(seed in any::<u64>(), b in 1usize..4, s in 2usize..7, lens in lengths(3, 6)) {
         let lens: Vec<usize> = lens.into_iter().take(b).map(|l| l.min(s)).collect();
         let dev = Cpu::seed_from_u64(seed);

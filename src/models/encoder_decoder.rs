@@ -6,7 +6,7 @@ use super::{EmbeddingLayout, Generator, TargetEmbedding};
 use crate::error::{Error, Result};
 use crate::nn::{
     dropout_when_training, layer_params, norm_params, Activation, BiasKind, Decoder, DecoderLayerCache, DecoderMasks,
-    Encoder, MaskSpec, NormPlacement, PositionKind, PositionalEncoding, TokenEmbedding,
+    Encoder, LayerAttention, MaskSpec, NormPlacement, PositionKind, PositionalEncoding, TokenEmbedding,
 };
 use crate::shape::{Hidden, Logits, Tokens, TrainLogits};
 use crate::train::training_tape;
@@ -235,9 +235,19 @@ where
 
     /// Runs the encoder over `src`: `(B, Ss, D)`. The tape travels on the result.
     pub fn encode<T: Tape<E, Dev>>(&self, src: &Tokens<SV>, tape: T) -> Result<Hidden<usize, usize, D, E, Dev, T>> {
+        self.encode_recording(src, tape, None)
+    }
+
+    fn encode_recording<T: Tape<E, Dev>>(
+        &self,
+        src: &Tokens<SV>,
+        tape: T,
+        record: Option<&mut Vec<LayerAttention>>,
+    ) -> Result<Hidden<usize, usize, D, E, Dev, T>> {
         let ids = src.to_tensor(self.src_embed.weight.device()).put_tape(tape);
         let x = self.src_pos.forward(self.src_embed.forward(ids), 0)?;
-        self.encoder.forward(dropout_when_training(x, self.dropout), &MaskSpec::padding(src.lengths()))
+        let x = dropout_when_training(x, self.dropout);
+        self.encoder.forward_recording(x, &MaskSpec::padding(src.lengths()), record)
     }
 
     /// Runs the decoder over `tgt` given the encoder's `memory` for a source batch whose valid
@@ -248,6 +258,28 @@ where
         src_lengths: &[usize],
         tgt: &Tokens<TV>,
         tape: T,
+    ) -> Result<Logits<usize, usize, TV, E, Dev, T>> {
+        self.decode_recording(memory, src_lengths, tgt, tape, None)
+    }
+
+    /// The attention weights of every layer in a teacher-forced inference pass over `src` and
+    /// `tgt` (the decoder's inputs): what each head of the encoder's self-attention, the
+    /// decoder's masked self-attention and its cross-attention over the source looks at.
+    pub fn attention(&self, src: &Tokens<SV>, tgt: &Tokens<TV>) -> Result<Seq2SeqAttention> {
+        check_batches(src, tgt)?;
+        let mut maps = Seq2SeqAttention::default();
+        let memory = self.encode_recording(src, NoneTape, Some(&mut maps.encoder))?;
+        self.decode_recording(&memory, src.lengths(), tgt, NoneTape, Some(&mut maps.decoder))?;
+        Ok(maps)
+    }
+
+    fn decode_recording<T: Tape<E, Dev>>(
+        &self,
+        memory: &Hidden<usize, usize, D, E, Dev>,
+        src_lengths: &[usize],
+        tgt: &Tokens<TV>,
+        tape: T,
+        record: Option<&mut Vec<LayerAttention>>,
     ) -> Result<Logits<usize, usize, TV, E, Dev, T>> {
         if tgt.batch() != memory.shape().0 {
             return Err(Error::DimMismatch {
@@ -263,7 +295,7 @@ where
             self_mask: MaskSpec::causal(Some(tgt.lengths())),
             memory_mask: MaskSpec::padding(src_lengths),
         };
-        let y = self.decoder.forward(dropout_when_training(y, self.dropout), memory, &masks)?;
+        let y = self.decoder.forward_recording(dropout_when_training(y, self.dropout), memory, &masks, record)?;
         Ok(self.generator.logits(y, embed))
     }
 
@@ -316,13 +348,7 @@ where
         tgt: &Tokens<TV>,
         tape: T,
     ) -> Result<Logits<usize, usize, TV, E, Dev, T>> {
-        if src.batch() != tgt.batch() {
-            return Err(Error::DimMismatch {
-                what: "target batch size vs source batch size",
-                expected: src.batch(),
-                found: tgt.batch(),
-            });
-        }
+        check_batches(src, tgt)?;
         let memory = self.encode(src, tape)?;
         let (memory, tape) = memory.split_tape();
         self.decode(&memory, src.lengths(), tgt, tape)
@@ -342,6 +368,29 @@ where
     ) -> Result<TrainLogits<TV, E, Dev>> {
         self.forward_with_tape(src, tgt, training_tape(self.src_embed.weight.device(), grads))
     }
+}
+
+/// Sources and targets come in batches of the same size.
+fn check_batches<const SV: usize, const TV: usize>(src: &Tokens<SV>, tgt: &Tokens<TV>) -> Result<()> {
+    if src.batch() != tgt.batch() {
+        return Err(Error::DimMismatch {
+            what: "target batch size vs source batch size",
+            expected: src.batch(),
+            found: tgt.batch(),
+        });
+    }
+    Ok(())
+}
+
+/// The attention weights of an encoder-decoder pass, per layer in order (see
+/// [`EncoderDecoder::attention`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Seq2SeqAttention {
+    /// The encoder layers' self-attention, `(B, H, Ss, Ss)` each.
+    pub encoder: Vec<LayerAttention>,
+    /// The decoder layers' masked self-attention `(B, H, St, St)` and cross-attention
+    /// `(B, H, St, Ss)`.
+    pub decoder: Vec<LayerAttention>,
 }
 
 /// What incremental decoding keeps between steps: per decoder layer, the target keys and values

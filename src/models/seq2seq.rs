@@ -1,6 +1,6 @@
 //! What training and decoding need from a sequence-to-sequence model.
 
-use super::{DecodeState, EmbeddingLayout, EncoderDecoder};
+use super::{DecodeState, EmbeddingLayout, EncoderDecoder, Seq2SeqAttention};
 use crate::error::Result;
 use crate::nn::{Activation, NormPlacement, PositionKind};
 use crate::shape::{Hidden, Logits, Tokens, TrainLogits};
@@ -33,6 +33,9 @@ pub trait Seq2Seq<const SV: usize, const TV: usize, E: FloatDtype, Dev: Device<E
     fn start_decoding(&self, memory: &Self::Memory, src_lengths: &[usize]) -> Result<Self::State>;
     /// Logits `(B, Snew, TV)` of the next target tokens, reusing earlier positions.
     fn decode_step(&self, state: &mut Self::State, tgt: &Tokens<TV>) -> Result<Logits<usize, usize, TV, E, Dev>>;
+    /// The attention weights of every layer in a teacher-forced pass over `src` and the
+    /// decoder inputs `tgt`.
+    fn attention(&self, src: &Tokens<SV>, tgt: &Tokens<TV>) -> Result<Seq2SeqAttention>;
     /// A training pass that records into `grads`.
     fn forward_train(
         &self,
@@ -88,6 +91,9 @@ where
     }
     fn decode_step(&self, state: &mut Self::State, tgt: &Tokens<TV>) -> Result<Logits<usize, usize, TV, E, Dev>> {
         EncoderDecoder::decode_step(self, state, tgt)
+    }
+    fn attention(&self, src: &Tokens<SV>, tgt: &Tokens<TV>) -> Result<Seq2SeqAttention> {
+        EncoderDecoder::attention(self, src, tgt)
     }
     fn forward_train(
         &self,

@@ -8,7 +8,7 @@
 use super::init::uniform_fan_in;
 use super::{bias_options, dropout_when_training, project, project_shared, BiasKind, MaskSpec, WithBias};
 use crate::error::{Error, Result};
-use crate::shape::{Heads, Hidden};
+use crate::shape::{AttentionMap, Heads, Hidden, MaskBias};
 use crate::FloatDtype;
 use dfdx::prelude::*;
 
@@ -359,19 +359,107 @@ impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device
         values: Heads<B, H, Sk, HD, E, Dev, T>,
         mask: &MaskSpec,
     ) -> Result<Hidden<B, Sq, D, E, Dev, T>> {
-        let (b, _, sq, _) = *q.shape();
-        let sk = keys.shape().2;
-        if let Some(lengths) = mask.key_lengths {
-            if lengths.len() != b.size() {
-                return Err(Error::DimMismatch {
-                    what: "key lengths in the mask (one per batch item)",
-                    expected: b.size(),
-                    found: lengths.len(),
-                });
-            }
-        }
-        let bias = mask.bias::<B, Sq, Sk, E, Dev>(q.device(), (b, sq, sk));
+        let bias = mask_bias(&q, &keys, mask)?;
         let heads = scaled_dot_product_attention(q, keys, values, bias.as_ref(), self.dropout); // (B, H, Sq, HD)
         Ok(self.w_o.forward(heads)) // (B, Sq, D)
     }
+
+    /// What the heads look at: the weights `softmax(q kᵀ / sqrt(HD) + mask)` of queries from
+    /// `x: (B, Sq, D)` over keys from `keys_from: (B, Sk, D)` (`x` itself for self-attention, the
+    /// encoder memory for cross-attention), without dropout: `(B, H, Sq, Sk)`, each row a
+    /// distribution over the keys.
+    pub fn weights<B: Dim, Sq: Dim, Sk: Dim>(
+        &self,
+        x: &Hidden<B, Sq, D, E, Dev>,
+        keys_from: &Hidden<B, Sk, D, E, Dev>,
+        mask: &MaskSpec,
+    ) -> Result<AttentionMap<B, H, Sq, Sk, E, Dev>> {
+        if keys_from.shape().0.size() != x.shape().0.size() {
+            return Err(Error::DimMismatch {
+                what: "batch size of keys vs queries",
+                expected: x.shape().0.size(),
+                found: keys_from.shape().0.size(),
+            });
+        }
+        let q = self.w_q.forward(x.clone()); // (B, H, Sq, HD)
+        let k = self.w_k.forward(keys_from.clone()); // (B, H, Sk, HD)
+        let bias = mask_bias(&q, &k, mask)?;
+        Ok(attention_weights(q, k, bias.as_ref()))
+    }
+}
+
+/// A mask bias, or none when nothing is masked.
+type OptionalBias<B, Sq, Sk, E, Dev> = Option<MaskBias<B, Sq, Sk, E, Dev>>;
+
+/// The additive mask `(B, Sq, Sk)` for queries `q` over keys `k`, after checking that the mask
+/// has one key length per batch item.
+fn mask_bias<B: Dim, const H: usize, Sq: Dim, Sk: Dim, const HD: usize, E, Dev, T>(
+    q: &Heads<B, H, Sq, HD, E, Dev, T>,
+    k: &Heads<B, H, Sk, HD, E, Dev, T>,
+    mask: &MaskSpec,
+) -> Result<OptionalBias<B, Sq, Sk, E, Dev>>
+where
+    E: FloatDtype,
+    Dev: Device<E>,
+    T: Tape<E, Dev>,
+{
+    let (b, _, sq, _) = *q.shape();
+    let sk = k.shape().2;
+    if let Some(lengths) = mask.key_lengths {
+        if lengths.len() != b.size() {
+            return Err(Error::DimMismatch {
+                what: "key lengths in the mask (one per batch item)",
+                expected: b.size(),
+                found: lengths.len(),
+            });
+        }
+    }
+    Ok(mask.bias::<B, Sq, Sk, E, Dev>(q.device(), (b, sq, sk)))
+}
+
+/// Attention weights copied off the device for inspection: `(B, H, Sq, Sk)` in row-major
+/// order, each row a distribution over the keys (see [`MultiHeadAttention::weights`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionWeights {
+    /// `[B, H, Sq, Sk]`.
+    pub shape: [usize; 4],
+    /// The weights, row-major.
+    pub values: Vec<f32>,
+}
+
+impl AttentionWeights {
+    /// Copies `weights: (B, H, Sq, Sk)` off its device.
+    pub fn of<B: Dim, const H: usize, Sq: Dim, Sk: Dim, E: FloatDtype, Dev: Device<E>>(
+        weights: &AttentionMap<B, H, Sq, Sk, E, Dev>,
+    ) -> Self {
+        let (b, _, sq, sk) = *weights.shape();
+        let values = weights.as_vec().into_iter().map(|w| w.to_f32().unwrap_or(f32::NAN)).collect();
+        Self { shape: [b.size(), H, sq.size(), sk.size()], values }
+    }
+
+    /// Number of heads.
+    pub fn heads(&self) -> usize {
+        self.shape[1]
+    }
+
+    /// The `Sq x Sk` map of head `head` for batch item `item`, one row per query; `None` when
+    /// either is out of range.
+    pub fn map(&self, item: usize, head: usize) -> Option<Vec<&[f32]>> {
+        let [b, h, sq, sk] = self.shape;
+        if item >= b || head >= h {
+            return None;
+        }
+        let start = (item * h + head) * sq * sk;
+        Some(self.values[start..start + sq * sk].chunks(sk.max(1)).take(sq).collect())
+    }
+}
+
+/// The attention weights of one layer: its self-attention, and its cross-attention over the
+/// encoder memory for a decoder layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerAttention {
+    /// Self-attention, `(B, H, S, S)`.
+    pub self_attn: AttentionWeights,
+    /// Cross-attention, `(B, H, St, Ss)` (decoder layers only).
+    pub cross_attn: Option<AttentionWeights>,
 }

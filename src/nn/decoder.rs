@@ -2,7 +2,7 @@
 //! and the feed-forward network, `L` times.
 
 use super::{residual, Activation, LayerNorm, MaskSpec, MultiHeadAttention, NormPlacement, PositionWiseFeedForward};
-use super::{KvCache, Stack};
+use super::{AttentionWeights, KvCache, LayerAttention, Stack};
 use crate::error::Result;
 use crate::shape::Hidden;
 use crate::FloatDtype;
@@ -113,12 +113,37 @@ impl<
         memory: &Hidden<B, Ss, D, E, Dev>,
         masks: &DecoderMasks,
     ) -> Result<Hidden<B, St, D, E, Dev, T>> {
+        self.forward_recording(x, memory, masks, None)
+    }
+
+    /// [`Self::forward`], also appending the layer's self- and cross-attention weights to
+    /// `record` when given.
+    pub fn forward_recording<B: Dim, St: Dim, Ss: Dim, T: Tape<E, Dev>>(
+        &self,
+        x: Hidden<B, St, D, E, Dev, T>,
+        memory: &Hidden<B, Ss, D, E, Dev>,
+        masks: &DecoderMasks,
+        record: Option<&mut Vec<LayerAttention>>,
+    ) -> Result<Hidden<B, St, D, E, Dev, T>> {
+        let recording = record.is_some();
+        let (mut self_weights, mut cross_weights) = (None, None);
         let x = residual::<N, _, _, D, _, _, _, _>(x, &self.norm1, self.dropout, |x| {
+            if recording {
+                let input = x.retaped::<NoneTape>();
+                self_weights = Some(AttentionWeights::of(&self.self_attn.weights(&input, &input, &masks.self_mask)?));
+            }
             self.self_attn.self_attention(x, &masks.self_mask)
         })?;
         let x = residual::<N, _, _, D, _, _, _, _>(x, &self.norm2, self.dropout, |x| {
+            if recording {
+                let weights = self.cross_attn.weights(&x.retaped::<NoneTape>(), memory, &masks.memory_mask)?;
+                cross_weights = Some(AttentionWeights::of(&weights));
+            }
             self.cross_attn.cross_attention(x, memory, &masks.memory_mask)
         })?;
+        if let (Some(record), Some(self_attn)) = (record, self_weights) {
+            record.push(LayerAttention { self_attn, cross_attn: cross_weights });
+        }
         residual::<N, _, _, D, _, _, _, _>(x, &self.norm3, self.dropout, |x| Ok(self.ffn.forward(x)))
     }
 }
@@ -190,12 +215,23 @@ impl<
     /// decoder's width `D`: stacking a decoder on an encoder of another width does not compile.
     pub fn forward<B: Dim, St: Dim, Ss: Dim, T: Tape<E, Dev>>(
         &self,
-        mut x: Hidden<B, St, D, E, Dev, T>,
+        x: Hidden<B, St, D, E, Dev, T>,
         memory: &Hidden<B, Ss, D, E, Dev>,
         masks: &DecoderMasks,
     ) -> Result<Hidden<B, St, D, E, Dev, T>> {
+        self.forward_recording(x, memory, masks, None)
+    }
+
+    /// [`Self::forward`], also appending each layer's attention weights to `record` when given.
+    pub fn forward_recording<B: Dim, St: Dim, Ss: Dim, T: Tape<E, Dev>>(
+        &self,
+        mut x: Hidden<B, St, D, E, Dev, T>,
+        memory: &Hidden<B, Ss, D, E, Dev>,
+        masks: &DecoderMasks,
+        mut record: Option<&mut Vec<LayerAttention>>,
+    ) -> Result<Hidden<B, St, D, E, Dev, T>> {
         for layer in &self.layers.modules {
-            x = layer.forward(x, memory, masks)?;
+            x = layer.forward_recording(x, memory, masks, record.as_deref_mut())?;
         }
         Ok(self.norm.forward(x))
     }

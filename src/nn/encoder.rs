@@ -1,7 +1,7 @@
 //! The encoder (section 3.1): a stack of `L` identical layers of self-attention and feed-forward.
 
 use super::{residual, Activation, LayerNorm, MaskSpec, MultiHeadAttention, NormPlacement, PositionWiseFeedForward};
-use super::{KvCache, Stack};
+use super::{AttentionWeights, KvCache, LayerAttention, Stack};
 use crate::error::Result;
 use crate::shape::Hidden;
 use crate::FloatDtype;
@@ -92,9 +92,27 @@ impl<
         x: Hidden<B, S, D, E, Dev, T>,
         mask: &MaskSpec,
     ) -> Result<Hidden<B, S, D, E, Dev, T>> {
+        self.forward_recording(x, mask, None)
+    }
+
+    /// [`Self::forward`], also appending the layer's attention weights to `record` when given.
+    pub fn forward_recording<B: Dim, S: Dim, T: Tape<E, Dev>>(
+        &self,
+        x: Hidden<B, S, D, E, Dev, T>,
+        mask: &MaskSpec,
+        record: Option<&mut Vec<LayerAttention>>,
+    ) -> Result<Hidden<B, S, D, E, Dev, T>> {
+        let mut weights = None;
         let x = residual::<N, _, _, D, _, _, _, _>(x, &self.norm1, self.dropout, |x| {
+            if record.is_some() {
+                let input = x.retaped::<NoneTape>();
+                weights = Some(AttentionWeights::of(&self.self_attn.weights(&input, &input, mask)?));
+            }
             self.self_attn.self_attention(x, mask)
         })?;
+        if let (Some(record), Some(self_attn)) = (record, weights) {
+            record.push(LayerAttention { self_attn, cross_attn: None });
+        }
         residual::<N, _, _, D, _, _, _, _>(x, &self.norm2, self.dropout, |x| Ok(self.ffn.forward(x)))
     }
 }
@@ -145,11 +163,21 @@ impl<
     /// `(B, S, D) -> (B, S, D)`.
     pub fn forward<B: Dim, S: Dim, T: Tape<E, Dev>>(
         &self,
-        mut x: Hidden<B, S, D, E, Dev, T>,
+        x: Hidden<B, S, D, E, Dev, T>,
         mask: &MaskSpec,
     ) -> Result<Hidden<B, S, D, E, Dev, T>> {
+        self.forward_recording(x, mask, None)
+    }
+
+    /// [`Self::forward`], also appending each layer's attention weights to `record` when given.
+    pub fn forward_recording<B: Dim, S: Dim, T: Tape<E, Dev>>(
+        &self,
+        mut x: Hidden<B, S, D, E, Dev, T>,
+        mask: &MaskSpec,
+        mut record: Option<&mut Vec<LayerAttention>>,
+    ) -> Result<Hidden<B, S, D, E, Dev, T>> {
         for layer in &self.layers.modules {
-            x = layer.forward(x, mask)?;
+            x = layer.forward_recording(x, mask, record.as_deref_mut())?;
         }
         Ok(self.norm.forward(x))
     }
