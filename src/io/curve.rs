@@ -1,5 +1,6 @@
 //! The loss curve of a training run, as CSV and as a PNG plot.
 
+use super::canvas::Canvas;
 use super::write_atomic;
 use crate::error::{Error, Result};
 use crate::train::StepLog;
@@ -53,41 +54,13 @@ pub fn read_curve_csv(path: &Path) -> Result<Vec<StepLog>> {
         .collect()
 }
 
-/// An RGB canvas that embedded-graphics draws on.
-struct Canvas {
-    width: u32,
-    height: u32,
-    pixels: Vec<u8>,
-}
-
-impl OriginDimensions for Canvas {
-    fn size(&self) -> Size {
-        Size::new(self.width, self.height)
-    }
-}
-
-impl DrawTarget for Canvas {
-    type Color = Rgb888;
-    type Error = std::convert::Infallible;
-
-    fn draw_iter<I: IntoIterator<Item = Pixel<Rgb888>>>(&mut self, pixels: I) -> Result<(), Self::Error> {
-        for Pixel(p, c) in pixels {
-            if p.x >= 0 && p.y >= 0 && (p.x as u32) < self.width && (p.y as u32) < self.height {
-                let i = 3 * (p.y as usize * self.width as usize + p.x as usize);
-                self.pixels[i..i + 3].copy_from_slice(&[c.r(), c.g(), c.b()]);
-            }
-        }
-        Ok(())
-    }
-}
-
 /// Plots loss against step (a light line per step, a dark moving average) to a PNG at `path`.
 pub fn write_curve_png(path: &Path, logs: &[StepLog], title: &str) -> Result<()> {
     if logs.is_empty() {
         return Err(Error::InvalidConfig("no training steps to plot".into()));
     }
     let (width, height) = (800u32, 480u32);
-    let mut canvas = Canvas { width, height, pixels: vec![255; (width * height * 3) as usize] };
+    let mut canvas = Canvas::new(width, height);
     let (left, right, top, bottom) = (70i32, 20i32, 40i32, 50i32);
     let (plot_w, plot_h) = (width as i32 - left - right, height as i32 - top - bottom);
     let losses: Vec<f64> = logs.iter().map(|l| l.loss).collect();
@@ -139,16 +112,5 @@ pub fn write_curve_png(path: &Path, logs: &[StepLog], title: &str) -> Result<()>
         Ok(())
     };
     let Ok(()) = draw(&mut canvas);
-    let mut png_bytes = Vec::new();
-    {
-        let mut encoder = png::Encoder::new(&mut png_bytes, width, height);
-        encoder.set_color(png::ColorType::Rgb);
-        encoder.set_depth(png::BitDepth::Eight);
-        let mut writer =
-            encoder.write_header().map_err(|e| Error::BadFile { path: path.into(), reason: e.to_string() })?;
-        writer
-            .write_image_data(&canvas.pixels)
-            .map_err(|e| Error::BadFile { path: path.into(), reason: e.to_string() })?;
-    }
-    write_atomic(path, &png_bytes)
+    canvas.save_png(path)
 }

@@ -2,11 +2,14 @@
 //! writes are always atomic.
 
 mod atomic;
+mod canvas;
 mod checkpoint;
 mod curve;
+mod heatmap;
 mod import;
 
 pub use atomic::*;
 pub use checkpoint::*;
 pub use curve::*;
+pub use heatmap::*;
 pub use import::*;
