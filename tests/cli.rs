@@ -18,6 +18,8 @@ fn every_subcommand_has_help() {
     assert!(ok && out.contains("--data") && out.contains("--resume"), "{out}");
     let (ok, out, _) = typeformer(&["generate", "--help"]);
     assert!(ok && out.contains("--top-p") && out.contains("--checkpoint"), "{out}");
+    let (ok, out, _) = typeformer(&["attention", "--help"]);
+    assert!(ok && out.contains("--text") && out.contains("--head"), "{out}");
 }
 
 #[test]
@@ -56,12 +58,12 @@ fn a_short_run_writes_checkpoint_and_curve() {
         dir.to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
-    assert!(
-        out.lines().last().unwrap().starts_with("exact match: ") && out.contains("on 10 held-out sequences"),
-        "{out}"
-    );
-    for file in ["model.safetensors", "loss.csv", "loss.png"] {
+    assert!(out.lines().any(|l| l.starts_with("exact match: ") && l.ends_with("on 10 held-out sequences")), "{out}");
+    // What is learned, and where the files went.
+    assert!(err.contains("task:  copy sequences of 1 to 4 symbols") && err.contains("step 1/3"), "{err}");
+    for file in ["model.safetensors", "loss.csv", "loss.png", "attention.png"] {
         assert!(dir.join(file).exists(), "{file} missing");
+        assert!(out.contains(&format!("  {file}")), "{file} not reported: {out}");
     }
     let csv = std::fs::read_to_string(dir.join("loss.csv")).unwrap();
     assert_eq!(csv.lines().count(), 4, "{csv}");
@@ -228,6 +230,77 @@ fn evaluate_reads_a_train_checkpoint() {
             && stdout.contains("on 10 held-out"),
         "{stdout}"
     );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn attention_draws_the_maps_of_a_saved_model_and_refuses_what_it_lacks() {
+    let dir = std::env::temp_dir().join(format!("typeformer-attention-{}", std::process::id()));
+    let run = dir.join("run");
+    let (ok, _, err) = typeformer(&[
+        "train",
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--max-len",
+        "6",
+        "--eval-size",
+        "10",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let png = dir.join("maps.png");
+    let (ok, out, err) = typeformer(&[
+        "attention",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--text",
+        "31415",
+        "--out",
+        png.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("31415 -> ") && out.contains("wrote"), "{out}");
+    assert_eq!(&std::fs::read(&png).unwrap()[1..4], b"PNG");
+    let one = dir.join("one.png");
+    let (ok, _, err) = typeformer(&[
+        "attention",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--text",
+        "2 7",
+        "--map",
+        "decoder-self",
+        "--layer",
+        "1",
+        "--head",
+        "3",
+        "--out",
+        one.to_str().unwrap(),
+    ]);
+    assert!(ok && one.exists(), "{err}");
+    let bad: [(&[&str], &str); 4] = [
+        (&["--text", "12x"], "`x` is not one of the task's 10 symbols"),
+        (
+            &["--text", "12", "--layer", "2"],
+            "--layer 2 does not exist: the model's encoder self-attention has layers 0 to 1",
+        ),
+        (
+            &["--text", "12", "--map", "cross", "--head", "4"],
+            "--head 4 does not exist: the model's cross-attention has heads 0 to 3",
+        ),
+        (&["--text", "", "--map", "cross"], "no symbols"),
+    ];
+    for (args, message) in bad {
+        let mut all = vec!["attention", "--checkpoint", run.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let (ok, _, err) = typeformer(&all);
+        assert!(!ok && err.contains(message), "{args:?}: {err}");
+    }
+    let (ok, _, err) = typeformer(&["attention", "--checkpoint", dir.to_str().unwrap(), "--text", "1"]);
+    assert!(!ok && err.contains("model.safetensors"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -5,26 +5,26 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use dfdx::nn::BuildModule;
 use dfdx::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use typeformer::data::{parse_symbols, symbol_text, Example, Task, TaskSpec, FIRST_SYMBOL, SYMBOL_ALPHABET};
 use typeformer::data::{AdditionTask, ByteCorpus, LmSource, BYTE_VOCAB};
-use typeformer::data::{Task, TaskSpec, FIRST_SYMBOL};
 use typeformer::generate::{generate, BeamConfig, GenerateConfig, Sampler, SamplingConfig};
 use typeformer::models::{
     Architecture, BertBaseSpec, Gpt2SmallSpec, LmSmallSpec, MiniLmL6Spec, PaperBaseSpec, PaperBigSpec, TaskMediumSpec,
     TaskSmallSpec,
 };
 use typeformer::models::{
-    BertBase, BertConfig, LanguageModel, LmSmall, MiniLmL6, SentenceEncoder, TaskMedium, TaskSmall, TASK_VOCAB,
+    BertBase, BertConfig, LanguageModel, LmSmall, MiniLmL6, SentenceEncoder, Seq2Seq, TaskMedium, TaskSmall, TASK_VOCAB,
 };
 use typeformer::nn::PackedWeights;
 use typeformer::train::{
-    addition_accuracy, evaluate_checkpoint, lm_files, load_lm_checkpoint, run_task, train_language_model,
-    validation_loss, AdamConfig, LmRun, LmStop, LmTrainConfig, StepLog, TaskEvaluation, TaskReport, TaskRun,
-    TrainConfig,
+    addition_accuracy, evaluate_checkpoint, label_smoothing_floor, lm_files, load_lm_checkpoint, plot_attention,
+    run_task, train_language_model, validation_loss, AdamConfig, AttentionKind, AttentionSelection, LmRun, LmStop,
+    LmTrainConfig, StepLog, TaskCheckpoint, TaskEvaluation, TaskReport, TaskRun, TrainConfig,
 };
 
 const LM_NAME: &str = "lm-small";
@@ -69,6 +69,10 @@ enum Command {
     /// Evaluate a checkpoint written by train on its run's held-out sequences (greedy, and beam
     /// search with --beam-width).
     Evaluate(EvaluateArgs),
+    /// Draw the attention maps of a model saved by train, for one source sequence: the
+    /// encoder's self-attention, the decoder's masked self-attention and its cross-attention
+    /// over the source, every layer and head (or the ones chosen), tokens on the axes.
+    Attention(AttentionArgs),
     /// Embed texts with a sentence-transformers model directory (all-MiniLM-L6-v2, or a BERT of
     /// the bert-base shape): one text per line on stdin, one JSON array of floats per line on
     /// stdout, in order.
@@ -155,6 +159,43 @@ struct EvaluateArgs {
     /// 0 compares raw log-probabilities (which favour short outputs), 1 about per-token averages.
     #[arg(long, default_value_t = 1.0)]
     length_penalty: f64,
+}
+
+#[derive(Args)]
+struct AttentionArgs {
+    /// Where to run.
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceArg,
+    /// A run directory written by train.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// The source sequence, in the run's symbols (`0123456789` for the default task).
+    #[arg(long)]
+    text: String,
+    /// Which attention to draw.
+    #[arg(long, value_enum, default_value = "all")]
+    map: MapArg,
+    /// Only this layer of each stack (counting from 0, as in the parameter names).
+    #[arg(long)]
+    layer: Option<usize>,
+    /// Only this head of each layer (counting from 0).
+    #[arg(long)]
+    head: Option<usize>,
+    /// The PNG to write.
+    #[arg(long, default_value = "attention.png")]
+    out: PathBuf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum MapArg {
+    /// Encoder self-attention, decoder self-attention and cross-attention.
+    All,
+    /// The encoder's self-attention over the source.
+    EncoderSelf,
+    /// The decoder's masked self-attention over its own inputs.
+    DecoderSelf,
+    /// The decoder's attention over the source.
+    Cross,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -317,19 +358,23 @@ struct TrainArgs {
     #[arg(long, default_value_t = 10)]
     max_len: usize,
     /// Optimizer steps.
-    #[arg(long, default_value_t = 1200)]
+    #[arg(long, default_value_t = TrainConfig::default().steps)]
     steps: usize,
     /// Sequences per step.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = TrainConfig::default().batch_size)]
     batch_size: usize,
     /// Warmup steps of the learning-rate schedule.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = TrainConfig::default().warmup)]
     warmup: usize,
     /// Scale of the learning-rate schedule (lr = factor * d^-0.5 * min(step^-0.5, step * warmup^-1.5)).
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = TrainConfig::default().lr_factor)]
     lr_factor: f64,
+    /// Fraction of the steps, at the end, over which the learning rate falls linearly to zero
+    /// (0: the paper's schedule to the last step).
+    #[arg(long, default_value_t = TrainConfig::default().cooldown)]
+    cooldown: f64,
     /// Label smoothing (0.1 in the paper).
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = TrainConfig::default().label_smoothing)]
     label_smoothing: f64,
     /// Dropout probability everywhere.
     #[arg(long, default_value_t = 0.0)]
@@ -379,6 +424,7 @@ fn main() -> ExitCode {
         Command::TrainLm(args) => train_lm(&args),
         Command::Generate(args) => generate_text(&args),
         Command::Evaluate(args) => evaluate(&args),
+        Command::Attention(args) => attention(&args),
         Command::Embed(args) => embed(&args),
         Command::Summary(args) => {
             summary(&args);
@@ -392,11 +438,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn symbols(ids: &[usize]) -> String {
-    const ALPHABET: &[u8] = b"0123456789abcdef";
-    ids.iter().map(|&t| t.checked_sub(FIRST_SYMBOL).and_then(|i| ALPHABET.get(i)).map_or('?', |&c| c as char)).collect()
 }
 
 fn train(args: &TrainArgs) -> typeformer::Result<()> {
@@ -413,6 +454,7 @@ fn train_on<Dev: Device<f32>>(dev: &Dev, args: &TrainArgs) -> typeformer::Result
             label_smoothing: args.label_smoothing,
             warmup: args.warmup,
             lr_factor: args.lr_factor,
+            cooldown: args.cooldown,
             adam: AdamConfig { clip_norm: (args.clip_norm > 0.0).then_some(args.clip_norm), ..AdamConfig::default() },
         },
         dropout: args.dropout,
@@ -432,25 +474,62 @@ fn train_on<Dev: Device<f32>>(dev: &Dev, args: &TrainArgs) -> typeformer::Result
     // Fail on a bad configuration before printing anything else.
     run.spec.validate(TASK_VOCAB, typeformer::models::TASK_POSITIONS)?;
     run.train.validate()?;
-    eprintln!(
-        "training a {} encoder-decoder Transformer on the {task} task: {} symbols, lengths {}..={}, {} steps of {} sequences",
-        run.model_name, args.symbols, args.min_len, args.max_len, args.steps, args.batch_size
-    );
-    let bar = progress(args.steps, 0);
+    introduce(&run, args.model);
+    let progress = Progress::new(args.steps, 0);
     let mut smoothed = None::<f64>;
-    let on_step = |log: &typeformer::train::StepLog| {
+    let on_step = |log: &StepLog| {
         let s = smoothed.map_or(log.loss, |s| 0.9 * s + 0.1 * log.loss);
         smoothed = Some(s);
-        bar.set_position(log.step as u64);
-        bar.set_message(format!("loss {s:.4} | {:.0} tok/s | lr {:.2e}", log.tokens_per_sec, log.lr));
+        progress.step(log.step, format!("loss {s:.4} | {:.0} tok/s | lr {:.2e}", log.tokens_per_sec, log.lr));
     };
     let report = match args.model {
         ModelArg::Small => run_task::<TaskSmall<f32, Dev>, TASK_VOCAB, f32, Dev>(&run, dev, on_step)?.1,
         ModelArg::Medium => run_task::<TaskMedium<f32, Dev>, TASK_VOCAB, f32, Dev>(&run, dev, on_step)?.1,
     };
-    bar.finish();
-    print_report(&report, args.show);
+    progress.finish();
+    print_report(&run, &report, args.show);
     Ok(())
+}
+
+/// What the run is about to do, for someone who has never seen the task or the model.
+fn introduce(run: &TaskRun, model: ModelArg) {
+    let spec = &run.spec;
+    let example: Vec<usize> = (0..spec.max_len.min(6)).map(|i| FIRST_SYMBOL + (i * 7 + 3) % spec.symbols).collect();
+    let alphabet: String = SYMBOL_ALPHABET.chars().take(spec.symbols).collect();
+    let (d, heads, enc, dec, params) = match model {
+        ModelArg::Small => (
+            TaskSmallSpec::D_MODEL,
+            TaskSmallSpec::HEADS,
+            TaskSmallSpec::ENCODER_LAYERS,
+            TaskSmallSpec::DECODER_LAYERS,
+            TaskSmallSpec::NUM_PARAMS,
+        ),
+        ModelArg::Medium => (
+            TaskMediumSpec::D_MODEL,
+            TaskMediumSpec::HEADS,
+            TaskMediumSpec::ENCODER_LAYERS,
+            TaskMediumSpec::DECODER_LAYERS,
+            TaskMediumSpec::NUM_PARAMS,
+        ),
+    };
+    eprintln!("typeformer: training the Transformer of \"Attention Is All You Need\" from scratch");
+    eprintln!(
+        "  task:  {} sequences of {} to {} symbols from {alphabet}, e.g. {} -> {}",
+        spec.task,
+        spec.min_len,
+        spec.max_len,
+        symbol_text(&example),
+        symbol_text(&spec.task.apply(&example))
+    );
+    eprintln!(
+        "  model: {} encoder-decoder, d_model {d}, {heads} heads, {enc} + {dec} layers, {params} parameters",
+        run.model_name
+    );
+    eprintln!(
+        "  plan:  {} steps of {} sequences (the bar shows the time left), then greedy decoding of {} \
+         held-out sequences that no training batch contains",
+        run.train.steps, run.train.batch_size, run.eval_size
+    );
 }
 
 fn summary(args: &SummaryArgs) {
@@ -562,78 +641,209 @@ fn evaluate(args: &EvaluateArgs) -> typeformer::Result<()> {
     on_device!(args.device, 0, evaluate_on(args))
 }
 
+/// Calls `$f::<M, Dev>(args...)` with `M` the task model type that a checkpoint of `train`
+/// holds (by the model name in its metadata), or fails naming what it holds.
+macro_rules! with_task_model {
+    ($checkpoint:expr, $f:ident::<$Dev:ty>($($arg:expr),*)) => {{
+        let checkpoint: &TaskCheckpoint = $checkpoint;
+        match checkpoint.model_name.as_str() {
+            "small" => $f::<TaskSmall<f32, $Dev>, $Dev>($($arg),*),
+            "medium" => $f::<TaskMedium<f32, $Dev>, $Dev>($($arg),*),
+            other => Err(typeformer::Error::InvalidConfig(format!(
+                "{} holds a `{other}` model; this command takes checkpoints of `train` (small or medium)",
+                checkpoint.path.display()
+            ))),
+        }
+    }};
+}
+
 fn evaluate_on<Dev: Device<f32>>(dev: &Dev, args: &EvaluateArgs) -> typeformer::Result<()> {
     let beam = (args.beam_width > 0).then_some(BeamConfig {
         width: args.beam_width,
         length_penalty: args.length_penalty,
         max_len: 0,
     });
-    let metadata = typeformer::io::read_metadata(&args.checkpoint.join("model.safetensors"))?;
-    let evaluation = match metadata.get("model").map(String::as_str) {
-        Some("small") => evaluate_checkpoint::<TaskSmall<f32, Dev>, TASK_VOCAB, f32, Dev>(
-            &args.checkpoint,
-            dev,
-            args.eval_size,
-            beam,
-        )?,
-        Some("medium") => evaluate_checkpoint::<TaskMedium<f32, Dev>, TASK_VOCAB, f32, Dev>(
-            &args.checkpoint,
-            dev,
-            args.eval_size,
-            beam,
-        )?,
-        other => {
-            return Err(typeformer::Error::InvalidConfig(format!(
-                "{} holds a `{}` model; evaluate takes checkpoints of `train` (small or medium)",
-                args.checkpoint.display(),
-                other.unwrap_or("unknown")
-            )))
-        }
-    };
+    let checkpoint = TaskCheckpoint::read(&args.checkpoint)?;
+    let evaluation = with_task_model!(&checkpoint, evaluate_model::<Dev>(&args.checkpoint, dev, args.eval_size, beam))?;
     print_evaluation(&evaluation, 0);
     Ok(())
 }
 
+fn evaluate_model<M, Dev>(
+    dir: &std::path::Path,
+    dev: &Dev,
+    eval_size: usize,
+    beam: Option<BeamConfig>,
+) -> typeformer::Result<TaskEvaluation>
+where
+    M: Seq2Seq<TASK_VOCAB, TASK_VOCAB, f32, Dev> + TensorCollection<f32, Dev, To<f32, Dev> = M>,
+    M::State: Clone,
+    Dev: Device<f32>,
+{
+    evaluate_checkpoint::<M, TASK_VOCAB, f32, Dev>(dir, dev, eval_size, beam)
+}
+
+fn attention(args: &AttentionArgs) -> typeformer::Result<()> {
+    on_device!(args.device, 0, attention_on(args))
+}
+
+fn attention_on<Dev: Device<f32>>(dev: &Dev, args: &AttentionArgs) -> typeformer::Result<()> {
+    let checkpoint = TaskCheckpoint::read(&args.checkpoint)?;
+    let source = parse_symbols(&args.text, checkpoint.spec.symbols)?;
+    let longest = typeformer::models::TASK_POSITIONS - 1;
+    if source.len() > longest {
+        return Err(typeformer::Error::InvalidConfig(format!(
+            "--text has {} symbols; the model reads at most {longest}",
+            source.len()
+        )));
+    }
+    let kinds = match args.map {
+        MapArg::All => vec![AttentionKind::EncoderSelf, AttentionKind::DecoderSelf, AttentionKind::Cross],
+        MapArg::EncoderSelf => vec![AttentionKind::EncoderSelf],
+        MapArg::DecoderSelf => vec![AttentionKind::DecoderSelf],
+        MapArg::Cross => vec![AttentionKind::Cross],
+    };
+    let selection = AttentionSelection { kinds, layer: args.layer, head: args.head };
+    let title = format!("{} ({} task)", args.checkpoint.display(), checkpoint.spec.task);
+    let decoded = with_task_model!(
+        &checkpoint,
+        plot_checkpoint_attention::<Dev>(&checkpoint, dev, &source, &selection, args, &title)
+    )?;
+    say!("{} -> {}", symbol_text(&source), symbol_text(&decoded));
+    say!("wrote {}", args.out.display());
+    Ok(())
+}
+
+fn plot_checkpoint_attention<M, Dev>(
+    checkpoint: &TaskCheckpoint,
+    dev: &Dev,
+    source: &[usize],
+    selection: &AttentionSelection,
+    args: &AttentionArgs,
+    title: &str,
+) -> typeformer::Result<Vec<usize>>
+where
+    M: Seq2Seq<TASK_VOCAB, TASK_VOCAB, f32, Dev> + TensorCollection<f32, Dev, To<f32, Dev> = M>,
+    Dev: Device<f32>,
+{
+    let model: M = checkpoint.load_model(dev)?;
+    plot_attention::<M, TASK_VOCAB, f32, Dev>(&model, source, selection, &args.out, title)
+}
+
 fn print_evaluation(evaluation: &TaskEvaluation, show: usize) {
+    let decoded = &evaluation.decoded;
+    let n = decoded.len();
     if show > 0 {
-        say!("held-out examples (source -> decoded):");
+        say!("held-out sequences (source -> greedy decoding):");
+        for (example, output) in decoded.iter().take(show) {
+            print_decoded(example, output);
+        }
+        let wrong: Vec<_> = decoded.iter().filter(|(e, o)| &e.target != o).collect();
+        if !wrong.is_empty() {
+            say!("{} of {n} decoded wrongly, for example (^ marks the errors):", wrong.len());
+            for (example, output) in wrong.into_iter().take(show) {
+                print_decoded(example, output);
+            }
+        }
     }
-    for (example, decoded) in evaluation.decoded.iter().take(show) {
-        let mark = if &example.target == decoded { "ok" } else { "WRONG" };
-        say!("  {:>16} -> {:<16} {mark}", symbols(&example.source), symbols(decoded));
-    }
-    let n = evaluation.decoded.len();
     if let Some(beam) = evaluation.beam_exact_match {
         say!("beam search: exact match {beam:.3} on {n} held-out sequences");
     }
     say!("exact match: {:.3} on {n} held-out sequences", evaluation.exact_match);
 }
 
-fn print_report(report: &TaskReport, show: usize) {
+/// One decoded example: `ok`, or `WRONG` with the expected output and a `^` under each symbol
+/// that differs from it (and under each missing or extra one).
+fn print_decoded(example: &Example, output: &[usize]) {
+    let (source, got) = (symbol_text(&example.source), symbol_text(output));
+    if example.target == output {
+        say!("  {source:>16} -> {got:<16} ok");
+        return;
+    }
+    say!("  {source:>16} -> {got:<16} WRONG, expected {}", symbol_text(&example.target));
+    let marks: String = (0..output.len().max(example.target.len()))
+        .map(|i| if output.get(i) == example.target.get(i) { ' ' } else { '^' })
+        .collect();
+    say!("  {:>16}    {marks}", "");
+}
+
+fn print_report(run: &TaskRun, report: &TaskReport, show: usize) {
     let last = report.logs.last().expect("at least one step");
     let tokens: f64 = report.logs.iter().map(|l| l.tokens_per_sec).sum::<f64>() / report.logs.len() as f64;
+    let floor = label_smoothing_floor(run.train.label_smoothing, TASK_VOCAB);
+    let floor_note = if run.train.label_smoothing > 0.0 {
+        format!(" (label smoothing {} puts the least possible at {floor:.4})", run.train.label_smoothing)
+    } else {
+        String::new()
+    };
     say!(
-        "trained {} steps in {:.1} s (mean {tokens:.0} tok/s), final loss {:.4}",
+        "trained {} steps in {:.1} s (mean {tokens:.0} tok/s), final loss {:.4}{floor_note}",
         last.step,
         report.train_seconds,
         last.loss
     );
-    for file in &report.files {
-        say!("wrote {}", file.display());
-    }
     print_evaluation(&report.evaluation, show);
+    let Some(dir) = &run.out_dir else { return };
+    say!("files in {}:", dir.display());
+    for file in &report.files {
+        let name = file.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned());
+        let what = match name.as_str() {
+            "model.safetensors" => {
+                format!("the trained model; evaluate it again: typeformer evaluate --checkpoint {}", dir.display())
+            }
+            "loss.csv" => "the loss, learning rate and gradient norm of every step".into(),
+            "loss.png" => "the training loss, plotted".into(),
+            "attention.png" => format!(
+                "where the decoder looks in the source while decoding a held-out sequence; any other: \
+                 typeformer attention --checkpoint {} --text {}",
+                dir.display(),
+                symbol_text(&(0..run.spec.max_len).map(|i| FIRST_SYMBOL + i % run.spec.symbols).collect::<Vec<_>>())
+            ),
+            _ => String::new(),
+        };
+        say!("  {name:<18} {what}");
+    }
 }
 
-/// The progress bar of a training run of `steps` steps, starting at `start`.
-fn progress(steps: usize, start: usize) -> ProgressBar {
-    let bar = ProgressBar::new(steps as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
-            .expect("a valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_position(start as u64);
-    bar
+/// Progress of a training run on stderr: a bar with the time left on a terminal, and a line
+/// every tenth of the run otherwise (logs, pipes), so that something shows either way.
+struct Progress {
+    bar: ProgressBar,
+    steps: usize,
+    plain: bool,
+    start: std::time::Instant,
+}
+
+impl Progress {
+    /// A run of `steps` steps, starting after step `start`.
+    fn new(steps: usize, start: usize) -> Self {
+        let bar = ProgressBar::new(steps as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps, {eta} left | {msg}")
+                .expect("a valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_position(start as u64);
+        let plain = !std::io::stderr().is_terminal();
+        Self { bar, steps, plain, start: std::time::Instant::now() }
+    }
+
+    /// Step `step` is done; `message` says how it went.
+    fn step(&self, step: usize, message: String) {
+        if self.plain {
+            let every = (self.steps / 10).max(1);
+            if step == 1 || step.is_multiple_of(every) || step == self.steps {
+                let elapsed = self.start.elapsed().as_secs_f64();
+                eprintln!("step {step}/{} ({elapsed:.1} s) {message}", self.steps);
+            }
+        }
+        self.bar.set_position(step as u64);
+        self.bar.set_message(message);
+    }
+
+    fn finish(&self) {
+        self.bar.finish();
+    }
 }
 
 fn train_lm(args: &TrainLmArgs) -> typeformer::Result<()> {
@@ -697,15 +907,15 @@ fn train_lm_on<Dev: Device<f32>>(dev: &Dev, args: &TrainLmArgs) -> typeformer::R
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
         .map_err(|e| typeformer::Error::Training(format!("cannot install the Ctrl-C handler: {e}")))?;
-    let bar = progress(args.steps, run.opt.step);
+    let progress = Progress::new(args.steps, run.opt.step);
     let mut last_val = None;
     let outcome = train_language_model(&mut run, &source, &cfg, &args.out, metadata, &stop, |log: &StepLog| {
         last_val = log.val_loss.or(last_val);
-        bar.set_position(log.step as u64);
         let val = last_val.map_or(String::new(), |v: f64| format!(" | val {v:.3} (ppl {:.2})", v.exp()));
-        bar.set_message(format!("loss {:.3}{val} | {:.0} tok/s | lr {:.2e}", log.loss, log.tokens_per_sec, log.lr));
+        progress
+            .step(log.step, format!("loss {:.3}{val} | {:.0} tok/s | lr {:.2e}", log.loss, log.tokens_per_sec, log.lr));
     })?;
-    bar.finish();
+    progress.finish();
     if outcome == LmStop::Interrupted {
         say!(
             "interrupted: the checkpoint at step {} is in {}; continue with --resume",

@@ -2,12 +2,13 @@
 //! is a thin layer over [`run_task`].
 
 use super::{exact_match, train_seq2seq, Decoding, StepLog, TrainConfig};
-use crate::data::{Example, TaskData, TaskSpec};
+use crate::data::{symbol_text, token_text, Example, TaskData, TaskSpec, BOS, EOS};
 use crate::error::{Error, Result};
-use crate::generate::BeamConfig;
-use crate::io::{load_checkpoint, save_checkpoint, write_curve_csv, write_curve_png};
+use crate::generate::{greedy_decode, BeamConfig};
+use crate::io::{load_checkpoint, save_checkpoint, write_curve_csv, write_curve_png, write_heatmaps_png, Heatmap};
 use crate::models::Seq2Seq;
 use crate::nn::set_dropout;
+use crate::shape::Tokens;
 use crate::FloatDtype;
 use dfdx::prelude::*;
 use std::collections::HashMap;
@@ -101,7 +102,133 @@ where
     }
 
     let evaluation = evaluate_task::<M, V, E, Dev>(&model, data.held_out(), run.beam)?;
+    if let Some(dir) = &run.out_dir {
+        // The longest held-out source shows the most of what the model learned.
+        if let Some(example) = data.held_out().iter().max_by_key(|e| e.source.len()) {
+            let png = dir.join("attention.png");
+            let title = format!("{} task, held-out example: cross-attention", run.spec.task);
+            plot_attention::<M, V, E, Dev>(&model, &example.source, &AttentionSelection::cross(), &png, &title)?;
+            files.push(png);
+        }
+    }
     Ok((model, TaskReport { logs, evaluation, train_seconds, files }))
+}
+
+/// Which attention sub-layers a plot shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionKind {
+    /// The encoder's self-attention over the source.
+    EncoderSelf,
+    /// The decoder's masked self-attention over its own inputs.
+    DecoderSelf,
+    /// The decoder's attention over the encoded source.
+    Cross,
+}
+
+impl AttentionKind {
+    fn name(self) -> &'static str {
+        match self {
+            AttentionKind::EncoderSelf => "encoder self-attention",
+            AttentionKind::DecoderSelf => "decoder self-attention",
+            AttentionKind::Cross => "cross-attention",
+        }
+    }
+}
+
+/// The maps an attention plot draws: kinds, and optionally one layer and one head (all
+/// otherwise). Layers and heads count from 0, as in the parameter names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttentionSelection {
+    /// The kinds of attention, drawn in this order.
+    pub kinds: Vec<AttentionKind>,
+    /// One layer of each stack, or all.
+    pub layer: Option<usize>,
+    /// One head of each layer, or all.
+    pub head: Option<usize>,
+}
+
+impl AttentionSelection {
+    /// Every head of every decoder layer's cross-attention.
+    pub fn cross() -> Self {
+        Self { kinds: vec![AttentionKind::Cross], layer: None, head: None }
+    }
+}
+
+/// Decodes `source` greedily with `model`, then draws the selected attention maps of a pass
+/// over that source and the model's own output to a PNG at `path`: one row of maps per layer,
+/// one map per head, tokens on the axes (queries down, keys across). Returns the decoded output.
+pub fn plot_attention<M, const V: usize, E, Dev>(
+    model: &M,
+    source: &[usize],
+    selection: &AttentionSelection,
+    path: &std::path::Path,
+    title: &str,
+) -> Result<Vec<usize>>
+where
+    M: Seq2Seq<V, V, E, Dev>,
+    E: FloatDtype,
+    Dev: Device<E>,
+{
+    if selection.kinds.is_empty() {
+        return Err(Error::InvalidConfig("choose at least one kind of attention to plot".into()));
+    }
+    let src = Tokens::<V>::from_sequences(&[source.to_vec()])?;
+    let max_len = (source.len() + 1).min(M::MAX_LEN - 1);
+    let decoded = greedy_decode::<M, V, V, E, Dev>(model, &src, BOS, EOS, max_len)?.remove(0);
+    let tgt_in: Vec<usize> = std::iter::once(BOS).chain(decoded.iter().copied()).collect();
+    let maps = model.attention(&src, &Tokens::<V>::from_sequences(std::slice::from_ref(&tgt_in))?)?;
+    let labels = |ids: &[usize]| ids.iter().map(|&t| token_text(t)).collect::<Vec<_>>();
+    let (src_labels, tgt_labels) = (labels(source), labels(&tgt_in));
+    let mut heatmaps = Vec::new();
+    let mut heads = 0;
+    for &kind in &selection.kinds {
+        let layers = match kind {
+            AttentionKind::EncoderSelf => &maps.encoder,
+            AttentionKind::DecoderSelf | AttentionKind::Cross => &maps.decoder,
+        };
+        let chosen = pick("layer", selection.layer, layers.len(), kind)?;
+        for l in chosen {
+            let (weights, rows, cols) = match kind {
+                AttentionKind::EncoderSelf => (&layers[l].self_attn, &src_labels, &src_labels),
+                AttentionKind::DecoderSelf => (&layers[l].self_attn, &tgt_labels, &tgt_labels),
+                AttentionKind::Cross => {
+                    let cross = layers[l]
+                        .cross_attn
+                        .as_ref()
+                        .ok_or_else(|| Error::InvalidConfig("the decoder recorded no cross-attention".into()))?;
+                    (cross, &tgt_labels, &src_labels)
+                }
+            };
+            let chosen_heads = pick("head", selection.head, weights.heads(), kind)?;
+            heads = heads.max(chosen_heads.len());
+            for h in chosen_heads {
+                let map = weights.map(0, h).ok_or_else(|| Error::InvalidConfig(format!("no head {h}")))?;
+                heatmaps.push(Heatmap {
+                    title: format!("{}, layer {l}, head {h}", kind.name()),
+                    rows: rows.clone(),
+                    cols: cols.clone(),
+                    weights: map.into_iter().map(<[f32]>::to_vec).collect(),
+                });
+            }
+        }
+    }
+    let heading = format!("{title}: {} -> {}", symbol_text(source), symbol_text(&decoded));
+    let caption = "rows: queries (the decoder reads <s> then its output), columns: keys";
+    write_heatmaps_png(path, &heading, caption, &heatmaps, heads)?;
+    Ok(decoded)
+}
+
+/// The indices `0..count`, or the one asked for, checked against `count`.
+fn pick(what: &str, asked: Option<usize>, count: usize, kind: AttentionKind) -> Result<Vec<usize>> {
+    match asked {
+        None => Ok((0..count).collect()),
+        Some(i) if i < count => Ok(vec![i]),
+        Some(i) => Err(Error::InvalidConfig(format!(
+            "--{what} {i} does not exist: the model's {} has {what}s 0 to {}",
+            kind.name(),
+            count.saturating_sub(1)
+        ))),
+    }
 }
 
 /// Exact match of a task model on held-out examples.
@@ -139,6 +266,59 @@ where
     })
 }
 
+/// What a checkpoint written by [`run_task`] says of its run: the model's name, the task, and
+/// the seed and size of its held-out set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskCheckpoint {
+    /// `model.safetensors` of the run.
+    pub path: PathBuf,
+    /// The model configuration (`small`, `medium`).
+    pub model_name: String,
+    /// The task and its sequences.
+    pub spec: TaskSpec,
+    /// The run's seed (its held-out set is drawn from it).
+    pub seed: u64,
+}
+
+impl TaskCheckpoint {
+    /// Reads the metadata of `dir/model.safetensors`.
+    pub fn read(dir: &std::path::Path) -> Result<Self> {
+        let path = dir.join("model.safetensors");
+        let metadata = crate::io::read_metadata(&path)?;
+        let field = |key: &str| -> Result<&String> {
+            metadata.get(key).ok_or_else(|| Error::BadFile {
+                path: path.clone(),
+                reason: format!("no `{key}` in its metadata: not a task checkpoint"),
+            })
+        };
+        let number = |key: &str| -> Result<u64> {
+            field(key)?
+                .parse()
+                .map_err(|_| Error::BadFile { path: path.clone(), reason: format!("`{key}` is not a number") })
+        };
+        let spec = TaskSpec {
+            task: field("task")?.parse()?,
+            symbols: number("symbols")? as usize,
+            min_len: number("min_len")? as usize,
+            max_len: number("max_len")? as usize,
+        };
+        let seed = number("seed")?;
+        Ok(Self { model_name: field("model")?.clone(), spec, seed, path })
+    }
+
+    /// A fresh `M` on `dev` with the checkpoint's weights.
+    pub fn load_model<M, E, Dev>(&self, dev: &Dev) -> Result<M>
+    where
+        M: TensorCollection<E, Dev, To<E, Dev> = M> + Clone,
+        E: FloatDtype,
+        Dev: Device<E>,
+    {
+        let mut model = M::try_build(dev).map_err(|e| Error::Training(format!("cannot build the model: {e:?}")))?;
+        load_checkpoint(&mut model, &self.path)?;
+        Ok(model)
+    }
+}
+
 /// Loads a checkpoint written by [`run_task`] into a fresh `M` on `dev` and evaluates it on the
 /// held-out examples of the run that wrote it (rebuilt from the task, lengths and seed in its
 /// metadata; `eval_size` of them).
@@ -154,30 +334,8 @@ where
     E: FloatDtype,
     Dev: Device<E>,
 {
-    let path = dir.join("model.safetensors");
-    let metadata = crate::io::read_metadata(&path)?;
-    let field = |key: &str| -> Result<&String> {
-        metadata.get(key).ok_or_else(|| Error::BadFile {
-            path: path.clone(),
-            reason: format!("no `{key}` in its metadata: not a task checkpoint"),
-        })
-    };
-    let number = |key: &str| -> Result<usize> {
-        field(key)?
-            .parse()
-            .map_err(|_| Error::BadFile { path: path.clone(), reason: format!("`{key}` is not a number") })
-    };
-    let spec = TaskSpec {
-        task: field("task")?.parse()?,
-        symbols: number("symbols")?,
-        min_len: number("min_len")?,
-        max_len: number("max_len")?,
-    };
-    let seed: u64 = field("seed")?
-        .parse()
-        .map_err(|_| Error::BadFile { path: path.clone(), reason: "`seed` is not a number".into() })?;
-    let data = TaskData::new(spec, eval_size, seed)?;
-    let mut model = M::try_build(dev).map_err(|e| Error::Training(format!("cannot build the model: {e:?}")))?;
-    load_checkpoint(&mut model, &path)?;
+    let checkpoint = TaskCheckpoint::read(dir)?;
+    let data = TaskData::new(checkpoint.spec, eval_size, checkpoint.seed)?;
+    let model: M = checkpoint.load_model(dev)?;
     evaluate_task::<M, V, E, Dev>(&model, data.held_out(), beam)
 }
