@@ -1,6 +1,6 @@
 //! The `unsafe` operations the fast CPU path needs, each behind a checked, safe function.
 //!
-//! - [`gemm_all`] (and [`gemm`], one product): `gemm::gemm` takes raw pointers and strides.
+//! - [`gemm_all`] (and [`gemm`], one product): gemm's kernels take raw pointers and strides.
 //!   Every call first checks that each strided matrix lies inside its slice and that each
 //!   destination's strides never map two elements to one address (the product writes it from
 //!   several threads); distinct destinations are distinct `&mut` borrows. A call that fails a
@@ -16,6 +16,7 @@ use super::packed::{self, PackedMatrix};
 use super::{parallel, transpose};
 use dfdx::shapes::{HasShape, Shape, Unit};
 use dfdx::tensor::{Cpu, Tensor};
+use gemm_common::Parallelism;
 use std::any::{Any, TypeId};
 use std::cell::RefCell;
 use std::ops::Range;
@@ -343,13 +344,7 @@ impl<E: num_traits::Float + 'static> Operands<E> {
     /// Rows `rows` by columns `cols` of the product, by gemm on this thread (or on gemm's own
     /// threads, with `parallelism`). `block`, when given, holds the right operand's columns
     /// `cols` (all its rows) in place of the right operand itself.
-    fn block(
-        self,
-        rows: Range<usize>,
-        cols: Range<usize>,
-        block: Option<(&[E], Layout)>,
-        parallelism: gemm::Parallelism,
-    ) {
+    fn block(self, rows: Range<usize>, cols: Range<usize>, block: Option<(&[E], Layout)>, parallelism: Parallelism) {
         let s = |x: usize| x as isize; // checked by `operands_valid`: every stride fits in isize
         let (d, l) = (self.dst_layout, self.lhs_layout);
         let (rhs, r) = match block {
@@ -394,7 +389,7 @@ impl<E: num_traits::Float + 'static> Operands<E> {
         }
         // SAFETY: the product these addresses come from passed `operands_valid` (and, when it
         // writes into a borrowed slice, `Product::valid`) and is still borrowed: `E` is f32/f64,
-        // which `gemm::gemm` implements; the rows and columns are inside the product (checked
+        // which `real_gemm` implements; the rows and columns are inside the product (checked
         // above), so every offset the block reads or writes is inside its slice or buffer; the
         // destination is a unique borrow whose elements have distinct addresses, or a new dense
         // buffer, and the blocks of one product cover disjoint sets of its elements, so no two
@@ -403,7 +398,7 @@ impl<E: num_traits::Float + 'static> Operands<E> {
         // live slice that fits its layout (checked above).
         #[allow(unsafe_code)]
         unsafe {
-            gemm::gemm(
+            real_gemm(
                 rows.len(),
                 cols.len(),
                 l.cols,
@@ -417,11 +412,6 @@ impl<E: num_traits::Float + 'static> Operands<E> {
                 rhs,
                 s(r.strides[1]),
                 s(r.strides[0]),
-                E::one(),
-                E::one(),
-                false,
-                false,
-                false,
                 parallelism,
             );
         }
@@ -542,7 +532,7 @@ fn plan<E: num_traits::Float + Send + Sync + 'static>(operands: Operands<E>, thr
     if !operands.dst_layout.rows_contiguous() {
         // Neither row- nor column-major (a strided view): the whole product now, on gemm's own
         // threads (a fresh buffer is always row-major, so this only writes a borrowed one).
-        let parallelism = if threads > 1 { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+        let parallelism = if threads > 1 { Parallelism::Rayon(0) } else { Parallelism::None };
         operands.block(0..m, 0..n, None, parallelism);
         return;
     }
@@ -593,7 +583,7 @@ enum Task<E> {
 impl<E: num_traits::Float + 'static> Task<E> {
     fn run(self) {
         match self {
-            Task::InPlace { operands, rows, cols } => operands.block(rows, cols, None, gemm::Parallelism::None),
+            Task::InPlace { operands, rows, cols } => operands.block(rows, cols, None, Parallelism::None),
             Task::Transposed { operands, rows, cols } => {
                 let (k, width) = (operands.rhs_layout.rows, packed::BLOCK_COLS);
                 with_scratch::<E, _>(k * width, |scratch| {
@@ -601,7 +591,7 @@ impl<E: num_traits::Float + 'static> Task<E> {
                         let cols = first..(first + width).min(cols.end);
                         pack_columns(operands.rhs(), operands.rhs_layout, cols.clone(), scratch, width);
                         let layout = Layout { rows: k, cols: cols.len(), strides: [width, 1] };
-                        operands.block(rows.clone(), cols, Some((scratch, layout)), gemm::Parallelism::None);
+                        operands.block(rows.clone(), cols, Some((scratch, layout)), Parallelism::None);
                     }
                 });
             }
@@ -609,7 +599,7 @@ impl<E: num_traits::Float + 'static> Task<E> {
                 for b in blocks {
                     let (first, data, layout) = packed.block(b);
                     let cols = first..first + layout.cols;
-                    operands.block(rows.clone(), cols, Some((data, layout)), gemm::Parallelism::None);
+                    operands.block(rows.clone(), cols, Some((data, layout)), Parallelism::None);
                 }
             }
         }
@@ -671,6 +661,92 @@ fn as_f32_mut<E: 'static>(data: &mut [E]) -> Option<&mut [f32]> {
     #[allow(unsafe_code)]
     super::same::<E, f32>()
         .then(|| unsafe { std::slice::from_raw_parts_mut(data.as_mut_ptr().cast::<f32>(), data.len()) })
+}
+
+/// `dst := dst (when `read_dst`) + lhs x rhs` for `E` f32 or f64, on the kernels of gemm-f32 and
+/// gemm-f64: the two element types the products use. (The `gemm` crate dispatches the same way
+/// but also compiles complex and f16 kernels that nothing here calls, about 18 s of a fresh
+/// build on 2 cores.) Strides are in elements, columns first as gemm takes them. As `gemm::gemm`
+/// does, a destination whose columns lie closer together than its rows is computed as the
+/// transposed product, the orientation gemm's microkernels prefer.
+///
+/// # Safety
+/// As for `gemm::gemm`: `dst` (an `m x n` matrix) and `lhs` (`m x k`) and `rhs` (`k x n`) with
+/// these strides lie inside live allocations, `dst` is written by no one else meanwhile and
+/// never maps two elements to one address, and when `read_dst` its elements are initialised.
+/// Strides are non-negative. Panics if `E` is neither f32 nor f64.
+#[allow(unsafe_code, clippy::too_many_arguments)]
+unsafe fn real_gemm<E: 'static>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut E,
+    dst_cs: isize,
+    dst_rs: isize,
+    read_dst: bool,
+    lhs: *const E,
+    lhs_cs: isize,
+    lhs_rs: isize,
+    rhs: *const E,
+    rhs_cs: isize,
+    rhs_rs: isize,
+    parallelism: Parallelism,
+) {
+    debug_assert!([dst_cs, dst_rs, lhs_cs, lhs_rs, rhs_cs, rhs_rs].iter().all(|&s| s >= 0));
+    // (A B)ᵀ = Bᵀ Aᵀ: swapping the operands and every matrix's strides transposes the product.
+    let (m, n, dst_cs, dst_rs, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs) = if dst_cs < dst_rs {
+        (n, m, dst_rs, dst_cs, rhs, rhs_rs, rhs_cs, lhs, lhs_rs, lhs_cs)
+    } else {
+        (m, n, dst_cs, dst_rs, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs)
+    };
+    // alpha scales the destination's old value, beta the product; both 1 (an accumulation).
+    if TypeId::of::<E>() == TypeId::of::<f32>() {
+        gemm_f32::gemm::f32::get_gemm_fn()(
+            m,
+            n,
+            k,
+            dst.cast(),
+            dst_cs,
+            dst_rs,
+            read_dst,
+            lhs.cast(),
+            lhs_cs,
+            lhs_rs,
+            rhs.cast(),
+            rhs_cs,
+            rhs_rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    } else if TypeId::of::<E>() == TypeId::of::<f64>() {
+        gemm_f64::gemm::f64::get_gemm_fn()(
+            m,
+            n,
+            k,
+            dst.cast(),
+            dst_cs,
+            dst_rs,
+            read_dst,
+            lhs.cast(),
+            lhs_cs,
+            lhs_rs,
+            rhs.cast(),
+            rhs_cs,
+            rhs_rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    } else {
+        panic!("the CPU products take f32 or f64, not {}", std::any::type_name::<E>());
+    }
 }
 
 #[cfg(test)]
