@@ -369,8 +369,8 @@ struct TrainArgs {
     /// Scale of the learning-rate schedule (lr = factor * d^-0.5 * min(step^-0.5, step * warmup^-1.5)).
     #[arg(long, default_value_t = TrainConfig::default().lr_factor)]
     lr_factor: f64,
-    /// Fraction of the steps, at the end, over which the learning rate falls linearly to zero
-    /// (0: the paper's schedule to the last step).
+    /// Fraction of the steps, at the end, over which the learning rate falls linearly towards
+    /// zero (0: the paper's schedule to the last step).
     #[arg(long, default_value_t = TrainConfig::default().cooldown)]
     cooldown: f64,
     /// Label smoothing (0.1 in the paper).
@@ -494,7 +494,7 @@ fn train_on<Dev: Device<f32>>(dev: &Dev, args: &TrainArgs) -> typeformer::Result
 /// What the run is about to do, for someone who has never seen the task or the model.
 fn introduce(run: &TaskRun, model: ModelArg) {
     let spec = &run.spec;
-    let example: Vec<usize> = (0..spec.max_len.min(6)).map(|i| FIRST_SYMBOL + (i * 7 + 3) % spec.symbols).collect();
+    let example = example_source(spec, spec.max_len.min(6).max(spec.min_len));
     let alphabet: String = SYMBOL_ALPHABET.chars().take(spec.symbols).collect();
     let (d, heads, enc, dec, params) = match model {
         ModelArg::Small => (
@@ -526,10 +526,15 @@ fn introduce(run: &TaskRun, model: ModelArg) {
         run.model_name
     );
     eprintln!(
-        "  plan:  {} steps of {} sequences (the bar shows the time left), then greedy decoding of {} \
-         held-out sequences that no training batch contains",
+        "  plan:  {} steps of {} sequences, then greedy decoding of {} held-out sequences that no \
+         training batch contains",
         run.train.steps, run.train.batch_size, run.eval_size
     );
+}
+
+/// A source of `len` symbols that shows the task at work (not a sorted run, mostly distinct).
+fn example_source(spec: &TaskSpec, len: usize) -> Vec<usize> {
+    (0..len).map(|i| FIRST_SYMBOL + (i * 7 + 3) % spec.symbols).collect()
 }
 
 fn summary(args: &SummaryArgs) {
@@ -664,13 +669,13 @@ fn evaluate_on<Dev: Device<f32>>(dev: &Dev, args: &EvaluateArgs) -> typeformer::
         max_len: 0,
     });
     let checkpoint = TaskCheckpoint::read(&args.checkpoint)?;
-    let evaluation = with_task_model!(&checkpoint, evaluate_model::<Dev>(&args.checkpoint, dev, args.eval_size, beam))?;
+    let evaluation = with_task_model!(&checkpoint, evaluate_model::<Dev>(&checkpoint, dev, args.eval_size, beam))?;
     print_evaluation(&evaluation, 0);
     Ok(())
 }
 
 fn evaluate_model<M, Dev>(
-    dir: &std::path::Path,
+    checkpoint: &TaskCheckpoint,
     dev: &Dev,
     eval_size: usize,
     beam: Option<BeamConfig>,
@@ -680,7 +685,7 @@ where
     M::State: Clone,
     Dev: Device<f32>,
 {
-    evaluate_checkpoint::<M, TASK_VOCAB, f32, Dev>(dir, dev, eval_size, beam)
+    evaluate_checkpoint::<M, TASK_VOCAB, f32, Dev>(checkpoint, dev, eval_size, beam)
 }
 
 fn attention(args: &AttentionArgs) -> typeformer::Result<()> {
@@ -707,7 +712,7 @@ fn attention_on<Dev: Device<f32>>(dev: &Dev, args: &AttentionArgs) -> typeformer
     let title = format!("{} ({} task)", args.checkpoint.display(), checkpoint.spec.task);
     let decoded = with_task_model!(
         &checkpoint,
-        plot_checkpoint_attention::<Dev>(&checkpoint, dev, &source, &selection, args, &title)
+        plot_checkpoint_attention::<Dev>(&checkpoint, dev, &source, &selection, &args.out, &title)
     )?;
     say!("{} -> {}", symbol_text(&source), symbol_text(&decoded));
     say!("wrote {}", args.out.display());
@@ -719,15 +724,15 @@ fn plot_checkpoint_attention<M, Dev>(
     dev: &Dev,
     source: &[usize],
     selection: &AttentionSelection,
-    args: &AttentionArgs,
+    out: &std::path::Path,
     title: &str,
 ) -> typeformer::Result<Vec<usize>>
 where
     M: Seq2Seq<TASK_VOCAB, TASK_VOCAB, f32, Dev> + TensorCollection<f32, Dev, To<f32, Dev> = M>,
     Dev: Device<f32>,
 {
-    let model: M = checkpoint.load_model(dev)?;
-    plot_attention::<M, TASK_VOCAB, f32, Dev>(&model, source, selection, &args.out, title)
+    let model: M = checkpoint.load_model::<M, TASK_VOCAB, f32, Dev>(dev)?;
+    plot_attention::<M, TASK_VOCAB, f32, Dev>(&model, source, selection, out, title)
 }
 
 fn print_evaluation(evaluation: &TaskEvaluation, show: usize) {
@@ -738,10 +743,11 @@ fn print_evaluation(evaluation: &TaskEvaluation, show: usize) {
         for (example, output) in decoded.iter().take(show) {
             print_decoded(example, output);
         }
-        let wrong: Vec<_> = decoded.iter().filter(|(e, o)| &e.target != o).collect();
-        if !wrong.is_empty() {
-            say!("{} of {n} decoded wrongly, for example (^ marks the errors):", wrong.len());
-            for (example, output) in wrong.into_iter().take(show) {
+        let wrong = decoded.iter().filter(|(e, o)| &e.target != o).count();
+        if wrong > 0 {
+            say!("{wrong} of {n} decoded wrongly, for example (^ marks the errors):");
+            // Wrong ones not among those just shown.
+            for (example, output) in decoded.iter().skip(show).filter(|(e, o)| &e.target != o).take(show) {
                 print_decoded(example, output);
             }
         }
@@ -764,7 +770,8 @@ fn print_decoded(example: &Example, output: &[usize]) {
     let marks: String = (0..output.len().max(example.target.len()))
         .map(|i| if output.get(i) == example.target.get(i) { ' ' } else { '^' })
         .collect();
-    say!("  {:>16}    {marks}", "");
+    // Under the decoded symbols, however long the source.
+    say!("{:width$}{marks}", "", width = 2 + source.chars().count().max(16) + 4);
 }
 
 fn print_report(run: &TaskRun, report: &TaskReport, show: usize) {
@@ -797,7 +804,7 @@ fn print_report(run: &TaskRun, report: &TaskReport, show: usize) {
                 "where the decoder looks in the source while decoding a held-out sequence; any other: \
                  typeformer attention --checkpoint {} --text {}",
                 dir.display(),
-                symbol_text(&(0..run.spec.max_len).map(|i| FIRST_SYMBOL + i % run.spec.symbols).collect::<Vec<_>>())
+                symbol_text(&example_source(&run.spec, run.spec.max_len))
             ),
             _ => String::new(),
         };

@@ -62,7 +62,11 @@ pub fn write_heatmaps_png(path: &Path, title: &str, caption: &str, maps: &[Heatm
     let grid_cols = columns.min(maps.len()) as u32;
     let grid_rows = maps.len().div_ceil(columns) as u32;
     let (top, bottom, margin) = (34, 34, 16);
-    let width = (2 * margin + grid_cols * panel.width + (grid_cols - 1) * GAP).max(360);
+    // Wide enough for the grid, the title (7-pixel bold characters) and the scale with its caption.
+    let text_width = |text: &str, char_width: u32| text.chars().count() as u32 * char_width;
+    let scale_width = 40 + 124 + text_width(caption, CHAR.width);
+    let width =
+        (grid_cols * panel.width + (grid_cols - 1) * GAP).max(text_width(title, 7)).max(scale_width) + 2 * margin;
     let height = top + grid_rows * panel.height + (grid_rows - 1) * GAP + bottom;
     if u64::from(width) * u64::from(height) > 64 << 20 {
         return Err(Error::InvalidConfig(format!(

@@ -58,7 +58,9 @@ impl Cooldown {
     }
 
     /// The factor for the rate at `step` (1-based): 1 until the cooldown, then `k / steps` with
-    /// `k` the steps left including this one, down to `1 / steps` at the last step.
+    /// `k` the steps left including this one. The last `steps` steps are scaled by
+    /// `steps / steps` (the first of them still at the full rate), ..., `2 / steps`, `1 / steps`,
+    /// so a cooldown of 1 step changes nothing.
     ///
     /// ```
     /// use typeformer::train::Cooldown;

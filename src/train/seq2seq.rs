@@ -23,7 +23,7 @@ pub struct TrainConfig {
     pub warmup: usize,
     /// Scale of the schedule.
     pub lr_factor: f64,
-    /// Fraction of the steps, at the end, over which the rate goes down linearly to zero
+    /// Fraction of the steps, at the end, over which the rate goes down linearly towards zero
     /// ([`Cooldown`]; 0 keeps the paper's schedule to the end).
     pub cooldown: f64,
     /// Adam's settings.

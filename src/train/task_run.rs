@@ -50,8 +50,9 @@ pub struct TaskReport {
 }
 
 /// Builds a fresh `M` on `dev`, trains it on `run.spec`, writes the checkpoint
-/// (`model.safetensors`) and loss curve (`loss.csv`, `loss.png`) to `run.out_dir`, and evaluates
-/// exact match on held-out sequences.
+/// (`model.safetensors`) and loss curve (`loss.csv`, `loss.png`) to `run.out_dir`, evaluates
+/// exact match on held-out sequences, and draws the cross-attention of the longest held-out
+/// source to `attention.png` there.
 pub fn run_task<M, const V: usize, E, Dev>(
     run: &TaskRun,
     dev: &Dev,
@@ -306,13 +307,18 @@ impl TaskCheckpoint {
         Ok(Self { model_name: field("model")?.clone(), spec, seed, path })
     }
 
-    /// A fresh `M` on `dev` with the checkpoint's weights.
-    pub fn load_model<M, E, Dev>(&self, dev: &Dev) -> Result<M>
+    /// A fresh `M` on `dev` with the checkpoint's weights, after checking that the run's task
+    /// fits `M` (a checkpoint's metadata is read from outside).
+    pub fn load_model<M, const V: usize, E, Dev>(&self, dev: &Dev) -> Result<M>
     where
-        M: TensorCollection<E, Dev, To<E, Dev> = M> + Clone,
+        M: Seq2Seq<V, V, E, Dev> + TensorCollection<E, Dev, To<E, Dev> = M>,
         E: FloatDtype,
         Dev: Device<E>,
     {
+        self.spec.validate(V, M::MAX_LEN).map_err(|e| Error::BadFile {
+            path: self.path.clone(),
+            reason: format!("its metadata describes a task this model cannot run: {e}"),
+        })?;
         let mut model = M::try_build(dev).map_err(|e| Error::Training(format!("cannot build the model: {e:?}")))?;
         load_checkpoint(&mut model, &self.path)?;
         Ok(model)
@@ -323,7 +329,7 @@ impl TaskCheckpoint {
 /// held-out examples of the run that wrote it (rebuilt from the task, lengths and seed in its
 /// metadata; `eval_size` of them).
 pub fn evaluate_checkpoint<M, const V: usize, E, Dev>(
-    dir: &std::path::Path,
+    checkpoint: &TaskCheckpoint,
     dev: &Dev,
     eval_size: usize,
     beam: Option<BeamConfig>,
@@ -334,8 +340,7 @@ where
     E: FloatDtype,
     Dev: Device<E>,
 {
-    let checkpoint = TaskCheckpoint::read(dir)?;
+    let model: M = checkpoint.load_model::<M, V, E, Dev>(dev)?;
     let data = TaskData::new(checkpoint.spec, eval_size, checkpoint.seed)?;
-    let model: M = checkpoint.load_model(dev)?;
     evaluate_task::<M, V, E, Dev>(&model, data.held_out(), beam)
 }
