@@ -26,6 +26,15 @@ the Rust reader only reads F32/F64; small descriptive strings live in the metada
       4 heads, no dropout): model.transformer.state_dict() under Hugging Face GPT-2
       checkpoint names (wte.weight, h.0.attn.c_attn.weight [in, out], ..., ln_f.bias;
       no lm_head.weight, it is tied to wte), input.ids [2,8], output.logits [2,8,50].
+  gpt2_untied.safetensors
+      The same with tie_word_embeddings=False: the whole GPT2LMHeadModel state dict
+      (transformer.*, lm_head.weight without a bias), input.ids, output.logits.
+  bert_for_pretraining.safetensors, bert_for_masked_lm.safetensors,
+  bert_for_sequence_classification.safetensors
+      transformers BertFor...(vocab 30, hidden 16, 2 layers, 2 heads, intermediate 32, 12
+      positions; BertForMaskedLM has no pooler) state dicts with their heads (cls.*,
+      classifier.*), input.ids [2,6], input.lengths [2] = [6,4], output.hidden (the encoder's
+      last_hidden_state under the attention mask), output.pooled (where there is a pooler).
 
 All LayerNorm weights/biases are randomised (weight = 1 + 0.1*randn, bias = 0.1*randn)
 so that a wrong norm mapping is caught. Outputs are computed with autograd enabled and
@@ -316,6 +325,85 @@ def make_gpt2():
     )
 
 
+def make_hf_bert(file_name, head, seed):
+    """A tiny Hugging Face BERT with a task head: its whole state dict (`bert.*` and the head's
+    tensors), input.ids [2,6] with input.lengths [2] = [6,4] (attention mask), output.hidden
+    (model.bert(...).last_hidden_state) and, when the model has a pooler, output.pooled."""
+    import transformers
+    from transformers import BertConfig
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=30,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=12,
+        type_vocab_size=2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        num_labels=3,
+    )
+    model = getattr(transformers, head)(config)
+    randomise_layer_norms(model)
+    model.eval()
+    ids = torch.randint(0, config.vocab_size, (2, 6))
+    lengths = torch.tensor([6, 4])
+    mask = (~padding_mask(lengths, 6)).long()
+    with torch.no_grad():
+        out = model.bert(ids, attention_mask=mask)
+    tensors = dict(model.state_dict())
+    tensors.update({"input.ids": ids.float(), "input.lengths": lengths.float(), "output.hidden": out.last_hidden_state})
+    if out.pooler_output is not None:
+        tensors["output.pooled"] = out.pooler_output
+    save(
+        file_name,
+        tensors,
+        {
+            "module": f"transformers.{head}",
+            "transformers_version": transformers.__version__,
+            "config": "vocab 30, hidden 16, 2 layers, 2 heads, intermediate 32, 12 positions, 2 types, gelu",
+            "pooler": "yes" if out.pooler_output is not None else "no",
+        },
+    )
+
+
+def make_gpt2_untied():
+    """GPT2LMHeadModel with tie_word_embeddings=False: its whole state dict (`transformer.*` and
+    lm_head.weight, which has no bias), input.ids [2,8], output.logits [2,8,50]."""
+    import transformers
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(7)
+    config = GPT2Config(
+        vocab_size=50,
+        n_positions=16,
+        n_embd=16,
+        n_layer=2,
+        n_head=4,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+        tie_word_embeddings=False,
+    )
+    model = GPT2LMHeadModel(config)
+    randomise_layer_norms(model)
+    model.eval()
+    ids = torch.randint(0, config.vocab_size, (2, 8))
+    with torch.no_grad():
+        logits = model(ids).logits
+    tensors = {k: v for k, v in model.state_dict().items() if not k.endswith(".attn.bias")}
+    tensors.update({"input.ids": ids.float(), "output.logits": logits})
+    save(
+        "gpt2_untied.safetensors",
+        tensors,
+        {"module": "transformers.GPT2LMHeadModel", "transformers_version": transformers.__version__, "tied_lm_head": "false"},
+    )
+
+
 def main():
     torch.set_num_threads(1)
     os.makedirs(OUT_DIR, exist_ok=True)
@@ -326,6 +414,10 @@ def main():
     make_transformer("transformer_post.safetensors", norm_first=False, activation="relu", seed=3)
     make_transformer("transformer_pre_gelu.safetensors", norm_first=True, activation="gelu", seed=5)
     make_gpt2()
+    make_hf_bert("bert_for_pretraining.safetensors", "BertForPreTraining", seed=8)
+    make_hf_bert("bert_for_masked_lm.safetensors", "BertForMaskedLM", seed=9)
+    make_hf_bert("bert_for_sequence_classification.safetensors", "BertForSequenceClassification", seed=10)
+    make_gpt2_untied()
 
 
 if __name__ == "__main__":

@@ -50,6 +50,29 @@ typeformer::transformer! {
     }
     /// An untied GPT.
     Untied: DecoderOnly { vocab: 30, d_model: 16, heads: 2, d_ff: 32, layers: 1, max_len: 8, tie_embeddings: false }
+    /// An untied GPT whose head has no bias, as GPT-2 with `tie_word_embeddings=False` and Llama.
+    UntiedNoBias: DecoderOnly {
+        vocab: 30, d_model: 16, heads: 2, d_ff: 32, layers: 1, max_len: 8, tie_embeddings: false, output_bias: false,
+    }
+    /// A BERT without a pooler, as `BertForMaskedLM`.
+    MaskedLm: EncoderOnly { vocab: 30, d_model: 16, heads: 2, d_ff: 32, layers: 1, max_len: 8, pooler: false }
+}
+
+#[test]
+fn heads_and_poolers_the_declaration_leaves_out_are_not_in_the_type() {
+    fn same<T>(_: T, _: T) {}
+    let dev = Cpu::default();
+    type NoBiasHead = DecoderOnly<30, 16, 2, 8, 32, 1, 8, PreNorm, GeluTanh, Learned, UntiedOutputNoBias, f32, Cpu>;
+    same(UntiedNoBiasSpec::build(&dev).unwrap(), dev.build_module::<NoBiasHead, f32>());
+    assert_eq!(UntiedSpec::NUM_PARAMS - UntiedNoBiasSpec::NUM_PARAMS, 30);
+    type NoPool = Bert<30, 16, 2, 8, 32, 1, 8, 2, PostNorm, Gelu, Learned, f32, Cpu, NoPooler>;
+    same(MaskedLmSpec::build(&dev).unwrap(), dev.build_module::<NoPool, f32>());
+    // The same architecture with its pooler, by choosing the pooler of the alias.
+    let with_pooler = dev.build_module::<MaskedLm<f32, Cpu, WithPooler>, f32>();
+    assert_eq!(with_pooler.num_trainable_params() - MaskedLmSpec::NUM_PARAMS, 16 * 16 + 16);
+    let summary = MaskedLmSpec::summary().to_string();
+    assert!(!summary.contains("pooler"), "{summary}");
+    assert_eq!(MaskedLmSpec::summary().trainable_params(), MaskedLmSpec::NUM_PARAMS);
 }
 
 #[test]

@@ -139,7 +139,7 @@ fn bad_inputs_to_the_encoder_get_clear_errors() {
     assert!(err.contains("cannot mean-pool a sequence of length 0"), "{err}");
     let mut model = model;
     let err = set_layer_norm_eps(&mut model, 0.0).unwrap_err().to_string();
-    assert!(err.contains("layer-norm epsilon must be positive"), "{err}");
+    assert!(err.contains("layer-norm epsilon must be a number in (0, 1), got 0"), "{err}");
     let err = typeformer::data::TextTokenizer::from_file(&model_dir().join("tokenizer.json"), 1).unwrap_err();
     assert!(err.to_string().contains("max_len must leave room"), "{err}");
     let err = typeformer::data::TextTokenizer::from_file(&model_dir().join("config.json"), 16).unwrap_err();
@@ -159,6 +159,14 @@ fn unsupported_model_directories_are_refused() {
     .unwrap();
     let err = Encoder::load(&relative, &Cpu::default()).unwrap_err().to_string();
     assert!(err.contains("position_embedding_type `relative_key` is not supported"), "{err}");
+    for eps in ["\"abc\"", "0", "-1", "1e+30"] {
+        let bad_eps = tempdir("bad-eps");
+        let edited = config.replace("\"layer_norm_eps\": 1e-12", &format!("\"layer_norm_eps\": {eps}"));
+        assert_ne!(edited, config, "config.json has layer_norm_eps");
+        std::fs::write(bad_eps.join("config.json"), edited).unwrap();
+        let err = Encoder::load(&bad_eps, &Cpu::default()).unwrap_err().to_string();
+        assert!(err.contains(&format!("`layer_norm_eps` is {eps}; it must be a number in (0, 1)")), "{err}");
+    }
 
     let cls = tempdir("cls-pooling");
     for file in ["config.json", "tokenizer.json", "sentence_bert_config.json", "modules.json"] {

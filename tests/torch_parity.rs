@@ -1,9 +1,11 @@
 //! Weights imported from PyTorch (`nn.MultiheadAttention`, `nn.TransformerEncoderLayer`,
-//! `nn.Transformer`) and Hugging Face GPT-2 give PyTorch's outputs and gradients. The fixtures in
+//! `nn.Transformer`) and Hugging Face GPT-2 and BERT (with task heads) give PyTorch's outputs
+//! and gradients. The fixtures in
 //! tests/fixtures/torch are written by scripts/make_torch_fixtures.py.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use typeformer::dfdx::nn::tensor_collection::TensorCollection;
 use typeformer::io::{import_weights, load_hf_gpt2, load_torch, load_torch_under, load_vectors, torch_source};
 use typeformer::prelude::*;
 
@@ -166,6 +168,97 @@ fn a_hugging_face_gpt2_checkpoint_loads_and_gives_its_logits() {
     let tokens = Tokens::<50>::new(ids, 2, 8, vec![8, 8]).unwrap();
     let logits = model.forward(&tokens).unwrap();
     assert_close(&logits.as_vec(), &t["output.logits"], "GPT-2 logits");
+    std::fs::remove_file(weights).unwrap();
+}
+
+#[test]
+fn an_untied_hugging_face_gpt2_loads_into_a_head_without_a_bias() {
+    type Untied = DecoderOnly<50, 16, 4, 4, 64, 2, 16, PreNorm, GeluTanh, Learned, UntiedOutputNoBias, f32, Cpu>;
+    let dev = Cpu::default();
+    let t = tensors("gpt2_untied.safetensors");
+    let weights = std::env::temp_dir().join(format!("typeformer-gpt2-untied-{}.safetensors", std::process::id()));
+    write_weights_only(&fixture("gpt2_untied.safetensors"), &weights);
+    let mut model = dev.build_module::<Untied, f32>();
+    load_hf_gpt2(&mut model, &weights).unwrap();
+    assert_eq!(Untied::NUM_PARAMS, model.num_trainable_params());
+    assert_eq!(Untied::NUM_PARAMS, TinyGpt2::NUM_PARAMS + 50 * 16);
+    let ids: Vec<usize> = t["input.ids"].iter().map(|&v| v as usize).collect();
+    let logits = model.forward(&Tokens::<50>::new(ids, 2, 8, vec![8, 8]).unwrap()).unwrap();
+    assert_close(&logits.as_vec(), &t["output.logits"], "untied GPT-2 logits");
+    // A head with a bias has nothing in the file to load it from; a tied model reads wte.
+    type WithBias = DecoderOnly<50, 16, 4, 4, 64, 2, 16, PreNorm, GeluTanh, Learned, UntiedOutput, f32, Cpu>;
+    let err = load_hf_gpt2(&mut dev.build_module::<WithBias, f32>(), &weights).unwrap_err().to_string();
+    assert!(err.contains("nothing in this format maps to head.bias"), "{err}");
+    std::fs::remove_file(weights).unwrap();
+}
+
+/// Loads a `BertFor...` fixture into `M`, returning the tensors it left unused, and checks the
+/// encoder's output (and, with a pooler, the pooled output) against transformers'.
+fn bert_with_head_matches<M>(file: &str) -> Vec<String>
+where
+    M: BuildOnDevice<Cpu, f32, Built = M> + TensorCollection<f32, Cpu> + Clone + BertForward,
+{
+    let dev = Cpu::default();
+    let t = tensors(file);
+    let weights = std::env::temp_dir().join(format!("typeformer-{file}-{}", std::process::id()));
+    write_weights_only(&fixture(file), &weights);
+    let mut model = dev.build_module::<M, f32>();
+    let unused = typeformer::io::load_hf_bert(&mut model, &weights).unwrap().unused;
+    typeformer::nn::set_layer_norm_eps(&mut model, 1e-12).unwrap();
+    std::fs::remove_file(weights).unwrap();
+    let ids: Vec<usize> = t["input.ids"].iter().map(|&v| v as usize).collect();
+    let tokens = Tokens::<30>::new(ids, 2, 6, lengths(&t["input.lengths"])).unwrap();
+    let (hidden, pooled) = model.hidden_and_pooled(&tokens);
+    // Padded positions' outputs are meaningless: compare the 6 + 4 real ones.
+    let real = |v: &[f32]| [&v[..6 * 16], &v[6 * 16..10 * 16]].concat();
+    assert_close(&real(&hidden), &real(&t["output.hidden"]), &format!("{file}: encoder output"));
+    if let (Some(pooled), Some(expected)) = (pooled, t.get("output.pooled")) {
+        assert_close(&pooled, expected, &format!("{file}: pooled output"));
+    }
+    unused
+}
+
+type TinyBert<Pool> = Bert<30, 16, 2, 8, 32, 2, 12, 2, PostNorm, Gelu, Learned, f32, Cpu, Pool>;
+
+/// The outputs a BERT fixture is compared on.
+trait BertForward {
+    fn hidden_and_pooled(&self, tokens: &Tokens<30>) -> (Vec<f32>, Option<Vec<f32>>);
+}
+
+impl BertForward for TinyBert<WithPooler> {
+    fn hidden_and_pooled(&self, tokens: &Tokens<30>) -> (Vec<f32>, Option<Vec<f32>>) {
+        let hidden = self.forward(tokens, None).unwrap();
+        (hidden.as_vec(), Some(self.pool(hidden).as_vec()))
+    }
+}
+
+impl BertForward for TinyBert<NoPooler> {
+    fn hidden_and_pooled(&self, tokens: &Tokens<30>) -> (Vec<f32>, Option<Vec<f32>>) {
+        (self.forward(tokens, None).unwrap().as_vec(), None)
+    }
+}
+
+#[test]
+fn the_encoders_of_hugging_face_bert_task_models_load_and_report_their_heads() {
+    let pretraining = bert_with_head_matches::<TinyBert<WithPooler>>("bert_for_pretraining.safetensors");
+    assert!(pretraining.iter().all(|n| n.starts_with("cls.")) && pretraining.len() == 9, "{pretraining:?}");
+    assert!(pretraining.contains(&"cls.seq_relationship.weight".to_string()));
+    let classifier = bert_with_head_matches::<TinyBert<WithPooler>>("bert_for_sequence_classification.safetensors");
+    assert_eq!(classifier, ["classifier.bias", "classifier.weight"]);
+    // BertForMaskedLM has no pooler: a NoPooler type loads it, one with a pooler says what is missing.
+    let masked = bert_with_head_matches::<TinyBert<NoPooler>>("bert_for_masked_lm.safetensors");
+    assert!(masked.iter().all(|n| n.starts_with("cls.predictions.")), "{masked:?}");
+    let weights = std::env::temp_dir().join(format!("typeformer-mlm-{}.safetensors", std::process::id()));
+    write_weights_only(&fixture("bert_for_masked_lm.safetensors"), &weights);
+    let mut with_pooler = Cpu::default().build_module::<TinyBert<WithPooler>, f32>();
+    let err = typeformer::io::load_hf_bert(&mut with_pooler, &weights).unwrap_err().to_string();
+    assert!(err.contains("missing: bert.pooler.dense.weight"), "{err}");
+    // A pooler the type leaves out is skipped and reported.
+    write_weights_only(&fixture("bert_for_sequence_classification.safetensors"), &weights);
+    let mut without = Cpu::default().build_module::<TinyBert<NoPooler>, f32>();
+    let unused = typeformer::io::load_hf_bert(&mut without, &weights).unwrap().unused;
+    assert!(unused.contains(&"bert.pooler.dense.weight".to_string()), "{unused:?}");
+    assert_eq!(TinyBert::<WithPooler>::NUM_PARAMS - TinyBert::<NoPooler>::NUM_PARAMS, 16 * 16 + 16);
     std::fs::remove_file(weights).unwrap();
 }
 

@@ -81,6 +81,8 @@ const FIELDS: &[(&str, Expect, &[Kind], &str)] = &[
     ("tie_embeddings", Expect::Bool, &[ED, DO], "whether the output projection is the embedding"),
     ("layer_norm_eps", Expect::Float, &[ED, EO, DO], "the layer-norm epsilon"),
     ("bias", Expect::Bool, &[ED, EO, DO], "whether projections and norms have biases"),
+    ("output_bias", Expect::Bool, &[DO], "whether an untied output projection has a bias"),
+    ("pooler", Expect::Bool, &[EO], "whether the [CLS] pooler exists"),
 ];
 
 /// A field's value as written.
@@ -241,6 +243,8 @@ struct Config {
     tie: bool,
     eps: f64,
     bias: bool,
+    output_bias: bool,
+    pooler: bool,
 }
 
 impl Declaration {
@@ -430,6 +434,15 @@ impl Declaration {
                 errors.add(span, format!("`layer_norm_eps` must be in (0, 1), found {eps}"));
             }
         }
+        if let (Some(&(true, span)), false) =
+            (bools.get("output_bias"), bools.get("tie_embeddings").is_some_and(|b| !b.0))
+        {
+            errors.add(
+                span,
+                "`output_bias` applies to an untied output projection: add `tie_embeddings: false` (a tied one \
+                 is the embedding, which has no bias)",
+            );
+        }
         if let Some(e) = errors.0 {
             return Err(e);
         }
@@ -461,6 +474,8 @@ impl Declaration {
             dropout: floats.get("dropout").map_or(0.1, |f| f.0),
             tie: bools.get("tie_embeddings").is_none_or(|b| b.0),
             bias: bools.get("bias").is_none_or(|b| b.0),
+            output_bias: bools.get("output_bias").is_none_or(|b| b.0),
+            pooler: bools.get("pooler").is_none_or(|b| b.0),
             eps: floats.get("layer_norm_eps").map_or(if kind == EO { 1e-12 } else { 1e-5 }, |f| f.0),
         })
     }
@@ -497,9 +512,15 @@ impl Declaration {
                 };
                 quote!(#tf::models::EncoderDecoder<#sv, #tv, #d, #h, #hd, #f, #le, #ld, #p, #norm, #activation, #positions, #layout, E, Dev>)
             }
-            EO => quote!(#tf::models::Bert<#sv, #d, #h, #hd, #f, #le, #p, #tt, #norm, #activation, #positions, E, Dev>),
+            EO => {
+                quote!(#tf::models::Bert<#sv, #d, #h, #hd, #f, #le, #p, #tt, #norm, #activation, #positions, E, Dev, Pool>)
+            }
             DO => {
-                let output = if c.tie { quote!(#tf::models::TiedOutput) } else { quote!(#tf::models::UntiedOutput) };
+                let output = match (c.tie, c.output_bias) {
+                    (true, _) => quote!(#tf::models::TiedOutput),
+                    (false, true) => quote!(#tf::models::UntiedOutput),
+                    (false, false) => quote!(#tf::models::UntiedOutputNoBias),
+                };
                 quote!(#tf::models::DecoderOnly<#sv, #d, #h, #hd, #f, #le, #p, #norm, #activation, #positions, #output, E, Dev>)
             }
         };
@@ -520,9 +541,11 @@ impl Declaration {
             c.eps,
             if c.bias { "" } else { ", no biases" },
             match c.kind {
-                EO => String::new(),
+                EO if c.pooler => String::new(),
+                EO => ", no pooler".into(),
                 _ if c.tie => ", tied output projection".into(),
-                _ => ", untied output projection".into(),
+                _ if c.output_bias => ", untied output projection".into(),
+                _ => ", untied output projection without a bias".into(),
             }
         );
         let spec_doc =
@@ -556,12 +579,19 @@ impl Declaration {
                 pub const VOCAB: usize = #sv;
             },
         };
+        // A BERT's pooler can be chosen per use (`MiniLmL6<f32, Cpu, NoPooler>`), defaulting to
+        // what the declaration says.
+        let extra_params = match c.kind {
+            EO if c.pooler => quote!(, Pool = #tf::models::WithPooler),
+            EO => quote!(, Pool = #tf::models::NoPooler),
+            _ => quote!(),
+        };
         let span = name.span();
         quote_spanned! {span=>
             #(#attrs)*
             #[doc = ""]
             #[doc = #description]
-            #vis type #name<E = f32, Dev = #tf::dfdx::prelude::Cpu> = #ty;
+            #vis type #name<E = f32, Dev = #tf::dfdx::prelude::Cpu #extra_params> = #ty;
 
             #[doc = #spec_doc]
             #[derive(Debug, Clone, Copy, Default)]

@@ -8,7 +8,7 @@
 use super::write_atomic;
 use crate::error::{Error, Result};
 use crate::FloatDtype;
-use ::safetensors::tensor::{Dtype as SafeDtype, SafeTensors, TensorView};
+use ::safetensors::tensor::{Dtype as SafeDtype, SafeTensorError, SafeTensors, TensorView};
 use dfdx::nn::tensor_collection::{
     RecursiveWalker, TensorCollection, TensorOptions, TensorVisitor, ViewTensorMut, ViewTensorName, ViewTensorRef,
 };
@@ -46,13 +46,66 @@ fn from_bytes<E: FloatDtype>(bytes: &[u8], dtype: SafeDtype) -> Option<Vec<E>> {
     })
 }
 
-/// Parses a safetensors file's `bytes` and its header metadata; an error names `path`.
+/// Parses a safetensors file's `bytes` and its header metadata; an error names `path` and says
+/// in words what is wrong.
 fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<(SafeTensors<'a>, HashMap<String, String>)> {
-    let file = SafeTensors::deserialize(bytes)
-        .map_err(|e| Error::BadFile { path: path.into(), reason: format!("not a valid safetensors file ({e:?})") })?;
-    let (_, header) = SafeTensors::read_metadata(bytes)
-        .map_err(|e| Error::BadFile { path: path.into(), reason: format!("{e:?}") })?;
+    let bad = |e: SafeTensorError| Error::BadFile { path: path.into(), reason: describe(&e, bytes) };
+    let file = SafeTensors::deserialize(bytes).map_err(bad)?;
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(bad)?;
     Ok((file, header.metadata().clone().unwrap_or_default()))
+}
+
+/// What a safetensors error means for the file `bytes`, in words.
+fn describe(e: &SafeTensorError, bytes: &[u8]) -> String {
+    let len = bytes.len();
+    let header_len = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+    // Where the header says the tensors' data ends, when the header can be read at all.
+    let data_end = || -> Option<u64> {
+        let n = usize::try_from(header_len?).ok()?;
+        let json: serde_json::Value = serde_json::from_slice(bytes.get(8..8usize.checked_add(n)?)?).ok()?;
+        let end = json
+            .as_object()?
+            .iter()
+            .filter(|(k, _)| *k != "__metadata__")
+            .filter_map(|(_, t)| t.get("data_offsets")?.get(1)?.as_u64())
+            .max()
+            .unwrap_or(0);
+        Some(8 + n as u64 + end)
+    };
+    match e {
+        SafeTensorError::HeaderTooSmall => format!("not a safetensors file: {len} bytes, too short for a header"),
+        SafeTensorError::InvalidHeaderLength => match header_len {
+            Some(n) => {
+                format!("truncated or not a safetensors file: the file is {len} bytes, its header claims {n} bytes")
+            }
+            None => format!("not a safetensors file: {len} bytes"),
+        },
+        SafeTensorError::HeaderTooLarge => "not a safetensors file: its header claims more than 100 MB".into(),
+        SafeTensorError::InvalidHeader | SafeTensorError::InvalidHeaderStart => {
+            "not a safetensors file: its header is not JSON text".into()
+        }
+        SafeTensorError::InvalidHeaderDeserialization | SafeTensorError::JsonError(_) => {
+            "a corrupt safetensors header: not the JSON object of tensors it must be".into()
+        }
+        SafeTensorError::MetadataIncompleteBuffer => match data_end() {
+            Some(end) if end > len as u64 => {
+                format!("truncated: the file is {len} bytes, its header says the tensors end at byte {end}")
+            }
+            Some(end) => format!("the file is {len} bytes but its tensors end at byte {end}: bytes left over or gaps"),
+            None => format!("truncated or corrupt: the tensors do not cover the {len}-byte file"),
+        },
+        SafeTensorError::InvalidOffset(name) => {
+            format!("tensor `{name}` has offsets that overlap another tensor or lie outside the file's data")
+        }
+        SafeTensorError::TensorInvalidInfo | SafeTensorError::InvalidTensorView(..) => {
+            "a tensor whose byte size does not match its dtype and shape".into()
+        }
+        SafeTensorError::ValidationOverflow => {
+            "a tensor whose shape is too large to be real (its size overflows)".into()
+        }
+        SafeTensorError::TensorNotFound(name) => format!("no tensor `{name}`"),
+        SafeTensorError::IoError(e) => e.to_string(),
+    }
 }
 
 /// Serializes named tensors `(name, shape, little-endian bytes)` of `dtype` and writes them to
@@ -326,8 +379,15 @@ impl<E: FloatDtype, Dev: Device<E>> TensorVisitor<E, Dev> for Restore<'_> {
                     Ok((_, shape)) if !same_layout(&expected, &shape) => self
                         .problems
                         .push(format!("wrong shape: {what} is {shape:?} in the file, the model needs {expected:?}")),
-                    Ok((values, _)) if self.problems.is_empty() => t.copy_from(&values),
-                    Ok(_) => {}
+                    Ok((values, _)) => match values.iter().position(|v| !v.is_finite()) {
+                        Some(i) => self.problems.push(format!(
+                            "not finite: {what} holds {} at element {i} (of {})",
+                            values[i].to_f64().unwrap_or(f64::NAN),
+                            values.len()
+                        )),
+                        None if self.problems.is_empty() => t.copy_from(&values),
+                        None => {}
+                    },
                 }
             }
         }
@@ -341,12 +401,30 @@ impl<E: FloatDtype, Dev: Device<E>> TensorVisitor<E, Dev> for Restore<'_> {
     ) -> Result<Option<N>, Self::Err> {
         // Checkpoints from elsewhere carry no scalars: the model keeps its own then.
         if let Some(saved) = self.metadata.get(&format!("{SCALAR_PREFIX}{name}")) {
-            match saved.parse::<f64>().ok().and_then(N::from) {
-                Some(v) => *value = v,
-                None => self.problems.push(format!("bad value: {name} = `{saved}` in the metadata")),
+            match saved.parse::<f64>().ok().map(|v| (v, check_scalar(&name, v))) {
+                Some((v, Ok(()))) => match N::from(v) {
+                    Some(v) => *value = v,
+                    None => self.problems.push(format!("bad value: {name} = {saved} in the metadata")),
+                },
+                Some((_, Err(range))) => {
+                    self.problems.push(format!("bad value: {name} = {saved} in the metadata; it must be {range}"))
+                }
+                None => self.problems.push(format!("bad value: {name} = `{saved}` in the metadata, not a number")),
             }
         }
         Ok(None)
+    }
+}
+
+/// Whether a hyperparameter read from a file can be meant: a layer norm's `eps` in (0, 1), a
+/// dropout probability in [0, 1). Returns the valid range otherwise.
+pub fn check_scalar(name: &str, value: f64) -> std::result::Result<(), &'static str> {
+    let last = name.rsplit('.').next().unwrap_or(name);
+    match last {
+        "eps" if !(value > 0.0 && value < 1.0) => Err("a number in (0, 1)"),
+        "dropout" if !(0.0..1.0).contains(&value) => Err("a probability in [0, 1)"),
+        _ if !value.is_finite() => Err("a finite number"),
+        _ => Ok(()),
     }
 }
 

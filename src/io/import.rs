@@ -7,11 +7,12 @@
 //! `nn.Linear` weights (`[out, in]`) are transposed and GPT-2's `Conv1D` ones (`[in, out]`) are not. [`import_weights`]
 //! then checks every name, shape and dtype and reports all problems at once.
 
-use super::{import_weights, tensor_names, Source, Transpose};
+use super::{import_weights, parameter_shapes, tensor_names, Source, Transpose};
 use crate::error::Result;
 use crate::FloatDtype;
 use dfdx::nn::tensor_collection::TensorCollection;
 use dfdx::prelude::*;
+use std::collections::HashSet;
 use std::path::Path;
 
 /// Splits `ours` into its leading path and the last two segments: `(path., module, param)`.
@@ -152,32 +153,62 @@ fn detect_prefix<'p>(names: &[String], anchor: &str, prefixes: &[&'p str]) -> &'
     prefixes.iter().copied().find(|p| names.iter().any(|n| *n == format!("{p}{anchor}"))).unwrap_or("")
 }
 
-/// Loads a Hugging Face BERT checkpoint (`model.safetensors` of a `BertModel`, or of a model
-/// whose encoder is under `bert.`) into a [`Bert`](crate::models::Bert). `embeddings.position_ids`
-/// (an integer buffer) is skipped; every other tensor must be used. Layer-norm epsilon is not in
-/// the file: set it from `config.json` with [`set_layer_norm_eps`](crate::nn::set_layer_norm_eps).
+/// What a Hugging Face import left unread.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HfImport {
+    /// Tensors of the file that the model type has no place for, by name: the heads of a
+    /// `BertForPreTraining`, `BertForMaskedLM` or `BertForSequenceClassification` checkpoint
+    /// (`cls.*`, `classifier.*`), or a pooler the model type leaves out.
+    pub unused: Vec<String>,
+}
+
+/// Loads a Hugging Face BERT checkpoint into a [`Bert`](crate::models::Bert): the
+/// `model.safetensors` of a `BertModel`, or the encoder of any `BertFor...` model (under
+/// `bert.`). Tensors outside the encoder (task heads) and a pooler that the model type leaves
+/// out ([`NoPooler`](crate::models::NoPooler)) are skipped and listed in the result; the
+/// integer buffer `embeddings.position_ids` is skipped; every other tensor must be used, and
+/// every parameter must be in the file (a `BertForMaskedLM` has no pooler: load it into a
+/// `NoPooler` type). Layer-norm epsilon is not in the file: set it from `config.json` with
+/// [`set_layer_norm_eps`](crate::nn::set_layer_norm_eps).
 pub fn load_hf_bert<M: TensorCollection<E, Dev> + Clone, E: FloatDtype, Dev: Device<E>>(
     model: &mut M,
     path: &Path,
-) -> Result<()> {
-    let prefix = detect_prefix(&tensor_names(path)?, "embeddings.word_embeddings.weight", &["bert."]);
-    let ignore = |name: &str| name.ends_with("embeddings.position_ids");
-    import_weights(model, path, &|ours| hf_bert_source(ours, prefix), &ignore).map(|_| ())
+) -> Result<HfImport> {
+    let names = tensor_names(path)?;
+    let prefix = detect_prefix(&names, "embeddings.word_embeddings.weight", &["bert."]);
+    let read: HashSet<String> = parameter_shapes(model)?
+        .into_iter()
+        .filter_map(|(ours, _)| hf_bert_source(&ours, prefix).map(|s| s.name))
+        .collect();
+    let encoder = ["embeddings.", "encoder."].map(|part| format!("{prefix}{part}"));
+    let skippable = |name: &str| {
+        let in_encoder = encoder.iter().any(|p| name.starts_with(p.as_str()));
+        let pooler = name.starts_with(&format!("{prefix}pooler."));
+        !read.contains(name) && (pooler || !in_encoder)
+    };
+    let buffer = |name: &str| name.ends_with("embeddings.position_ids");
+    import_weights(model, path, &|ours| hf_bert_source(ours, prefix), &|name| buffer(name) || skippable(name))?;
+    let mut unused: Vec<String> = names.into_iter().filter(|n| !buffer(n) && skippable(n)).collect();
+    unused.sort();
+    Ok(HfImport { unused })
 }
 
 /// Loads a Hugging Face GPT-2 checkpoint of any size into a
 /// [`DecoderOnly`](crate::models::DecoderOnly) of the same dimensions (pre-LN, tanh GELU, learned
-/// positions). The causal-mask buffers (`attn.bias`, `attn.masked_bias`) and, for a tied model,
+/// positions): tied ([`TiedOutput`](crate::models::TiedOutput)), or untied with `lm_head.weight`
+/// as its head ([`UntiedOutputNoBias`](crate::models::UntiedOutputNoBias): GPT-2's `lm_head` has
+/// no bias). The causal-mask buffers (`attn.bias`, `attn.masked_bias`) and, for a tied model,
 /// `lm_head.weight` (a copy of `wte`) are skipped.
 pub fn load_hf_gpt2<M: TensorCollection<E, Dev> + Clone, E: FloatDtype, Dev: Device<E>>(
     model: &mut M,
     path: &Path,
-) -> Result<()> {
+) -> Result<HfImport> {
     let names = tensor_names(path)?;
     let prefix = detect_prefix(&names, "wte.weight", &["transformer."]);
     let ignore =
         |name: &str| name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias") || name == "lm_head.weight";
-    import_weights(model, path, &|ours| hf_gpt2_source(ours, prefix), &ignore).map(|_| ())
+    import_weights(model, path, &|ours| hf_gpt2_source(ours, prefix), &ignore)?;
+    Ok(HfImport::default())
 }
 
 #[cfg(test)]

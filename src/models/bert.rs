@@ -6,17 +6,36 @@ use super::{BertConfig, Layer};
 use crate::error::{Error, Result};
 use crate::nn::{
     dropout_when_training, layer_params, norm_params, Activation, BiasKind, Encoder, LayerNorm, MaskSpec,
-    NormPlacement, PositionKind, PositionalEncoding, TokenEmbedding,
+    NormPlacement, OptionalLinear, PositionKind, PositionalEncoding, Presence, TokenEmbedding,
 };
 use crate::shape::{Hidden, Tokens, TrainHidden};
 use crate::train::training_tape;
 use crate::FloatDtype;
-use dfdx::nn::modules::Linear;
 use dfdx::prelude::*;
+
+/// A BERT with its pooler.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WithPooler;
+/// A BERT without a pooler (`BertForMaskedLM`, `add_pooling_layer=False`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoPooler;
+
+impl Presence for WithPooler {
+    const PRESENT: bool = true;
+    const BIAS: bool = true;
+}
+impl Presence for NoPooler {
+    const PRESENT: bool = false;
+    const BIAS: bool = false;
+}
+
+/// BERT's pooler `(D -> D)` when `Pool` has one.
+pub type Pooler<const D: usize, Pool, E, Dev> = OptionalLinear<D, D, Pool, E, Dev>;
 
 /// A BERT encoder: token, position and token-type embeddings summed and normalised, `L` post-LN
 /// encoder layers under a padding mask, and the pooler (`tanh` of a linear map of the first
-/// token) that BERT's next-sentence head reads.
+/// token) that BERT's next-sentence and classification heads read, unless `Pool` is
+/// [`NoPooler`] (as in `BertForMaskedLM` checkpoints).
 ///
 /// all-MiniLM-L6-v2 and bert-base are instances ([`MiniLmL6`](super::MiniLmL6),
 /// [`BertBase`](super::BertBase)); weights with Hugging Face's names load with
@@ -29,6 +48,7 @@ use dfdx::prelude::*;
 /// - `L`: layers; `P`: positions; `TT`: token types (2 in BERT).
 /// - `N`: norm placement ([`PostNorm`](crate::nn::PostNorm) in BERT); `A`: activation
 ///   ([`Gelu`](crate::nn::Gelu) in BERT); `K`: positions ([`Learned`](crate::nn::Learned) in BERT).
+/// - `Pool`: [`WithPooler`] (the default) or [`NoPooler`].
 ///
 /// ```
 /// use typeformer::prelude::*;
@@ -57,6 +77,7 @@ pub struct Bert<
     K,
     E: Dtype,
     Dev: Storage<E>,
+    Pool = WithPooler,
 > {
     /// Token embedding (not scaled).
     pub embed: TokenEmbedding<V, D, E, Dev>,
@@ -68,8 +89,8 @@ pub struct Bert<
     pub embed_norm: LayerNorm<D, E, Dev, N::Bias>,
     /// The encoder layers (post-LN without a final norm in BERT).
     pub encoder: Encoder<D, H, HD, F, L, N, A, E, Dev>,
-    /// The pooler: `tanh(W h_0 + b)`.
-    pub pooler: Linear<D, D, E, Dev>,
+    /// The pooler: `tanh(W h_0 + b)`, unless `Pool` is [`NoPooler`].
+    pub pooler: Pooler<D, Pool, E, Dev>,
     /// Dropout on the normalised embeddings when training.
     pub dropout: f64,
 }
@@ -88,9 +109,10 @@ impl<
         K: PositionKind,
         E: FloatDtype,
         Dev: Device<E>,
-    > TensorCollection<E, Dev> for Bert<V, D, H, HD, F, L, P, TT, N, A, K, E, Dev>
+        Pool: Presence,
+    > TensorCollection<E, Dev> for Bert<V, D, H, HD, F, L, P, TT, N, A, K, E, Dev, Pool>
 {
-    type To<E2: Dtype, D2: Device<E2>> = Bert<V, D, H, HD, F, L, P, TT, N, A, K, E2, D2>;
+    type To<E2: Dtype, D2: Device<E2>> = Bert<V, D, H, HD, F, L, P, TT, N, A, K, E2, D2, Pool>;
 
     fn iter_tensors<Vis: ModuleVisitor<Self, E, Dev>>(
         visitor: &mut Vis,
@@ -120,7 +142,7 @@ impl<
     }
 }
 
-build_on_device!([const V: usize, const D: usize, const H: usize, const HD: usize, const F: usize, const L: usize, const P: usize, const TT: usize, N: NormPlacement, A: Activation, K: PositionKind] Bert<V, D, H, HD, F, L, P, TT, N, A, K, E, Dev>);
+build_on_device!([const V: usize, const D: usize, const H: usize, const HD: usize, const F: usize, const L: usize, const P: usize, const TT: usize, N: NormPlacement, A: Activation, K: PositionKind, Pool: Presence] Bert<V, D, H, HD, F, L, P, TT, N, A, K, E, Dev, Pool>);
 
 impl<
         const V: usize,
@@ -136,15 +158,22 @@ impl<
         K: PositionKind,
         E: FloatDtype,
         Dev: Device<E>,
-    > Bert<V, D, H, HD, F, L, P, TT, N, A, K, E, Dev>
+        Pool: Presence,
+    > Bert<V, D, H, HD, F, L, P, TT, N, A, K, E, Dev, Pool>
 {
-    /// Trainable parameters, computed from the type alone (pooler included).
+    /// Trainable parameters, computed from the type alone (pooler included, when it has one).
     pub const NUM_PARAMS: usize = {
         let bias = <N::Bias as BiasKind>::ON;
         let layer = layer_params(D, H, HD, F, 1, 2, bias);
         let positions = if K::LEARNED { P * D } else { 0 };
         let final_norm = if N::FINAL_NORM { norm_params(D, bias) } else { 0 };
-        V * D + positions + TT * D + norm_params(D, bias) + L * layer + final_norm + D * D + D
+        V * D
+            + positions
+            + TT * D
+            + norm_params(D, bias)
+            + L * layer
+            + final_norm
+            + Pooler::<D, Pool, E, Dev>::NUM_PARAMS
     };
 
     /// The layers in forward order, with output shapes, for [`Summary`](super::Summary).
@@ -158,7 +187,9 @@ impl<
         ];
         let block = block_kind("EncoderLayer", H, HD, F, A::NAME, N::NAME);
         out.extend(stack_layers("encoder", L, N::FINAL_NORM, &block, &hidden, None));
-        out.push(Layer::new("pooler", format!("Linear({D}, {D}) + tanh of [CLS]"), format!("(B, {D})")));
+        if Pool::PRESENT {
+            out.push(Layer::new("pooler", format!("Linear({D}, {D}) + tanh of [CLS]"), format!("(B, {D})")));
+        }
         out
     }
 
@@ -247,15 +278,34 @@ impl<
     ) -> Result<TrainHidden<D, E, Dev>> {
         self.forward_with_tape(tokens, token_types, training_tape(self.embed.weight.device(), grads))
     }
+}
 
+impl<
+        const V: usize,
+        const D: usize,
+        const H: usize,
+        const HD: usize,
+        const F: usize,
+        const L: usize,
+        const P: usize,
+        const TT: usize,
+        N: NormPlacement,
+        A: Activation,
+        K: PositionKind,
+        E: FloatDtype,
+        Dev: Device<E>,
+    > Bert<V, D, H, HD, F, L, P, TT, N, A, K, E, Dev, WithPooler>
+{
     /// The pooled output `(B, D)`: `tanh(W h + b)` of each sequence's first vector (`[CLS]`).
+    /// Only a BERT with a pooler has it: on a [`NoPooler`] one this does not compile.
     pub fn pool<T: Tape<E, Dev>>(
         &self,
         hidden: Hidden<usize, usize, D, E, Dev, T>,
     ) -> Tensor<(usize, Const<D>), E, Dev, T> {
         let b = hidden.shape().0;
-        let first = hidden.slice((.., 0..1, ..)).reshape_like(&(b, Const::<D>)); // (B, D)
-        self.pooler.forward(first).tanh()
+        let first = hidden.slice((.., 0..1, ..)).reshape_like(&(b, Const::<1>, Const::<D>)); // (B, 1, D)
+        let pooled = self.pooler.try_forward(first).expect("WithPooler has a pooler"); // (B, 1, D)
+        pooled.reshape_like(&(b, Const::<D>)).tanh()
     }
 }
 

@@ -170,7 +170,7 @@ where
         let block = layer_params(D, H, HD, F, 1, 2, bias);
         let final_norm = if N::FINAL_NORM { norm_params(D, bias) } else { 0 };
         let positions = if K::LEARNED { P * D } else { 0 };
-        let head = if O::TIED { 0 } else { D * V + V };
+        let head = if O::TIED { 0 } else { D * V + if O::HEAD_BIAS { V } else { 0 } };
         V * D + positions + L * block + final_norm + head
     };
 
@@ -190,7 +190,11 @@ where
         if N::FINAL_NORM {
             out.push(Layer::new("norm", "LayerNorm", &hidden));
         }
-        let head = if O::TIED { "Linear(tied to embed)".into() } else { format!("Linear({D}, {V})") };
+        let head = match (O::TIED, O::HEAD_BIAS) {
+            (true, _) => "Linear(tied to embed)".into(),
+            (false, true) => format!("Linear({D}, {V})"),
+            (false, false) => format!("Linear({D}, {V}, no bias)"),
+        };
         out.push(Layer::new("head", head, format!("(B, S, {V})")));
         out
     }

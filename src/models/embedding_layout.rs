@@ -1,10 +1,8 @@
 //! Which embedding tables an encoder-decoder model has, chosen by type (section 3.4).
 
-use crate::nn::init::{embedding_init, uniform_fan_in};
-use crate::nn::TokenEmbedding;
-use crate::shape::{Hidden, Logits};
+use crate::nn::init::embedding_init;
+use crate::nn::{OptionalLinear, Presence, TokenEmbedding};
 use crate::FloatDtype;
-use dfdx::nn::modules::Linear;
 use dfdx::prelude::*;
 use std::marker::PhantomData;
 
@@ -14,6 +12,8 @@ pub trait LayoutFlags: 'static + Copy + Default + std::fmt::Debug + Send + Sync 
     const SHARED: bool;
     /// The output projection is the target embedding, transposed.
     const TIED: bool;
+    /// An untied output projection has a bias (GPT-2's `lm_head` and Llama's have none).
+    const HEAD_BIAS: bool = true;
     /// Short name, for summaries.
     const NAME: &'static str;
 }
@@ -66,6 +66,10 @@ pub struct TiedOutput;
 /// A decoder-only model with its own output projection (with bias).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct UntiedOutput;
+/// A decoder-only model with its own output projection without a bias, as Hugging Face's
+/// `GPT2LMHeadModel` with `tie_word_embeddings=False` (its `lm_head` is `bias=False`) and Llama.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UntiedOutputNoBias;
 
 impl LayoutFlags for TiedOutput {
     const SHARED: bool = true;
@@ -76,6 +80,12 @@ impl LayoutFlags for UntiedOutput {
     const SHARED: bool = true;
     const TIED: bool = false;
     const NAME: &'static str = "untied";
+}
+impl LayoutFlags for UntiedOutputNoBias {
+    const SHARED: bool = true;
+    const TIED: bool = false;
+    const HEAD_BIAS: bool = false;
+    const NAME: &'static str = "untied, no bias";
 }
 
 const PRESENT: &str = "the layout says this table exists";
@@ -136,61 +146,19 @@ impl<const TV: usize, const D: usize, L: LayoutFlags, E: FloatDtype, Dev: Device
     }
 }
 
-/// The pre-softmax projection, present unless the layout ties it to the target embedding.
-#[derive(Debug, Clone)]
-pub struct Generator<const D: usize, const TV: usize, L, E: Dtype, Dev: Storage<E>> {
-    /// The projection, `None` when tied.
-    pub linear: Option<Linear<D, TV, E, Dev>>,
-    layout: PhantomData<L>,
+/// An untied output projection of the layout `L`: present unless `L` ties it to the target
+/// embedding, with a bias unless `L` says otherwise.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OutputHead<L>(PhantomData<L>);
+
+impl<L: LayoutFlags> Presence for OutputHead<L> {
+    const PRESENT: bool = !L::TIED;
+    const BIAS: bool = L::HEAD_BIAS;
 }
 
-impl<const D: usize, const TV: usize, L: LayoutFlags, E: FloatDtype, Dev: Device<E>> TensorCollection<E, Dev>
-    for Generator<D, TV, L, E, Dev>
-{
-    type To<E2: Dtype, D2: Device<E2>> = Generator<D, TV, L, E2, D2>;
-
-    fn iter_tensors<V: ModuleVisitor<Self, E, Dev>>(visitor: &mut V) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
-        if L::TIED {
-            visitor.visit_fields((), |()| Generator { linear: None, layout: PhantomData })
-        } else {
-            visitor.visit_fields(
-                (
-                    Self::tensor(
-                        "weight",
-                        |s| &s.linear.as_ref().expect(PRESENT).weight,
-                        |s| &mut s.linear.as_mut().expect(PRESENT).weight,
-                        uniform_fan_in::<_, _, _, D>(),
-                    ),
-                    Self::tensor(
-                        "bias",
-                        |s| &s.linear.as_ref().expect(PRESENT).bias,
-                        |s| &mut s.linear.as_mut().expect(PRESENT).bias,
-                        uniform_fan_in::<_, _, _, D>(),
-                    ),
-                ),
-                |(weight, bias)| Generator { linear: Some(Linear { weight, bias }), layout: PhantomData },
-            )
-        }
-    }
-}
-
-impl<const D: usize, const TV: usize, L: LayoutFlags, E: FloatDtype, Dev: Device<E>> Generator<D, TV, L, E, Dev> {
-    /// `(B, S, D) -> (B, S, TV)`, through `tied` when the layout ties the projection.
-    pub fn logits<B: Dim, S: Dim, T: Tape<E, Dev>>(
-        &self,
-        h: Hidden<B, S, D, E, Dev, T>,
-        tied: &TokenEmbedding<TV, D, E, Dev>,
-    ) -> Logits<B, S, TV, E, Dev, T> {
-        match &self.linear {
-            // dfdx's `Linear` layout `(TV, D)`, read transposed in place by the fast product.
-            Some(linear) => {
-                let weight = linear.weight.retaped::<T>().permute::<_, Axes2<1, 0>>(); // (D, TV)
-                crate::nn::project::<crate::nn::WithBias, _, _, _, _, _, _, _>(h, weight, Some(linear.bias.retaped()))
-            }
-            None => tied.logits(h),
-        }
-    }
-}
+/// The pre-softmax projection `(D -> TV)`, present unless the layout ties it to the target
+/// embedding.
+pub type Generator<const D: usize, const TV: usize, L, E, Dev> = OptionalLinear<D, TV, OutputHead<L>, E, Dev>;
 
 #[cfg(test)]
 mod tests {

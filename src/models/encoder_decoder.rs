@@ -194,7 +194,9 @@ where
         let final_norm = if N::FINAL_NORM { norm_params(D, bias) } else { 0 };
         let encoder = LE * layer_params(D, H, HD, F, 1, 2, bias) + final_norm;
         let decoder = LD * layer_params(D, H, HD, F, 2, 3, bias) + final_norm;
-        let embeddings = SV * D + if L::SHARED { 0 } else { TV * D } + if L::TIED { 0 } else { D * TV + TV };
+        let embeddings = SV * D
+            + if L::SHARED { 0 } else { TV * D }
+            + if L::TIED { 0 } else { D * TV + if L::HEAD_BIAS { TV } else { 0 } };
         let positions = if K::LEARNED { 2 * P * D } else { 0 };
         encoder + decoder + embeddings + positions
     };

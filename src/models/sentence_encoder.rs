@@ -7,7 +7,7 @@ use super::{l2_normalize, mean_pool, Bert};
 use crate::data::TextTokenizer;
 use crate::error::{Error, Result};
 use crate::io::load_hf_bert;
-use crate::nn::{set_dropout, set_layer_norm_eps, Activation, NormPlacement, PositionKind};
+use crate::nn::{set_dropout, set_layer_norm_eps, Activation, NormPlacement, PositionKind, Presence};
 use crate::shape::Tokens;
 use crate::FloatDtype;
 use dfdx::prelude::*;
@@ -65,7 +65,13 @@ impl BertConfig {
             positions: int("max_position_embeddings")?,
             token_types: int("type_vocab_size")?,
             activation: json.get("hidden_act").and_then(Value::as_str).unwrap_or("gelu").to_string(),
-            layer_norm_eps: json.get("layer_norm_eps").and_then(Value::as_f64).unwrap_or(1e-12),
+            layer_norm_eps: match json.get("layer_norm_eps") {
+                None => 1e-12,
+                Some(v) => v
+                    .as_f64()
+                    .filter(|&eps| crate::io::check_scalar("eps", eps).is_ok())
+                    .ok_or_else(|| bad(format!("`layer_norm_eps` is {v}; it must be a number in (0, 1)")))?,
+            },
         })
     }
 }
@@ -81,6 +87,8 @@ pub struct SentenceEncoder<M> {
     /// Whether embeddings are scaled to unit length: the model lists a `Normalize` module in
     /// `modules.json` (or has no `modules.json`).
     pub normalize: bool,
+    /// Tensors of the checkpoint the encoder does not use (the heads of a `BertFor...` model).
+    pub unused: Vec<String>,
 }
 
 impl<
@@ -97,13 +105,14 @@ impl<
         K: PositionKind,
         E: FloatDtype,
         Dev: Device<E>,
-    > SentenceEncoder<Bert<V, D, H, HD, F, L, P, TT, N, A, K, E, Dev>>
+        Pool: Presence,
+    > SentenceEncoder<Bert<V, D, H, HD, F, L, P, TT, N, A, K, E, Dev, Pool>>
 {
     /// Loads the model in directory `dir` onto `dev`. An error says what is missing or which
     /// dimensions of `config.json` differ from the model type.
     pub fn load(dir: &Path, dev: &Dev) -> Result<Self> {
         let config = BertConfig::from_file(&dir.join("config.json"))?;
-        let mismatches = Bert::<V, D, H, HD, F, L, P, TT, N, A, K, E, Dev>::config_mismatches(&config);
+        let mismatches = Bert::<V, D, H, HD, F, L, P, TT, N, A, K, E, Dev, Pool>::config_mismatches(&config);
         if !mismatches.is_empty() {
             return Err(Error::InvalidConfig(format!(
                 "{} does not describe this model type:\n{}",
@@ -133,11 +142,11 @@ impl<
                 tokenizer.vocab_size()
             )));
         }
-        let mut model = crate::try_build::<Bert<V, D, H, HD, F, L, P, TT, N, A, K, E, Dev>, E, Dev>(dev)?;
-        load_hf_bert(&mut model, &dir.join("model.safetensors"))?;
+        let mut model = crate::try_build::<Bert<V, D, H, HD, F, L, P, TT, N, A, K, E, Dev, Pool>, E, Dev>(dev)?;
+        let unused = load_hf_bert(&mut model, &dir.join("model.safetensors"))?.unused;
         set_layer_norm_eps(&mut model, config.layer_norm_eps)?;
         set_dropout(&mut model, 0.0)?;
-        Ok(Self { model, tokenizer, normalize })
+        Ok(Self { model, tokenizer, normalize, unused })
     }
 
     /// The embeddings `(B, D)` of `texts`, as one padded batch.

@@ -70,8 +70,8 @@ pub fn set_layer_norm_eps<M: TensorCollection<E, Dev>, E: Dtype, Dev: Device<E>>
     model: &mut M,
     eps: f64,
 ) -> crate::Result<()> {
-    if !(eps > 0.0 && eps.is_finite()) {
-        return Err(crate::Error::InvalidConfig(format!("layer-norm epsilon must be positive and finite, got {eps}")));
+    if let Err(range) = crate::io::check_scalar("eps", eps) {
+        return Err(crate::Error::InvalidConfig(format!("layer-norm epsilon must be {range}, got {eps}")));
     }
     super::set_scalar(model, "eps", eps)
 }
