@@ -44,6 +44,7 @@ pub mod error;
 pub mod generate;
 pub mod io;
 mod kernels;
+pub mod memory;
 pub use allocator::reuse_freed_memory;
 pub mod models;
 pub mod nn;

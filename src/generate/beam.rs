@@ -37,6 +37,29 @@ fn log_softmax<E: FloatDtype>(logits: &[E]) -> Vec<f64> {
     xs.iter().map(|x| x - log_z).collect()
 }
 
+/// Checks `cfg` for beam search with `M` before anything is decoded: a width of at least 1 whose
+/// hypotheses fit in memory, a finite length penalty.
+pub fn check_beam_config<M, const SV: usize, const TV: usize, E, Dev>(cfg: &BeamConfig) -> Result<()>
+where
+    M: Seq2Seq<SV, TV, E, Dev>,
+    E: FloatDtype,
+    Dev: Device<E>,
+{
+    if cfg.width == 0 {
+        return Err(Error::InvalidConfig("beam width must be at least 1".into()));
+    }
+    if !cfg.length_penalty.is_finite() {
+        return Err(Error::InvalidConfig(format!(
+            "--length-penalty must be a finite number (0 for raw log-probabilities, 1 for about per-token \
+             averages), got {}",
+            cfg.length_penalty
+        )));
+    }
+    // Each live hypothesis holds a decoding state and expands to up to TV candidates.
+    let per_hypothesis = M::MAX_LEN as u64 * M::TRAIN_BYTES_PER_TOKEN + 24 * TV as u64;
+    crate::memory::check_memory("--beam-width", cfg.width, per_hypothesis)
+}
+
 /// Decodes each source of `src` with beam search: at every step the `width` most probable
 /// continuations of the live hypotheses survive; a hypothesis ends at `eos`; the answer is the
 /// ended (or, failing that, live) hypothesis with the best length-normalised log-probability.
@@ -54,9 +77,7 @@ where
     E: FloatDtype,
     Dev: Device<E>,
 {
-    if cfg.width == 0 {
-        return Err(Error::InvalidConfig("beam width must be at least 1".into()));
-    }
+    check_beam_config::<M, SV, TV, E, Dev>(cfg)?;
     if bos >= TV || eos >= TV {
         return Err(Error::InvalidConfig(format!(
             "bos {bos} and eos {eos} must be below the target vocabulary of {TV}"

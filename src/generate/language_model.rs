@@ -45,14 +45,14 @@ where
             context - 1
         )));
     }
-    if prompt.len() + cfg.max_new_tokens > context {
+    if cfg.max_new_tokens > context - prompt.len() {
         return Err(Error::InvalidConfig(format!(
             "a prompt of {} tokens plus {} new tokens needs {} positions, but the model's context is {context}: \
              ask for at most {} new tokens or shorten the prompt",
             prompt.len(),
             cfg.max_new_tokens,
-            prompt.len() + cfg.max_new_tokens,
-            context.saturating_sub(prompt.len())
+            (prompt.len() as u128) + cfg.max_new_tokens as u128,
+            context - prompt.len()
         )));
     }
     let mut state = model.start();

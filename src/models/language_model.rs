@@ -15,6 +15,9 @@ pub trait LanguageModel<const V: usize, E: FloatDtype, Dev: Device<E>>: TensorCo
     const D_MODEL: usize;
     /// Longest sequence.
     const CONTEXT: usize;
+    /// Bytes a training step keeps per token, roughly (see
+    /// [`training_bytes_per_token`](crate::memory::training_bytes_per_token)).
+    const TRAIN_BYTES_PER_TOKEN: u64;
     /// Logits `(B, S, V)` for every position.
     fn logits(&self, tokens: &Tokens<V>) -> Result<Logits<usize, usize, V, E, Dev>>;
     /// A training pass that records into `grads`.
@@ -51,6 +54,8 @@ where
     type State = LmState<H, HD, E, Dev>;
     const D_MODEL: usize = D;
     const CONTEXT: usize = P;
+    const TRAIN_BYTES_PER_TOKEN: u64 =
+        crate::memory::training_bytes_per_token(D, F, H, L, P, V, std::mem::size_of::<E>());
 
     fn logits(&self, tokens: &Tokens<V>) -> Result<Logits<usize, usize, V, E, Dev>> {
         self.forward(tokens)

@@ -18,6 +18,9 @@ pub trait Seq2Seq<const SV: usize, const TV: usize, E: FloatDtype, Dev: Device<E
     const D_MODEL: usize;
     /// Longest source or target sequence.
     const MAX_LEN: usize;
+    /// Bytes a training step keeps per (source or target) token, roughly (see
+    /// [`training_bytes_per_token`](crate::memory::training_bytes_per_token)).
+    const TRAIN_BYTES_PER_TOKEN: u64;
     /// Encodes a source batch.
     fn encode_source(&self, src: &Tokens<SV>) -> Result<Self::Memory>;
     /// Logits for every target position, given the memory of a source batch.
@@ -74,6 +77,9 @@ where
     type State = DecodeState<H, HD, E, Dev>;
     const D_MODEL: usize = D;
     const MAX_LEN: usize = P;
+    // A decoder layer attends twice.
+    const TRAIN_BYTES_PER_TOKEN: u64 =
+        crate::memory::training_bytes_per_token(D, F, H, LE + 2 * LD, P, TV, std::mem::size_of::<E>());
 
     fn encode_source(&self, src: &Tokens<SV>) -> Result<Self::Memory> {
         self.encode(src, NoneTape)

@@ -19,6 +19,25 @@ impl WarmupSchedule {
         Self { d_model, warmup: 4000, factor: 1.0 }
     }
 
+    /// The highest rate of the schedule (at the end of warmup).
+    pub fn peak(&self) -> f64 {
+        self.lr(self.warmup)
+    }
+
+    /// Rejects a schedule whose peak rate exceeds 1: no Adam run learns with steps of that size
+    /// (each moves every weight by about the rate), so it is a mistyped `--lr-factor`.
+    pub fn validate(&self) -> crate::Result<()> {
+        let peak = self.peak();
+        if !(peak.is_finite() && peak <= 1.0) {
+            return Err(crate::Error::InvalidConfig(format!(
+                "--lr-factor {} gives a peak learning rate of {peak:.3e} (d_model {}, warmup {}); Adam diverges \
+                 above 1, and the factors that train are near 1",
+                self.factor, self.d_model, self.warmup
+            )));
+        }
+        Ok(())
+    }
+
     /// The learning rate at `step` (1-based; step 0 is treated as 1).
     ///
     /// ```

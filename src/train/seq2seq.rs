@@ -4,6 +4,7 @@ use super::{label_smoothed_cross_entropy, Adam, AdamConfig, Cooldown, WarmupSche
 use crate::data::{Example, Seq2SeqBatch, TaskData, BOS, EOS};
 use crate::error::{Error, Result};
 use crate::generate::{beam_search, greedy_decode, BeamConfig};
+use crate::memory::check_memory;
 use crate::models::Seq2Seq;
 use crate::shape::Tokens;
 use crate::FloatDtype;
@@ -108,11 +109,16 @@ where
     Dev: Device<E>,
 {
     cfg.validate()?;
+    check_memory("--steps", cfg.steps, std::mem::size_of::<StepLog>() as u64)?;
+    // The longest batch: sources and targets (with BOS/EOS) of the longest examples.
+    let longest = 2 * (data.spec.max_len + 1);
+    check_memory("--batch-size", cfg.batch_size, longest as u64 * M::TRAIN_BYTES_PER_TOKEN)?;
     let schedule = WarmupSchedule { d_model: M::D_MODEL, warmup: cfg.warmup, factor: cfg.lr_factor };
+    schedule.validate()?;
     let cooldown = Cooldown::fraction(cfg.steps, cfg.cooldown);
     let mut opt = Adam::<E, Dev>::new(cfg.adam)?;
     let mut grads = model.alloc_grads();
-    let mut logs = Vec::with_capacity(cfg.steps);
+    let mut logs = Vec::new();
     for step in 1..=cfg.steps {
         let start = Instant::now();
         let batch = Seq2SeqBatch::<SV, TV>::new(&data.train_examples(cfg.batch_size))?;
