@@ -59,6 +59,16 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A run directory that another process is training in.
+    #[error(
+        "{path} is in use by {owner}, which is training there: wait for it to finish, or choose another directory"
+    )]
+    Busy {
+        /// The run directory.
+        path: PathBuf,
+        /// Who holds it (`process 1234`).
+        owner: String,
+    },
     /// An I/O error, with the path it concerns.
     #[error("{path}: {source}")]
     Io {

@@ -61,11 +61,11 @@ fn a_short_run_writes_checkpoint_and_curve() {
     assert!(out.lines().any(|l| l.starts_with("exact match: ") && l.ends_with("on 10 held-out sequences")), "{out}");
     // What is learned, and where the files went.
     assert!(err.contains("task:  copy sequences of 1 to 4 symbols") && err.contains("step 1/3"), "{err}");
-    for file in ["model.safetensors", "loss.csv", "loss.png", "attention.png"] {
+    for file in ["step-000003/model.safetensors", "step-000003/loss.csv", "loss.png", "attention.png"] {
         assert!(dir.join(file).exists(), "{file} missing");
         assert!(out.contains(&format!("  {file}")), "{file} not reported: {out}");
     }
-    let csv = std::fs::read_to_string(dir.join("loss.csv")).unwrap();
+    let csv = std::fs::read_to_string(dir.join("step-000003/loss.csv")).unwrap();
     assert_eq!(csv.lines().count(), 4, "{csv}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -94,7 +94,7 @@ fn ctrl_c_leaves_a_checkpoint_that_resumes() {
         .spawn()
         .unwrap();
     let start = std::time::Instant::now();
-    while !dir.join("model.safetensors").exists() {
+    while !dir.join("checkpoint.json").exists() {
         assert!(start.elapsed().as_secs() < 120, "no checkpoint written");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
@@ -102,8 +102,9 @@ fn ctrl_c_leaves_a_checkpoint_that_resumes() {
     assert!(status.success());
     let output = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.contains("interrupted: the checkpoint at step"), "{stdout}");
+    // Interrupted is not finished: the status a shell gives SIGINT.
+    assert_eq!(output.status.code(), Some(130), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("interrupted: the checkpoint at step") && stdout.contains("--resume"), "{stdout}");
     // The checkpoint is whole: a resumed run picks it up and finishes.
     let step: usize = stdout.split("step ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
     let target = (step + 2).to_string();
@@ -133,6 +134,33 @@ fn ctrl_c_leaves_a_checkpoint_that_resumes() {
 }
 
 #[test]
+fn ctrl_c_during_the_final_evaluation_ends_the_run_at_once() {
+    use std::io::BufRead;
+    let dir = std::env::temp_dir().join(format!("typeformer-ctrlc-eval-{}", std::process::id()));
+    // Many held-out problems: the evaluation after training takes long enough to interrupt.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_typeformer"))
+        .args(["train-lm", "--task", "addition", "--digits", "3", "--eval-size", "4000", "--steps", "1"])
+        .args(["--batch-size", "64", "--out", dir.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("checkpoint of step 1") {
+        line.clear();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "the run ended before its evaluation");
+    }
+    let asked = std::time::Instant::now();
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(asked.elapsed().as_secs() < 10, "Ctrl-C took {:?} to end the evaluation", asked.elapsed());
+    assert!(dir.join("checkpoint.json").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn language_model_commands_reject_bad_input() {
     let dir = std::env::temp_dir().join(format!("typeformer-lmbad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -147,7 +175,7 @@ fn language_model_commands_reject_bad_input() {
     assert!(!ok && err.contains("--data"), "{err}");
     let (ok, _, err) =
         typeformer(&["generate", "--checkpoint", dir.join("nothing").to_str().unwrap(), "--prompt", "hi"]);
-    assert!(!ok && err.contains("nothing/model.safetensors"), "{err}");
+    assert!(!ok && err.contains("nothing") && err.contains("no checkpoint here"), "{err}");
     let run = dir.join("lm");
     let (ok, _, err) = typeformer(&[
         "train-lm",
@@ -370,8 +398,27 @@ fn embed_writes_one_json_array_per_line_and_refuses_bad_models() {
     assert!(lines.iter().all(|l| l.len() == 384));
     assert!((lines[0][0] - -0.034477).abs() < 2e-6 && (lines[1][0] - 0.053139).abs() < 2e-6, "{:?}", &lines[0][..2]);
 
+    // A line that is not UTF-8: the lines before it are embedded, the error names it.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_typeformer"))
+        .args(["embed", "--model", dir.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    child.stdin.take().unwrap().write_all(b"Hello world\nsecond\nbad \xff byte\nnever read\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("stdin line 3 is not UTF-8 text (invalid byte at column 5)"),
+        "{err}"
+    );
+    assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 2);
+
     let (ok, _, err) = typeformer(&["embed", "--model", dir.to_str().unwrap(), "--batch-size", "0"]);
     assert!(!ok && err.contains("--batch-size must be at least 1"), "{err}");
+    let (ok, _, err) = typeformer(&["embed", "--model", dir.to_str().unwrap(), "--batch-size", "1000000000000"]);
+    assert!(!ok && err.contains("--batch-size 1000000000000 would need about"), "{err}");
     let (ok, _, err) = typeformer(&["embed", "--model", "/nonexistent-model"]);
     assert!(!ok && err.contains("/nonexistent-model/config.json"), "{err}");
 }

@@ -35,6 +35,7 @@ fn the_model_learns_the_reverse_task() {
         eval_size: 200,
         seed: 3,
         out_dir: None,
+        overwrite: false,
         model_name: "tiny".into(),
         beam: Some(BeamConfig { width: 4, length_penalty: 1.0, max_len: 0 }),
     };
@@ -183,9 +184,17 @@ fn a_mismatched_or_corrupt_checkpoint_is_an_error_and_leaves_the_model_unchanged
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
     let mut small = dev.build_module::<TaskSmall<f32, Cpu>, f32>();
     let err = load_checkpoint(&mut small, &truncated).unwrap_err().to_string();
-    assert!(err.contains("not a valid safetensors file"), "{err}");
+    let half = bytes.len() / 2;
+    assert!(
+        err.contains(&format!(
+            "truncated: the file is {half} bytes, its header says the tensors end at byte {}",
+            bytes.len()
+        )),
+        "{err}"
+    );
     std::fs::write(&truncated, b"garbage").unwrap();
-    assert!(load_checkpoint(&mut small, &truncated).is_err());
+    let err = load_checkpoint(&mut small, &truncated).unwrap_err().to_string();
+    assert!(err.contains("not a safetensors file") && err.contains("truncated.safetensors"), "{err}");
     let missing = load_checkpoint(&mut small, &dir.join("nope.safetensors")).unwrap_err().to_string();
     assert!(missing.contains("nope.safetensors"), "{missing}");
     std::fs::remove_dir_all(&dir).unwrap();
@@ -329,6 +338,7 @@ type ByteLm = DecoderOnly<256, 16, 2, 8, 32, 1, 16, PreNorm, GeluTanh, Learned, 
 fn a_resumed_language_model_run_continues_exactly() {
     use std::sync::atomic::AtomicBool;
     use typeformer::data::{ByteCorpus, LmSource};
+    use typeformer::io::{latest_checkpoint, RunLock};
     use typeformer::train::{load_lm_checkpoint, train_language_model, Adam, LmRun, LmStop, LmTrainConfig};
     let text: Vec<u8> = "the quick brown fox jumps over the lazy dog. ".repeat(20).into_bytes();
     let source = LmSource::Text(ByteCorpus::from_bytes(text).unwrap());
@@ -356,18 +366,23 @@ fn a_resumed_language_model_run_continues_exactly() {
     let never = AtomicBool::new(false);
 
     let (mut straight, dir) = fresh("straight");
+    let lock = RunLock::acquire(&dir).unwrap();
     assert_eq!(
-        train_language_model(&mut straight, &source, &cfg(6), &dir, meta.clone(), &never, |_| {}).unwrap(),
+        train_language_model(&mut straight, &source, &cfg(6), &lock, meta.clone(), &never, |_| {}).unwrap(),
         LmStop::Finished
     );
 
     let (mut first, dir) = fresh("resumed");
-    train_language_model(&mut first, &source, &cfg(3), &dir, meta.clone(), &never, |_| {}).unwrap();
-    let (mut resumed, _) =
+    let lock = RunLock::acquire(&dir).unwrap();
+    train_language_model(&mut first, &source, &cfg(3), &lock, meta.clone(), &never, |_| {}).unwrap();
+    drop(lock);
+    let mut resumed =
         load_lm_checkpoint::<ByteLm, f32, Cpu>(&dir, &Cpu::seed_from_u64(99), "byte-lm", AdamConfig::default())
-            .unwrap();
+            .unwrap()
+            .run;
     assert_eq!(resumed.opt.step, 3);
-    train_language_model(&mut resumed, &source, &cfg(6), &dir, meta.clone(), &never, |_| {}).unwrap();
+    let lock = RunLock::acquire(&dir).unwrap();
+    train_language_model(&mut resumed, &source, &cfg(6), &lock, meta.clone(), &never, |_| {}).unwrap();
 
     assert!(
         straight.model.embed.weight.as_vec() == resumed.model.embed.weight.as_vec(),
@@ -390,10 +405,17 @@ fn a_resumed_language_model_run_continues_exactly() {
     assert!(err.contains("it holds a `byte-lm` model, but a `other` language model was expected"), "{err}");
 
     // Optimizer state from before projection weights were stored (in, out) is refused.
-    let state = dir.join("optimizer.safetensors");
-    let (vectors, mut metadata) = typeformer::io::load_vectors::<f32>(&state).unwrap();
+    let checkpoint = latest_checkpoint(&dir).unwrap();
+    let (vectors, mut metadata) =
+        typeformer::io::load_vectors::<f32>(&checkpoint.file("optimizer.safetensors")).unwrap();
     metadata.remove("typeformer.projection_weights");
-    typeformer::io::save_vectors(&state, &vectors.into_iter().collect::<Vec<_>>(), metadata).unwrap();
+    let vectors: Vec<_> = vectors.into_iter().collect();
+    let model = checkpoint.file("model.safetensors");
+    let copy_model = |path: &std::path::Path| {
+        std::fs::copy(&model, path).map(|_| ()).map_err(|source| typeformer::Error::Io { path: path.into(), source })
+    };
+    let old_state = |path: &std::path::Path| typeformer::io::save_vectors(path, &vectors, metadata.clone());
+    lock.commit(6, &[("model.safetensors", &copy_model), ("optimizer.safetensors", &old_state)]).unwrap();
     let err = load_lm_checkpoint::<ByteLm, f32, Cpu>(&dir, &Cpu::default(), "byte-lm", AdamConfig::default())
         .unwrap_err()
         .to_string();
@@ -440,6 +462,7 @@ fn the_default_recipe_reverses_held_out_sequences_on_a_small_budget() {
         eval_size: 300,
         seed: 0,
         out_dir: None,
+        overwrite: false,
         model_name: "small".into(),
         beam: None,
     };

@@ -13,21 +13,27 @@ use std::sync::Arc;
 use typeformer::data::{parse_symbols, symbol_text, Example, Task, TaskSpec, FIRST_SYMBOL, SYMBOL_ALPHABET};
 use typeformer::data::{AdditionTask, ByteCorpus, LmSource, BYTE_VOCAB};
 use typeformer::generate::{generate, BeamConfig, GenerateConfig, Sampler, SamplingConfig};
+use typeformer::io::{latest_checkpoint, Checkpoint, RunLock};
+use typeformer::memory::{check_memory, training_bytes_per_token};
 use typeformer::models::{
     Architecture, BertBaseSpec, Gpt2SmallSpec, LmSmallSpec, MiniLmL6Spec, PaperBaseSpec, PaperBigSpec, TaskMediumSpec,
     TaskSmallSpec,
 };
 use typeformer::models::{
-    BertBase, BertConfig, LanguageModel, LmSmall, MiniLmL6, SentenceEncoder, Seq2Seq, TaskMedium, TaskSmall, TASK_VOCAB,
+    BertBase, BertConfig, LanguageModel, LmSmall, MiniLmL6, NoPooler, SentenceEncoder, Seq2Seq, TaskMedium, TaskSmall,
+    TASK_VOCAB,
 };
 use typeformer::nn::PackedWeights;
 use typeformer::train::{
-    addition_accuracy, evaluate_checkpoint, label_smoothing_floor, lm_files, load_lm_checkpoint, plot_attention,
+    addition_accuracy, evaluate_checkpoint, label_smoothing_floor, load_lm_checkpoint, load_lm_model, plot_attention,
     run_task, train_language_model, validation_loss, AdamConfig, AttentionKind, AttentionSelection, LmRun, LmStop,
     LmTrainConfig, StepLog, TaskCheckpoint, TaskEvaluation, TaskReport, TaskRun, TrainConfig,
 };
 
 const LM_NAME: &str = "lm-small";
+
+/// The exit status of a run stopped by Ctrl-C, as shells report a process ended by SIGINT.
+const INTERRUPTED: i32 = 130;
 
 /// `println!` that ends the program quietly when stdout is closed (`typeformer ... | head`)
 /// instead of panicking on the broken pipe.
@@ -54,15 +60,15 @@ struct Cli {
 enum Command {
     /// Train an encoder-decoder Transformer on a built-in task (copy, reverse, sort).
     ///
-    /// Writes model.safetensors, loss.csv and loss.png to --out, then reports exact match of
-    /// greedy decoding on held-out sequences.
+    /// Commits the model and its loss curve to the run directory --out (see --force), then
+    /// reports exact match of greedy decoding on held-out sequences and draws attention.png.
     Train(TrainArgs),
     /// Train a byte-level GPT-style language model on a text file or on the addition task.
     ///
-    /// Writes model.safetensors, optimizer.safetensors, loss.csv and loss.png to --out every
-    /// --checkpoint-every steps (atomically: Ctrl-C leaves the last checkpoint intact), reports
-    /// validation loss and perplexity, and for the addition task held-out accuracy. --resume
-    /// continues a run exactly where it stopped.
+    /// Commits a checkpoint (model, optimizer, loss curve, as one unit) to the run directory
+    /// --out every --checkpoint-every steps: Ctrl-C or a crash leaves the last one intact, and
+    /// Ctrl-C exits with status 130. Reports validation loss and perplexity, and for the
+    /// addition task held-out accuracy. --resume continues a run exactly where it stopped.
     TrainLm(TrainLmArgs),
     /// Generate text from a language model trained with train-lm, printing tokens as they come.
     Generate(GenerateArgs),
@@ -149,15 +155,16 @@ struct EvaluateArgs {
     /// A run directory written by train.
     #[arg(long)]
     checkpoint: PathBuf,
-    /// Held-out sequences (the run's own, regenerated from its seed).
-    #[arg(long, default_value_t = 1000)]
-    eval_size: usize,
+    /// Evaluate on the first this many of the run's held-out sequences (default: all of them;
+    /// more is an error, the others may have been trained on).
+    #[arg(long)]
+    eval_size: Option<usize>,
     /// Also evaluate with beam search of this width (0: greedy only).
     #[arg(long, default_value_t = 0)]
     beam_width: usize,
     /// Length penalty α of beam search: scores are log-probability / ((5 + len) / 6)^α.
     /// 0 compares raw log-probabilities (which favour short outputs), 1 about per-token averages.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
     length_penalty: f64,
 }
 
@@ -235,10 +242,10 @@ struct TrainLmArgs {
     #[arg(long, default_value_t = 200)]
     warmup: usize,
     /// Scale of the learning-rate schedule.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
     lr_factor: f64,
     /// Dropout probability everywhere.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.0)]
     dropout: f64,
     /// Measure validation loss every this many steps.
     #[arg(long, default_value_t = 100)]
@@ -253,8 +260,11 @@ struct TrainLmArgs {
     #[arg(long, default_value = "runs/lm")]
     out: PathBuf,
     /// Continue the run in --out from its last checkpoint.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "force")]
     resume: bool,
+    /// Replace the checkpoint --out holds (it stays until the new run commits its first one).
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args)]
@@ -273,13 +283,13 @@ struct GenerateArgs {
     #[arg(long, default_value_t = 100)]
     max_new_tokens: usize,
     /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.8)]
     temperature: f64,
     /// Sample among the k most likely tokens only.
     #[arg(long)]
     top_k: Option<usize>,
     /// Sample among the most likely tokens whose probabilities sum to p.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     top_p: Option<f64>,
     /// Seed of the sampler.
     #[arg(long, default_value_t = 0)]
@@ -367,20 +377,20 @@ struct TrainArgs {
     #[arg(long, default_value_t = TrainConfig::default().warmup)]
     warmup: usize,
     /// Scale of the learning-rate schedule (lr = factor * d^-0.5 * min(step^-0.5, step * warmup^-1.5)).
-    #[arg(long, default_value_t = TrainConfig::default().lr_factor)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = TrainConfig::default().lr_factor)]
     lr_factor: f64,
     /// Fraction of the steps, at the end, over which the learning rate falls linearly towards
     /// zero (0: the paper's schedule to the last step).
-    #[arg(long, default_value_t = TrainConfig::default().cooldown)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = TrainConfig::default().cooldown)]
     cooldown: f64,
     /// Label smoothing (0.1 in the paper).
-    #[arg(long, default_value_t = TrainConfig::default().label_smoothing)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = TrainConfig::default().label_smoothing)]
     label_smoothing: f64,
     /// Dropout probability everywhere.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.0)]
     dropout: f64,
     /// Clip gradients to this global norm (0 disables clipping).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
     clip_norm: f64,
     /// Held-out sequences for evaluation.
     #[arg(long, default_value_t = 1000)]
@@ -388,7 +398,8 @@ struct TrainArgs {
     /// Seed for data and initialisation.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Output directory (default: runs/<task>).
+    /// Run directory (default: runs/<task>, which each run without --out replaces; a directory
+    /// given here that holds a run needs --force).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Decoded examples to show.
@@ -399,8 +410,22 @@ struct TrainArgs {
     beam_width: usize,
     /// Length penalty α of beam search: scores are log-probability / ((5 + len) / 6)^α.
     /// 0 compares raw log-probabilities (which favour short outputs), 1 about per-token averages.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
     length_penalty: f64,
+    /// Replace the model --out holds (it stays until the new one is complete).
+    #[arg(long)]
+    force: bool,
+}
+
+/// `--clip-norm`: 0 turns clipping off; anything else must be a positive number.
+fn clip_norm(value: f64) -> typeformer::Result<Option<f64>> {
+    match value {
+        0.0 => Ok(None),
+        v if v.is_finite() && v > 0.0 => Ok(Some(v)),
+        v => Err(typeformer::Error::InvalidConfig(format!(
+            "--clip-norm must be a positive number, or 0 for no clipping; got {v}"
+        ))),
+    }
 }
 
 impl TaskArg {
@@ -419,20 +444,21 @@ fn main() -> ExitCode {
         // The main job: `train` with every default.
         Cli::parse_from(["typeformer", "train"]).command.expect("train parses")
     });
+    let done = |r: typeformer::Result<()>| r.map(|()| ExitCode::SUCCESS);
     let result = match command {
-        Command::Train(args) => train(&args),
+        Command::Train(args) => done(train(&args)),
         Command::TrainLm(args) => train_lm(&args),
-        Command::Generate(args) => generate_text(&args),
-        Command::Evaluate(args) => evaluate(&args),
-        Command::Attention(args) => attention(&args),
-        Command::Embed(args) => embed(&args),
+        Command::Generate(args) => done(generate_text(&args)),
+        Command::Evaluate(args) => done(evaluate(&args)),
+        Command::Attention(args) => done(attention(&args)),
+        Command::Embed(args) => done(embed(&args)),
         Command::Summary(args) => {
             summary(&args);
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
@@ -455,11 +481,14 @@ fn train_on<Dev: Device<f32>>(dev: &Dev, args: &TrainArgs) -> typeformer::Result
             warmup: args.warmup,
             lr_factor: args.lr_factor,
             cooldown: args.cooldown,
-            adam: AdamConfig { clip_norm: (args.clip_norm > 0.0).then_some(args.clip_norm), ..AdamConfig::default() },
+            adam: AdamConfig { clip_norm: clip_norm(args.clip_norm)?, ..AdamConfig::default() },
         },
         dropout: args.dropout,
         eval_size: args.eval_size,
         seed: args.seed,
+        // The default directory is the scratch place of `cargo run --release`, run again and
+        // again; a directory the user names keeps its run unless --force says otherwise.
+        overwrite: args.force || args.out.is_none(),
         out_dir: Some(args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(task.to_string()))),
         model_name: match args.model {
             ModelArg::Small => "small".into(),
@@ -530,6 +559,14 @@ fn introduce(run: &TaskRun, model: ModelArg) {
          training batch contains",
         run.train.steps, run.train.batch_size, run.eval_size
     );
+    if let (Some(dir), true) = (&run.out_dir, run.overwrite) {
+        if let Ok(Some(_)) = Checkpoint::latest(dir) {
+            eprintln!(
+                "  note:  this run replaces the earlier one in {} once it is complete (--out DIR keeps runs apart)",
+                dir.display()
+            );
+        }
+    }
 }
 
 /// A source of `len` symbols that shows the task at work (not a sorted run, mostly distinct).
@@ -578,14 +615,36 @@ const EMBED_BLOCK: usize = 1024;
 
 fn embed_on<Dev: Device<f32>>(dev: &Dev, args: &EmbedArgs) -> typeformer::Result<()> {
     let config = BertConfig::from_file(&args.model.join("config.json"))?;
+    if args.batch_size == 0 {
+        return Err(typeformer::Error::InvalidConfig("--batch-size must be at least 1".into()));
+    }
+    // One layer's activations at a time, for texts of up to 512 tokens.
+    let per_text = 512 * training_bytes_per_token(config.d_model, config.d_ff, config.heads, 1, 512, 0, 4);
+    check_memory("--batch-size", args.batch_size, per_text)?;
+    // Checkpoints of BertForMaskedLM have no pooler, which sentence embeddings do not use.
+    let weights = args.model.join("model.safetensors");
+    let has_pooler = typeformer::io::tensor_names(&weights)?.iter().any(|n| n.ends_with("pooler.dense.weight"));
+    macro_rules! embed_as {
+        ($ty:ty) => {{
+            let encoder = SentenceEncoder::<$ty>::load(&args.model, dev)?;
+            if !encoder.unused.is_empty() {
+                eprintln!(
+                    "note: {} tensors of {} are not part of the encoder and were skipped: {}",
+                    encoder.unused.len(),
+                    weights.display(),
+                    encoder.unused.join(", ")
+                );
+            }
+            // The weights stay as loaded: packed copies make the CPU's products faster.
+            let packed = PackedWeights::of(&encoder.model);
+            embed_lines(|texts| packed.run(|| encoder.embed_all(texts, args.batch_size)))
+        }};
+    }
     macro_rules! with_bert {
         ($($preset:ident: $name:literal),*) => {{
             $(
                 if $preset::<f32, Dev>::config_mismatches(&config).is_empty() {
-                    let encoder = SentenceEncoder::<$preset<f32, Dev>>::load(&args.model, dev)?;
-                    // The weights stay as loaded: packed copies make the CPU's products faster.
-                    let packed = PackedWeights::of(&encoder.model);
-                    return embed_lines(|texts| packed.run(|| encoder.embed_all(texts, args.batch_size)));
+                    return if has_pooler { embed_as!($preset<f32, Dev>) } else { embed_as!($preset<f32, Dev, NoPooler>) };
                 }
             )*
             let supported = [$($name),*];
@@ -598,24 +657,42 @@ fn embed_on<Dev: Device<f32>>(dev: &Dev, args: &EmbedArgs) -> typeformer::Result
             )))
         }};
     }
-    if args.batch_size == 0 {
-        return Err(typeformer::Error::InvalidConfig("--batch-size must be at least 1".into()));
-    }
     with_bert!(MiniLmL6: "all-MiniLM-L6-v2", BertBase: "bert-base")
 }
 
-/// Reads stdin in blocks, embeds each with `embed` and writes one JSON array per line.
+/// Reads stdin in blocks, embeds each with `embed` and writes one JSON array per line. A line
+/// that is not UTF-8 ends the input there: every line before it is embedded and written, then
+/// the error names the line.
 fn embed_lines(embed: impl Fn(&[&str]) -> typeformer::Result<Vec<Vec<f32>>>) -> typeformer::Result<()> {
-    let mut lines = std::io::stdin().lines();
+    use std::io::BufRead;
+    let mut lines = std::io::stdin().lock().split(b'\n');
     let bar = ProgressBar::hidden();
     bar.set_style(ProgressStyle::with_template("{elapsed_precise} {pos} texts ({per_sec})").expect("a valid template"));
     let mut out = std::io::BufWriter::new(std::io::stdout());
-    loop {
-        let block = lines
-            .by_ref()
-            .take(EMBED_BLOCK)
-            .collect::<Result<Vec<String>, _>>()
-            .map_err(|e| typeformer::Error::InvalidConfig(format!("cannot read stdin: {e}")))?;
+    let mut line_number = 0usize;
+    let mut failure = None;
+    while failure.is_none() {
+        let mut block = Vec::with_capacity(EMBED_BLOCK);
+        for line in lines.by_ref() {
+            line_number += 1;
+            let bytes = line.map_err(|e| typeformer::Error::InvalidConfig(format!("cannot read stdin: {e}")))?;
+            let bytes = bytes.strip_suffix(b"\r").unwrap_or(&bytes).to_vec();
+            match String::from_utf8(bytes) {
+                Ok(text) => block.push(text),
+                Err(e) => {
+                    failure = Some(typeformer::Error::InvalidConfig(format!(
+                        "stdin line {line_number} is not UTF-8 text (invalid byte at column {}); \
+                         the {} lines before it were embedded",
+                        e.utf8_error().valid_up_to() + 1,
+                        line_number - 1
+                    )));
+                    break;
+                }
+            }
+            if block.len() == EMBED_BLOCK {
+                break;
+            }
+        }
         if block.is_empty() {
             break;
         }
@@ -639,7 +716,7 @@ fn embed_lines(embed: impl Fn(&[&str]) -> typeformer::Result<Vec<Vec<f32>>>) -> 
     if out.flush().is_err() {
         std::process::exit(0);
     }
-    Ok(())
+    failure.map_or(Ok(()), Err)
 }
 
 fn evaluate(args: &EvaluateArgs) -> typeformer::Result<()> {
@@ -677,7 +754,7 @@ fn evaluate_on<Dev: Device<f32>>(dev: &Dev, args: &EvaluateArgs) -> typeformer::
 fn evaluate_model<M, Dev>(
     checkpoint: &TaskCheckpoint,
     dev: &Dev,
-    eval_size: usize,
+    eval_size: Option<usize>,
     beam: Option<BeamConfig>,
 ) -> typeformer::Result<TaskEvaluation>
 where
@@ -794,6 +871,7 @@ fn print_report(run: &TaskRun, report: &TaskReport, show: usize) {
     say!("files in {}:", dir.display());
     for file in &report.files {
         let name = file.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned());
+        let shown = file.strip_prefix(dir).unwrap_or(file).display().to_string();
         let what = match name.as_str() {
             "model.safetensors" => {
                 format!("the trained model; evaluate it again: typeformer evaluate --checkpoint {}", dir.display())
@@ -808,7 +886,7 @@ fn print_report(run: &TaskRun, report: &TaskReport, show: usize) {
             ),
             _ => String::new(),
         };
-        say!("  {name:<18} {what}");
+        say!("  {shown:<30} {what}");
     }
 }
 
@@ -853,18 +931,16 @@ impl Progress {
     }
 }
 
-fn train_lm(args: &TrainLmArgs) -> typeformer::Result<()> {
+fn train_lm(args: &TrainLmArgs) -> typeformer::Result<ExitCode> {
     on_device!(args.device, args.seed, train_lm_on(args))
 }
 
-fn train_lm_on<Dev: Device<f32>>(dev: &Dev, args: &TrainLmArgs) -> typeformer::Result<()> {
-    let source = match (&args.data, args.task) {
-        (Some(path), _) => LmSource::Text(ByteCorpus::from_file(path)?),
-        (None, Some(LmTaskArg::Addition)) => {
-            LmSource::Addition(AdditionTask::new(args.digits, args.eval_size, args.seed)?)
-        }
-        (None, None) => unreachable!("clap requires --data or --task"),
-    };
+fn train_lm_on<Dev: Device<f32>>(dev: &Dev, args: &TrainLmArgs) -> typeformer::Result<ExitCode> {
+    if args.task.is_some() && args.eval_size == 0 {
+        return Err(typeformer::Error::InvalidConfig(
+            "--eval-size 0: the addition task needs at least one held-out problem to measure accuracy on".into(),
+        ));
+    }
     let cfg = LmTrainConfig {
         steps: args.steps,
         batch_size: args.batch_size,
@@ -878,30 +954,53 @@ fn train_lm_on<Dev: Device<f32>>(dev: &Dev, args: &TrainLmArgs) -> typeformer::R
         model_name: LM_NAME.into(),
     };
     cfg.validate(<LmSmall<f32, Dev> as LanguageModel<BYTE_VOCAB, f32, Dev>>::CONTEXT)?;
+    // Owned before anything is read or trained: a second run (or a --resume beside a running
+    // one) stops here.
+    let lock = RunLock::acquire(&args.out)?;
+    let source = match (&args.data, args.task) {
+        (Some(path), _) => LmSource::Text(ByteCorpus::from_file(path)?),
+        (None, Some(LmTaskArg::Addition)) => {
+            check_memory("--eval-size", args.eval_size, 64)?;
+            LmSource::Addition(AdditionTask::new(args.digits, args.eval_size, args.seed)?)
+        }
+        (None, None) => unreachable!("clap requires --data or --task"),
+    };
     let metadata = std::collections::HashMap::from([
         ("format".to_string(), "typeformer".to_string()),
         ("model".to_string(), LM_NAME.to_string()),
         ("data".to_string(), source.describe()),
         ("seed".to_string(), args.seed.to_string()),
     ]);
+    let existing = Checkpoint::latest(lock.dir())?;
     let mut run = if args.resume {
-        let (run, saved) = load_lm_checkpoint::<LmSmall<f32, Dev>, f32, Dev>(&args.out, dev, LM_NAME, cfg.adam)?;
+        if existing.is_none() {
+            return Err(typeformer::Error::InvalidConfig(format!(
+                "--resume: {} holds no checkpoint to continue; start the run without --resume",
+                args.out.display()
+            )));
+        }
+        let resume = load_lm_checkpoint::<LmSmall<f32, Dev>, f32, Dev>(lock.dir(), dev, LM_NAME, cfg.adam)?;
         for key in ["data", "seed"] {
-            if saved.get(key) != metadata.get(key) {
+            if resume.metadata.get(key) != metadata.get(key) {
                 return Err(typeformer::Error::InvalidConfig(format!(
                     "--resume needs the run's own {key}: the checkpoint has `{}`, this command gives `{}`",
-                    saved.get(key).map_or("nothing", String::as_str),
+                    resume.metadata.get(key).map_or("nothing", String::as_str),
                     metadata[key]
                 )));
             }
         }
-        eprintln!("resuming {} at step {}", args.out.display(), run.opt.step);
-        run
+        for warning in &resume.warnings {
+            eprintln!("warning: {warning}");
+        }
+        eprintln!("resuming {} at step {}", args.out.display(), resume.run.opt.step);
+        resume.run
     } else {
-        if args.out.join("model.safetensors").exists() {
+        if let (Some(existing), false) = (existing, args.force) {
             return Err(typeformer::Error::InvalidConfig(format!(
-                "{} already holds a checkpoint: pass --resume to continue it, or choose another --out",
-                args.out.display()
+                "{} already holds a checkpoint (step {}): pass --resume to continue it, --force to replace it, \
+                 or choose another --out",
+                args.out.display(),
+                existing.step
             )));
         }
         let mut model = LmSmall::<f32, Dev>::try_build(dev)
@@ -910,13 +1009,22 @@ fn train_lm_on<Dev: Device<f32>>(dev: &Dev, args: &TrainLmArgs) -> typeformer::R
         LmRun { model, opt: typeformer::train::Adam::new(cfg.adam)?, logs: Vec::new() }
     };
     eprintln!("training a byte-level language model (d 128, 4 blocks, context 128) on {}", source.describe());
+    // Ctrl-C while training stops after the step (with a checkpoint); once the last checkpoint
+    // is written, it ends the evaluation at once.
     let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
-        .map_err(|e| typeformer::Error::Training(format!("cannot install the Ctrl-C handler: {e}")))?;
+    let evaluating = Arc::new(AtomicBool::new(false));
+    let (flag, done) = (stop.clone(), evaluating.clone());
+    ctrlc::set_handler(move || {
+        if done.load(Ordering::SeqCst) {
+            eprintln!("\ninterrupted during the final evaluation; the checkpoint is complete");
+            std::process::exit(INTERRUPTED);
+        }
+        flag.store(true, Ordering::SeqCst);
+    })
+    .map_err(|e| typeformer::Error::Training(format!("cannot install the Ctrl-C handler: {e}")))?;
     let progress = Progress::new(args.steps, run.opt.step);
     let mut last_val = None;
-    let outcome = train_language_model(&mut run, &source, &cfg, &args.out, metadata, &stop, |log: &StepLog| {
+    let outcome = train_language_model(&mut run, &source, &cfg, &lock, metadata, &stop, |log: &StepLog| {
         last_val = log.val_loss.or(last_val);
         let val = last_val.map_or(String::new(), |v: f64| format!(" | val {v:.3} (ppl {:.2})", v.exp()));
         progress
@@ -925,22 +1033,22 @@ fn train_lm_on<Dev: Device<f32>>(dev: &Dev, args: &TrainLmArgs) -> typeformer::R
     progress.finish();
     if outcome == LmStop::Interrupted {
         say!(
-            "interrupted: the checkpoint at step {} is in {}; continue with --resume",
+            "interrupted: the checkpoint at step {} is in {}; continue with the same command and --resume",
             run.opt.step,
             args.out.display()
         );
-        return Ok(());
+        return Ok(ExitCode::from(INTERRUPTED as u8));
     }
+    evaluating.store(true, Ordering::SeqCst);
+    let checkpoint = latest_checkpoint(lock.dir())?;
+    say!("checkpoint of step {} in {}", checkpoint.step, checkpoint.dir.display());
     let val = validation_loss(&run.model, &source, cfg.batch_size, cfg.context)?;
-    for file in lm_files(&args.out) {
-        say!("wrote {}", file.display());
-    }
     say!("validation loss: {val:.4} (perplexity {:.3}) after {} steps", val.exp(), run.opt.step);
     if let LmSource::Addition(task) = &source {
         let accuracy = addition_accuracy(&run.model, task)?;
         say!("addition accuracy: {accuracy:.3} on {} held-out problems", task.held_out().len());
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn generate_text(args: &GenerateArgs) -> typeformer::Result<()> {
@@ -948,8 +1056,8 @@ fn generate_text(args: &GenerateArgs) -> typeformer::Result<()> {
 }
 
 fn generate_on<Dev: Device<f32>>(dev: &Dev, args: &GenerateArgs) -> typeformer::Result<()> {
-    let (run, _) =
-        load_lm_checkpoint::<LmSmall<f32, Dev>, f32, Dev>(&args.checkpoint, dev, LM_NAME, AdamConfig::default())?;
+    // Inference reads the model alone: not the optimizer, not the loss curve.
+    let (model, _, _) = load_lm_model::<LmSmall<f32, Dev>, f32, Dev>(&args.checkpoint, dev, LM_NAME)?;
     let stop_tokens = match &args.stop {
         None => Vec::new(),
         Some(s) if s.len() == 1 => vec![s.as_bytes()[0] as usize],
@@ -970,7 +1078,7 @@ fn generate_on<Dev: Device<f32>>(dev: &Dev, args: &GenerateArgs) -> typeformer::
     let start = std::time::Instant::now();
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(args.prompt.as_bytes());
-    let out = generate::<LmSmall<f32, Dev>, BYTE_VOCAB, f32, Dev>(&run.model, &prompt, &cfg, &mut sampler, |t| {
+    let out = generate::<LmSmall<f32, Dev>, BYTE_VOCAB, f32, Dev>(&model, &prompt, &cfg, &mut sampler, |t| {
         let _ = stdout.write_all(&[t as u8]);
         let _ = stdout.flush();
     })?;

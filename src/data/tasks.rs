@@ -259,9 +259,30 @@ impl TaskData {
         Ok(Self { spec, rng: StdRng::seed_from_u64(seed), held_out: examples, held_out_sources: seen })
     }
 
+    /// Bytes one held-out example takes at most (its source and target, and the source again in
+    /// the set that keeps training away from it), for checking an evaluation size up front.
+    pub fn bytes_per_held_out(spec: &TaskSpec) -> u64 {
+        (3 * (24 + 8 * spec.max_len) + 48) as u64
+    }
+
     /// The evaluation examples.
     pub fn held_out(&self) -> &[Example] {
         &self.held_out
+    }
+
+    /// A fingerprint of the held-out sources (FNV-1a over their ids), recorded with a run so
+    /// that evaluating it later can tell that the same set was rebuilt: edited metadata, or a
+    /// typeformer that draws held-out sets differently, would give another.
+    pub fn held_out_digest(&self) -> String {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for e in &self.held_out {
+            for &id in e.source.iter().chain([&usize::MAX]) {
+                for byte in (id as u64).to_le_bytes() {
+                    hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+                }
+            }
+        }
+        format!("{hash:016x}")
     }
 
     /// `n` fresh training examples.

@@ -7,9 +7,11 @@ mod checkpoint;
 mod curve;
 mod heatmap;
 mod import;
+mod run_dir;
 
 pub use atomic::*;
 pub use checkpoint::*;
 pub use curve::*;
 pub use heatmap::*;
 pub use import::*;
+pub use run_dir::*;

@@ -1,8 +1,9 @@
 //! Training a language model, with validation, periodic checkpoints and exact resumption.
 //!
-//! A run directory holds `model.safetensors` (with the step and run settings in its metadata),
-//! `optimizer.safetensors` (Adam's step and moments) and `loss.csv`/`loss.png`. Each file is
-//! replaced atomically, so an interrupted run always leaves the last complete checkpoint. The
+//! A checkpoint holds `model.safetensors` (with the step and run settings in its metadata),
+//! `optimizer.safetensors` (Adam's step and moments) and `loss.csv`, committed as one unit in
+//! the run directory ([`RunLock::commit`]), so an interrupted run always leaves the last complete
+//! checkpoint; `loss.png` is drawn beside it. The
 //! data of step `s` is drawn from an RNG seeded by `(seed, s)`, so a resumed run sees exactly the
 //! batches the uninterrupted run would have seen.
 
@@ -11,15 +12,17 @@ use crate::data::{AdditionTask, LmSource, BYTE_VOCAB};
 use crate::error::{Error, Result};
 use crate::generate::{generate, GenerateConfig, Sampler, SamplingConfig};
 use crate::io::{
-    load_checkpoint, parameter_shapes, read_curve_csv, read_metadata, save_checkpoint, write_curve_csv, write_curve_png,
+    latest_checkpoint, load_checkpoint, parameter_shapes, read_curve_csv, read_metadata, save_checkpoint,
+    write_curve_csv, write_curve_png, Checkpoint, RunLock,
 };
+use crate::memory::check_memory;
 use crate::models::LanguageModel;
 use crate::FloatDtype;
 use dfdx::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -109,7 +112,10 @@ where
         total += loss.as_vec()[0].to_f64().unwrap_or(f64::NAN) * labels.num_tokens() as f64;
         tokens += labels.num_tokens();
     }
-    Ok(total / tokens.max(1) as f64)
+    if tokens == 0 {
+        return Err(Error::InvalidConfig("no validation tokens: the data leaves nothing to validate on".into()));
+    }
+    Ok(total / tokens as f64)
 }
 
 /// Fraction of held-out `a+b=` prompts that the model completes with the right sum.
@@ -131,43 +137,66 @@ where
     Ok(correct as f64 / task.held_out().len().max(1) as f64)
 }
 
-/// Writes the checkpoint of `run` after `step` steps into `dir`: the optimizer first, then the
-/// model (whose metadata names the step), then the curve.
+/// The model's file in a language-model checkpoint.
+pub const MODEL_FILE: &str = "model.safetensors";
+/// The optimizer's file (Adam's step and moments): what resuming needs beside the model.
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// The loss curve's file.
+pub const CURVE_FILE: &str = "loss.csv";
+
+/// Commits the checkpoint of `run` in the run directory `lock` owns: the model (whose metadata
+/// names the step), the optimizer and the loss curve as one unit (see [`RunLock::commit`]), then
+/// the plot `loss.png` beside it.
 pub fn save_lm_checkpoint<M, E, Dev>(
     run: &LmRun<M, E, Dev>,
-    dir: &Path,
+    lock: &RunLock,
     mut metadata: HashMap<String, String>,
-) -> Result<()>
+) -> Result<Checkpoint>
 where
     M: LanguageModel<BYTE_VOCAB, E, Dev>,
     E: FloatDtype,
     Dev: Device<E>,
 {
     metadata.insert("step".into(), run.opt.step.to_string());
-    run.opt.save(&dir.join("optimizer.safetensors"))?;
-    save_checkpoint(&run.model, &dir.join("model.safetensors"), metadata)?;
-    write_curve_csv(&dir.join("loss.csv"), &run.logs)?;
+    let checkpoint = lock.commit(
+        run.opt.step,
+        &[
+            (MODEL_FILE, &|path: &Path| save_checkpoint(&run.model, path, metadata.clone())),
+            (OPTIMIZER_FILE, &|path: &Path| run.opt.save(path)),
+            (CURVE_FILE, &|path: &Path| write_curve_csv(path, &run.logs)),
+        ],
+    )?;
     if !run.logs.is_empty() {
-        write_curve_png(&dir.join("loss.png"), &run.logs, "language model: training loss")?;
+        write_curve_png(&lock.dir().join("loss.png"), &run.logs, "language model: training loss")?;
     }
-    Ok(())
+    Ok(checkpoint)
 }
 
-/// Loads a run directory written by [`save_lm_checkpoint`] into a model built on `dev`.
-/// Errors name what is wrong: a missing file, a checkpoint of another model, files from
-/// different steps.
-pub fn load_lm_checkpoint<M, E, Dev>(
-    dir: &Path,
-    dev: &Dev,
-    model_name: &str,
-    adam: AdamConfig,
-) -> Result<(LmRun<M, E, Dev>, Metadata)>
+/// A language model's checkpoint, loaded to continue training.
+#[derive(Debug, Clone)]
+pub struct LmResume<M, E: Dtype, Dev: Storage<E>> {
+    /// The model, its optimizer and its loss history.
+    pub run: LmRun<M, E, Dev>,
+    /// The model file's metadata (the run's settings).
+    pub metadata: Metadata,
+    /// Where it was read from.
+    pub checkpoint: Checkpoint,
+    /// What could not be restored without harm to the run (an unreadable loss curve: the
+    /// history before the checkpoint is then lost, the training is not).
+    pub warnings: Vec<String>,
+}
+
+/// Loads only the model of the checkpoint in the run directory `dir` into a model built on
+/// `dev`, for inference: neither the optimizer nor the loss curve is read. Errors name what is
+/// wrong: no checkpoint, a checkpoint of another model, a bad file.
+pub fn load_lm_model<M, E, Dev>(dir: &Path, dev: &Dev, model_name: &str) -> Result<(M, Metadata, Checkpoint)>
 where
     M: LanguageModel<BYTE_VOCAB, E, Dev> + TensorCollection<E, Dev, To<E, Dev> = M>,
     E: FloatDtype,
     Dev: Device<E>,
 {
-    let model_path = dir.join("model.safetensors");
+    let checkpoint = latest_checkpoint(dir)?;
+    let model_path = checkpoint.file(MODEL_FILE);
     let metadata = read_metadata(&model_path)?;
     match metadata.get("model") {
         Some(name) if name == model_name => {}
@@ -183,22 +212,49 @@ where
     }
     let mut model = M::try_build(dev).map_err(|e| Error::Training(format!("cannot build the model: {e:?}")))?;
     load_checkpoint(&mut model, &model_path)?;
+    Ok((model, metadata, checkpoint))
+}
+
+/// Loads the checkpoint in the run directory `dir` (the model, its optimizer and its loss
+/// curve) to continue training it. Errors name what is wrong: no checkpoint, a checkpoint of
+/// another model, files from different steps, a bad file.
+pub fn load_lm_checkpoint<M, E, Dev>(
+    dir: &Path,
+    dev: &Dev,
+    model_name: &str,
+    adam: AdamConfig,
+) -> Result<LmResume<M, E, Dev>>
+where
+    M: LanguageModel<BYTE_VOCAB, E, Dev> + TensorCollection<E, Dev, To<E, Dev> = M>,
+    E: FloatDtype,
+    Dev: Device<E>,
+{
+    let (model, metadata, checkpoint) = load_lm_model::<M, E, Dev>(dir, dev, model_name)?;
     let sizes: Vec<usize> = parameter_shapes(&model)?.into_iter().map(|(_, s)| s.iter().product()).collect();
-    let opt = Adam::load(adam, &dir.join("optimizer.safetensors"), dev, &sizes)?;
+    let opt = Adam::load(adam, &checkpoint.file(OPTIMIZER_FILE), dev, &sizes)?;
     let step: usize = metadata.get("step").and_then(|s| s.parse().ok()).unwrap_or(usize::MAX);
-    if step != opt.step {
+    let committed = if checkpoint.files.is_empty() { step } else { checkpoint.step };
+    if step != opt.step || step != committed {
         return Err(Error::CheckpointMismatch {
-            path: dir.into(),
+            path: checkpoint.dir.clone(),
             problems: format!(
                 "the model is at step {step} but the optimizer at step {}: the files come from different runs",
                 opt.step
             ),
         });
     }
-    let curve = dir.join("loss.csv");
-    let mut logs = if curve.exists() { read_curve_csv(&curve)? } else { Vec::new() };
+    let curve = checkpoint.file(CURVE_FILE);
+    let mut warnings = Vec::new();
+    let mut logs = if checkpoint.has(CURVE_FILE) {
+        read_curve_csv(&curve).unwrap_or_else(|e| {
+            warnings.push(format!("the loss curve cannot be read ({e}); the run continues without its history"));
+            Vec::new()
+        })
+    } else {
+        Vec::new()
+    };
     logs.retain(|l| l.step <= step);
-    Ok((LmRun { model, opt, logs }, metadata))
+    Ok(LmResume { run: LmRun { model, opt, logs }, metadata, checkpoint, warnings })
 }
 
 /// Trains `run` from its current step up to `cfg.steps`, checkpointing into `dir`. Checks
@@ -207,7 +263,7 @@ pub fn train_language_model<M, E, Dev>(
     run: &mut LmRun<M, E, Dev>,
     source: &LmSource,
     cfg: &LmTrainConfig,
-    dir: &Path,
+    lock: &RunLock,
     metadata: HashMap<String, String>,
     stop: &AtomicBool,
     mut on_step: impl FnMut(&StepLog),
@@ -218,8 +274,10 @@ where
     Dev: Device<E>,
 {
     cfg.validate(M::CONTEXT)?;
-    std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+    check_memory("--steps", cfg.steps, std::mem::size_of::<StepLog>() as u64)?;
+    check_memory("--batch-size", cfg.batch_size, cfg.context as u64 * M::TRAIN_BYTES_PER_TOKEN)?;
     let schedule = WarmupSchedule { d_model: M::D_MODEL, warmup: cfg.warmup, factor: cfg.lr_factor };
+    schedule.validate()?;
     let mut grads = run.model.alloc_grads();
     while run.opt.step < cfg.steps {
         let step = run.opt.step + 1;
@@ -248,16 +306,11 @@ where
         on_step(&log);
         let interrupted = stop.load(Ordering::SeqCst);
         if step.is_multiple_of(cfg.checkpoint_every) || step == cfg.steps || interrupted {
-            save_lm_checkpoint(run, dir, metadata.clone())?;
+            save_lm_checkpoint(run, lock, metadata.clone())?;
         }
         if interrupted {
             return Ok(LmStop::Interrupted);
         }
     }
     Ok(LmStop::Finished)
-}
-
-/// The paths of a run directory's files.
-pub fn lm_files(dir: &Path) -> Vec<PathBuf> {
-    ["model.safetensors", "optimizer.safetensors", "loss.csv", "loss.png"].iter().map(|f| dir.join(f)).collect()
 }

@@ -1,18 +1,22 @@
 //! One complete run on a built-in task: train, save, evaluate. The command-line tool's `train`
 //! is a thin layer over [`run_task`].
 
-use super::{exact_match, train_seq2seq, Decoding, StepLog, TrainConfig};
+use super::{exact_match, train_seq2seq, Decoding, StepLog, TrainConfig, CURVE_FILE, MODEL_FILE};
 use crate::data::{symbol_text, token_text, Example, TaskData, TaskSpec, BOS, EOS};
 use crate::error::{Error, Result};
-use crate::generate::{greedy_decode, BeamConfig};
-use crate::io::{load_checkpoint, save_checkpoint, write_curve_csv, write_curve_png, write_heatmaps_png, Heatmap};
+use crate::generate::{check_beam_config, greedy_decode, BeamConfig};
+use crate::io::{
+    latest_checkpoint, load_checkpoint, save_checkpoint, write_curve_csv, write_curve_png, write_heatmaps_png,
+    Checkpoint, Heatmap, RunLock,
+};
+use crate::memory::check_memory;
 use crate::models::Seq2Seq;
 use crate::nn::set_dropout;
 use crate::shape::Tokens;
 use crate::FloatDtype;
 use dfdx::prelude::*;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Everything a task run needs.
@@ -28,8 +32,10 @@ pub struct TaskRun {
     pub eval_size: usize,
     /// Seeds the data and the initialisation.
     pub seed: u64,
-    /// Where the checkpoint and loss curve go (`None`: nowhere).
+    /// The run directory for the checkpoint, loss curve and plots (`None`: nowhere).
     pub out_dir: Option<PathBuf>,
+    /// Replace a checkpoint `out_dir` already holds (otherwise that is an error).
+    pub overwrite: bool,
     /// Name of the model configuration, recorded in the checkpoint.
     pub model_name: String,
     /// Also evaluate with beam search of this configuration (its `max_len` is set per batch).
@@ -66,12 +72,24 @@ where
 {
     run.spec.validate(V, M::MAX_LEN)?;
     run.train.validate()?;
+    if let Some(beam) = &run.beam {
+        check_beam_config::<M, V, V, E, Dev>(beam)?;
+    }
     if run.eval_size == 0 {
         return Err(Error::InvalidConfig("--eval-size must be at least 1".into()));
     }
-    if let Some(dir) = &run.out_dir {
-        std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+    // Owned before any work, so that a second run on the directory stops at once.
+    let lock = run.out_dir.as_deref().map(RunLock::acquire).transpose()?;
+    if let Some(lock) = &lock {
+        if let (Some(existing), false) = (Checkpoint::latest(lock.dir())?, run.overwrite) {
+            return Err(Error::InvalidConfig(format!(
+                "{} already holds a trained model ({}): pass --force to replace it, or choose another --out",
+                lock.dir().display(),
+                existing.file(MODEL_FILE).display()
+            )));
+        }
     }
+    check_memory("--eval-size", run.eval_size, TaskData::bytes_per_held_out(&run.spec))?;
     let mut data = TaskData::new(run.spec, run.eval_size, run.seed)?;
     let mut model = M::try_build(dev).map_err(|e| Error::Training(format!("cannot build the model: {e:?}")))?;
     set_dropout(&mut model, run.dropout)?;
@@ -81,7 +99,7 @@ where
     let train_seconds = start.elapsed().as_secs_f64();
 
     let mut files = Vec::new();
-    if let Some(dir) = &run.out_dir {
+    if let Some(lock) = &lock {
         let metadata = HashMap::from([
             ("format".to_string(), "typeformer".to_string()),
             ("model".to_string(), run.model_name.clone()),
@@ -92,21 +110,25 @@ where
             ("steps".to_string(), run.train.steps.to_string()),
             ("seed".to_string(), run.seed.to_string()),
             ("eval_size".to_string(), run.eval_size.to_string()),
+            ("held_out_digest".to_string(), data.held_out_digest()),
         ]);
-        let checkpoint = dir.join("model.safetensors");
-        save_checkpoint(&model, &checkpoint, metadata)?;
-        let csv = dir.join("loss.csv");
-        write_curve_csv(&csv, &logs)?;
-        let png = dir.join("loss.png");
+        let checkpoint = lock.commit(
+            run.train.steps,
+            &[
+                (MODEL_FILE, &|path: &Path| save_checkpoint(&model, path, metadata.clone())),
+                (CURVE_FILE, &|path: &Path| write_curve_csv(path, &logs)),
+            ],
+        )?;
+        let png = lock.dir().join("loss.png");
         write_curve_png(&png, &logs, &format!("{} task, {}: training loss", run.spec.task, run.model_name))?;
-        files.extend([checkpoint, csv, png]);
+        files.extend([checkpoint.file(MODEL_FILE), checkpoint.file(CURVE_FILE), png]);
     }
 
     let evaluation = evaluate_task::<M, V, E, Dev>(&model, data.held_out(), run.beam)?;
-    if let Some(dir) = &run.out_dir {
+    if let Some(lock) = &lock {
         // The longest held-out source shows the most of what the model learned.
         if let Some(example) = data.held_out().iter().max_by_key(|e| e.source.len()) {
-            let png = dir.join("attention.png");
+            let png = lock.dir().join("attention.png");
             let title = format!("{} task, held-out example: cross-attention", run.spec.task);
             plot_attention::<M, V, E, Dev>(&model, &example.source, &AttentionSelection::cross(), &png, &title)?;
             files.push(png);
@@ -268,10 +290,10 @@ where
 }
 
 /// What a checkpoint written by [`run_task`] says of its run: the model's name, the task, and
-/// the seed and size of its held-out set.
+/// the seed, size and fingerprint of its held-out set.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskCheckpoint {
-    /// `model.safetensors` of the run.
+    /// `model.safetensors` of the run's committed checkpoint.
     pub path: PathBuf,
     /// The model configuration (`small`, `medium`).
     pub model_name: String,
@@ -279,12 +301,16 @@ pub struct TaskCheckpoint {
     pub spec: TaskSpec,
     /// The run's seed (its held-out set is drawn from it).
     pub seed: u64,
+    /// How many held-out sequences the run set aside.
+    pub eval_size: usize,
+    /// [`TaskData::held_out_digest`] of them (absent in checkpoints of older typeformers).
+    pub held_out_digest: Option<String>,
 }
 
 impl TaskCheckpoint {
-    /// Reads the metadata of `dir/model.safetensors`.
-    pub fn read(dir: &std::path::Path) -> Result<Self> {
-        let path = dir.join("model.safetensors");
+    /// Reads the metadata of the model in the run directory `dir`.
+    pub fn read(dir: &Path) -> Result<Self> {
+        let path = latest_checkpoint(dir)?.file(MODEL_FILE);
         let metadata = crate::io::read_metadata(&path)?;
         let field = |key: &str| -> Result<&String> {
             metadata.get(key).ok_or_else(|| Error::BadFile {
@@ -297,14 +323,24 @@ impl TaskCheckpoint {
                 .parse()
                 .map_err(|_| Error::BadFile { path: path.clone(), reason: format!("`{key}` is not a number") })
         };
-        let spec = TaskSpec {
-            task: field("task")?.parse()?,
-            symbols: number("symbols")? as usize,
-            min_len: number("min_len")? as usize,
-            max_len: number("max_len")? as usize,
+        let size = |key: &str| -> Result<usize> {
+            usize::try_from(number(key)?)
+                .map_err(|_| Error::BadFile { path: path.clone(), reason: format!("`{key}` is too large") })
         };
-        let seed = number("seed")?;
-        Ok(Self { model_name: field("model")?.clone(), spec, seed, path })
+        let spec = TaskSpec {
+            task: field("task")?.parse().map_err(|e| Error::BadFile { path: path.clone(), reason: format!("{e}") })?,
+            symbols: size("symbols")?,
+            min_len: size("min_len")?,
+            max_len: size("max_len")?,
+        };
+        Ok(Self {
+            model_name: field("model")?.clone(),
+            spec,
+            seed: number("seed")?,
+            eval_size: size("eval_size")?,
+            held_out_digest: metadata.get("held_out_digest").cloned(),
+            path,
+        })
     }
 
     /// A fresh `M` on `dev` with the checkpoint's weights, after checking that the run's task
@@ -323,15 +359,46 @@ impl TaskCheckpoint {
         load_checkpoint(&mut model, &self.path)?;
         Ok(model)
     }
+
+    /// The run's held-out examples, rebuilt from its metadata and checked against the
+    /// fingerprint it recorded; the first `count` of them (all when `None`). More than the run
+    /// set aside is an error: the others were training material.
+    pub fn held_out(&self, count: Option<usize>) -> Result<Vec<Example>> {
+        let count = count.unwrap_or(self.eval_size);
+        if count == 0 || count > self.eval_size {
+            return Err(Error::InvalidConfig(format!(
+                "--eval-size {count}: the run set aside {} held-out sequences, so evaluate on 1 to {} of them \
+                 (any other sequence may have been trained on)",
+                self.eval_size, self.eval_size
+            )));
+        }
+        check_memory("the run's --eval-size", self.eval_size, TaskData::bytes_per_held_out(&self.spec))?;
+        let data = TaskData::new(self.spec, self.eval_size, self.seed)?;
+        match &self.held_out_digest {
+            Some(digest) if *digest == data.held_out_digest() => Ok(data.held_out()[..count].to_vec()),
+            Some(_) => Err(Error::BadFile {
+                path: self.path.clone(),
+                reason: "its task, lengths, symbols, seed or evaluation size do not rebuild the held-out set the run \
+                         recorded: the metadata was changed since training"
+                    .into(),
+            }),
+            None => Err(Error::BadFile {
+                path: self.path.clone(),
+                reason: "written by a typeformer that did not record its held-out set, which this one draws \
+                         differently: it cannot be evaluated on sequences it was sure never to have trained on"
+                    .into(),
+            }),
+        }
+    }
 }
 
 /// Loads a checkpoint written by [`run_task`] into a fresh `M` on `dev` and evaluates it on the
-/// held-out examples of the run that wrote it (rebuilt from the task, lengths and seed in its
-/// metadata; `eval_size` of them).
+/// held-out examples of the run that wrote it (the first `eval_size` of them, or all; see
+/// [`TaskCheckpoint::held_out`]).
 pub fn evaluate_checkpoint<M, const V: usize, E, Dev>(
     checkpoint: &TaskCheckpoint,
     dev: &Dev,
-    eval_size: usize,
+    eval_size: Option<usize>,
     beam: Option<BeamConfig>,
 ) -> Result<TaskEvaluation>
 where
@@ -340,7 +407,10 @@ where
     E: FloatDtype,
     Dev: Device<E>,
 {
+    if let Some(beam) = &beam {
+        check_beam_config::<M, V, V, E, Dev>(beam)?;
+    }
+    let held_out = checkpoint.held_out(eval_size)?;
     let model: M = checkpoint.load_model::<M, V, E, Dev>(dev)?;
-    let data = TaskData::new(checkpoint.spec, eval_size, checkpoint.seed)?;
-    evaluate_task::<M, V, E, Dev>(&model, data.held_out(), beam)
+    evaluate_task::<M, V, E, Dev>(&model, &held_out, beam)
 }

@@ -1,0 +1,363 @@
+//! Nothing lost, nothing silent: checkpoints that commit as one unit even when the writer is
+//! killed at any point of the commit, one owner per run directory, sizes checked before they are
+//! allocated, and files, metadata and flags that cannot be meant refused with a clear error.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_typeformer")).args(args).envs(env.iter().copied()).output().expect("runs")
+}
+
+/// `(success, stdout, stderr)` of the command-line tool.
+fn typeformer(args: &[&str]) -> (bool, String, String) {
+    let out = run(args, &[]);
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("typeformer-reliability-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The step the run directory's commit record names.
+fn committed_step(dir: &Path) -> u64 {
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("checkpoint.json")).unwrap()).unwrap();
+    record["step"].as_u64().unwrap()
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
+
+/// Every tensor of a safetensors file, by name (metadata left out: its order is not fixed).
+fn tensors(path: &Path) -> BTreeMap<String, Vec<u8>> {
+    let bytes = std::fs::read(path).unwrap();
+    let file = ::safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    file.tensors().into_iter().map(|(name, view)| (name, view.data().to_vec())).collect()
+}
+
+/// A short language-model run of `steps` steps, checkpointing every 2.
+fn lm_args<'a>(out: &'a str, steps: &'a str) -> Vec<&'a str> {
+    lm_args_every(out, steps, "2")
+}
+
+/// A short language-model run of `steps` steps, checkpointing every `every`.
+fn lm_args_every<'a>(out: &'a str, steps: &'a str, every: &'a str) -> Vec<&'a str> {
+    vec![
+        "train-lm",
+        "--task",
+        "addition",
+        "--digits",
+        "1",
+        "--eval-size",
+        "5",
+        "--steps",
+        steps,
+        "--batch-size",
+        "2",
+        "--context",
+        "16",
+        "--checkpoint-every",
+        every,
+        "--eval-every",
+        "100",
+        "--out",
+        out,
+    ]
+}
+
+#[test]
+fn a_commit_killed_at_any_point_leaves_a_checkpoint_that_loads_and_resumes_exactly() {
+    let base = temp_dir("crash");
+    let reference = base.join("reference");
+    let out = run(&lm_args(reference.to_str().unwrap(), "4"), &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let want = tensors(&reference.join("step-000004/model.safetensors"));
+
+    let points = typeformer::io::crash_points(&["model.safetensors", "optimizer.safetensors", "loss.csv"]);
+    for (k, point) in points.iter().enumerate() {
+        let dir = base.join(format!("killed-{k}"));
+        let d = dir.to_str().unwrap();
+        // Killed while committing step 4, with step 2 committed before.
+        let crash = format!("{point}@4");
+        let out = run(&lm_args(d, "4"), &[("TYPEFORMER_TEST_CRASH_AT", &crash)]);
+        assert!(!out.status.success(), "the run was not killed at `{point}`");
+        let step = committed_step(&dir);
+        let committed = ["committed", "removed the previous checkpoint"].contains(&point.as_str());
+        assert_eq!(step, if committed { 4 } else { 2 }, "killed at `{point}`");
+        // Inference reads it, and a resumed run finishes exactly as the uninterrupted one.
+        let (ok, _, err) = typeformer(&["generate", "--checkpoint", d, "--prompt", "1+1=", "--max-new-tokens", "2"]);
+        assert!(ok, "generate after a kill at `{point}`: {err}");
+        let mut resume = lm_args(d, "4");
+        resume.push("--resume");
+        let out = run(&resume, &[]);
+        assert!(out.status.success(), "resume after `{point}`: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(entries(&dir), [".lock", "checkpoint.json", "loss.png", "step-000004"], "after `{point}`");
+        assert!(tensors(&dir.join("step-000004/model.safetensors")) == want, "weights differ after `{point}`");
+    }
+    std::fs::remove_dir_all(&base).unwrap();
+}
+
+#[test]
+fn a_run_directory_has_one_owner_until_it_dies() {
+    let dir = temp_dir("lock");
+    let d = dir.to_str().unwrap().to_string();
+    let args = lm_args_every(&d, "1000000", "100000");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_typeformer"))
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while std::fs::read_to_string(dir.join(".lock")).map_or(true, |s| s.trim() != child.id().to_string()) {
+        assert!(start.elapsed().as_secs() < 60, "the run never took its lock");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let owner = format!("in use by process {}", child.id());
+    let (ok, _, err) = typeformer(&lm_args(&d, "2"));
+    assert!(!ok && err.contains(&owner), "{err}");
+    let mut resume = lm_args(&d, "2");
+    resume.push("--resume");
+    let (ok, _, err) = typeformer(&resume);
+    assert!(!ok && err.contains(&owner), "{err}");
+    let (ok, _, err) = typeformer(&["train", "--steps", "1", "--out", &d]);
+    assert!(!ok && err.contains(&owner), "{err}");
+    // The lock goes with the process, however it ends.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (ok, _, err) = typeformer(&lm_args(&d, "2"));
+    assert!(ok, "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn train_replaces_an_earlier_run_only_when_told_to() {
+    let dir = temp_dir("force");
+    let d = dir.to_str().unwrap();
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train", "--steps", "2", "--batch-size", "2", "--max-len", "4", "--eval-size", "5"];
+        args.extend_from_slice(extra);
+        args.extend(["--out", d]);
+        typeformer(&args)
+    };
+    assert!(train(&[]).0);
+    let (ok, _, err) = train(&["--seed", "1"]);
+    assert!(!ok && err.contains("already holds a trained model") && err.contains("--force"), "{err}");
+    let (ok, _, err) = train(&["--seed", "1", "--force"]);
+    assert!(ok, "{err}");
+    assert_eq!(entries(&dir), [".lock", "attention.png", "checkpoint.json", "loss.png", "step-000002.1"]);
+    let (ok, out, err) = typeformer(&["evaluate", "--checkpoint", d]);
+    assert!(ok && out.contains("on 5 held-out sequences"), "{out}{err}");
+    // train-lm likewise.
+    let lm = dir.join("lm");
+    let lm = lm.to_str().unwrap();
+    assert!(typeformer(&lm_args(lm, "2")).0);
+    let (ok, _, err) = typeformer(&lm_args(lm, "2"));
+    assert!(!ok && err.contains("--resume to continue it, --force to replace it"), "{err}");
+    let mut force = lm_args(lm, "2");
+    force.push("--force");
+    assert!(typeformer(&force).0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn sizes_are_checked_before_anything_is_allocated_from_them() {
+    let huge = "1000000000000";
+    let cases: &[(&[&str], &str)] = &[
+        (&["train", "--steps", huge], "--steps 1000000000000 would need about"),
+        (&["train", "--batch-size", huge], "--batch-size 1000000000000 would need about"),
+        (&["train", "--batch-size", "1000000"], "--batch-size 1000000 would need about"),
+        (&["train", "--beam-width", huge], "--beam-width 1000000000000 would need about"),
+        (&["train", "--symbols", "16", "--max-len", "64", "--eval-size", huge], "--eval-size 1000000000000 would need"),
+        (&["train-lm", "--task", "addition", "--steps", huge], "--steps 1000000000000 would need about"),
+        (&["train-lm", "--task", "addition", "--batch-size", huge], "--batch-size 1000000000000 would need about"),
+        (&["train-lm", "--task", "addition", "--digits", "9", "--eval-size", huge], "--eval-size 1000000000000"),
+    ];
+    let dir = temp_dir("sizes");
+    for (args, message) in cases {
+        let mut args = args.to_vec();
+        let out = dir.join("run");
+        args.extend(["--out", out.to_str().unwrap()]);
+        let output = run(&args, &[]);
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(message), "{args:?}: {err}");
+    }
+    // generate: a count that would overflow the context check.
+    let lm = dir.join("lm");
+    assert!(typeformer(&lm_args(lm.to_str().unwrap(), "2")).0);
+    let output = run(
+        &[
+            "generate",
+            "--checkpoint",
+            lm.to_str().unwrap(),
+            "--prompt",
+            "1+",
+            "--max-new-tokens",
+            &u64::MAX.to_string(),
+        ],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.code() == Some(1) && err.contains("ask for at most 126 new tokens"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn flags_that_cannot_be_meant_are_refused() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["train", "--clip-norm", "-1"], "--clip-norm must be a positive number, or 0 for no clipping; got -1"),
+        (&["train", "--clip-norm", "NaN"], "--clip-norm must be a positive number"),
+        (&["train", "--clip-norm", "inf"], "--clip-norm must be a positive number"),
+        (&["train", "--beam-width", "2", "--length-penalty", "NaN"], "--length-penalty must be a finite number"),
+        (&["train", "--beam-width", "2", "--length-penalty", "inf"], "--length-penalty must be a finite number"),
+        (&["train", "--lr-factor", "1e12"], "--lr-factor 1000000000000 gives a peak learning rate of"),
+        (&["train", "--cooldown", "2"], "--cooldown is a fraction of the steps, in [0, 1]"),
+        (&["train-lm", "--task", "addition", "--eval-size", "0"], "--eval-size 0"),
+        (&["train-lm", "--task", "addition", "--lr-factor", "1e12"], "gives a peak learning rate"),
+    ];
+    let dir = temp_dir("flags");
+    for (args, message) in cases {
+        let mut args = args.to_vec();
+        let out = dir.join("run");
+        args.extend(["--out", out.to_str().unwrap()]);
+        let (ok, _, err) = typeformer(&args);
+        assert!(!ok && err.contains(message), "{args:?}: {err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Replaces `from` by `to` (of the same length, so that the file keeps its committed size) in
+/// the file at `path`.
+fn patch(path: &Path, from: &[u8], to: &[u8]) {
+    assert_eq!(from.len(), to.len());
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = bytes.windows(from.len()).position(|w| w == from).expect("the bytes to patch");
+    bytes[at..at + from.len()].copy_from_slice(to);
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_run_is_evaluated_on_its_own_held_out_set_or_not_at_all() {
+    let dir = temp_dir("heldout");
+    let d = dir.to_str().unwrap();
+    let args = ["train", "--steps", "2", "--batch-size", "2", "--max-len", "6", "--eval-size", "5", "--out", d];
+    assert!(typeformer(&args).0);
+    let (ok, out, _) = typeformer(&["evaluate", "--checkpoint", d, "--eval-size", "3"]);
+    assert!(ok && out.contains("on 3 held-out sequences"), "{out}");
+    let (ok, _, err) = typeformer(&["evaluate", "--checkpoint", d, "--eval-size", "15"]);
+    assert!(!ok && err.contains("the run set aside 5 held-out sequences"), "{err}");
+    // Edited metadata rebuilds another held-out set: refused.
+    patch(&dir.join("step-000002/model.safetensors"), br#""max_len":"6""#, br#""max_len":"7""#);
+    let (ok, _, err) = typeformer(&["evaluate", "--checkpoint", d]);
+    assert!(!ok && err.contains("the metadata was changed since training"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn weights_that_are_not_numbers_and_scalars_out_of_range_are_refused_by_name() {
+    use typeformer::prelude::*;
+    type Tiny = EncoderDecoder<8, 8, 8, 2, 4, 16, 1, 1, 8, PostNorm, Relu, Sinusoidal, SharedTied, f32, Cpu>;
+    let dir = temp_dir("values");
+    let model = Cpu::seed_from_u64(0).build_module::<Tiny, f32>();
+    let path = dir.join("model.safetensors");
+    typeformer::io::save_checkpoint(&model, &path, Default::default()).unwrap();
+    let load = |path: &Path| {
+        let mut fresh = Cpu::seed_from_u64(1).build_module::<Tiny, f32>();
+        typeformer::io::load_checkpoint(&mut fresh, path).map(|_| ()).unwrap_err().to_string()
+    };
+    // A NaN in one tensor.
+    let bytes = std::fs::read(&path).unwrap();
+    let file = ::safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let tensors: Vec<(String, Vec<f32>, Vec<usize>)> = file
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| {
+            let values = v.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+            (n, values, v.shape().to_vec())
+        })
+        .collect();
+    let (_, header) = ::safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let metadata = header.metadata().clone().unwrap();
+    let write = |path: &Path, poison: Option<&str>, metadata: &std::collections::HashMap<String, String>| {
+        let data: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+            .iter()
+            .map(|(n, values, shape)| {
+                let mut values = values.clone();
+                if poison == Some(n.as_str()) {
+                    values[1] = f32::NAN;
+                }
+                (n.clone(), values.iter().flat_map(|v| v.to_le_bytes()).collect(), shape.clone())
+            })
+            .collect();
+        let views: Vec<(&str, ::safetensors::tensor::TensorView)> = data
+            .iter()
+            .map(|(n, b, s)| {
+                (n.as_str(), ::safetensors::tensor::TensorView::new(::safetensors::Dtype::F32, s.clone(), b).unwrap())
+            })
+            .collect();
+        std::fs::write(path, ::safetensors::serialize(views, &Some(metadata.clone())).unwrap()).unwrap();
+    };
+    let poisoned = dir.join("nan.safetensors");
+    write(&poisoned, Some("encoder.layers.0.ffn.linear1.weight"), &metadata);
+    let err = load(&poisoned);
+    assert!(err.contains("not finite: encoder.layers.0.ffn.linear1.weight holds NaN at element 1"), "{err}");
+    // Scalars that cannot be meant.
+    let eps = "scalar:encoder.layers.0.norm1.eps";
+    let drop = "scalar:dropout";
+    for (key, value, range) in [
+        (eps, "NaN", "(0, 1)"),
+        (eps, "-1", "(0, 1)"),
+        (eps, "1e30", "(0, 1)"),
+        (drop, "1", "[0, 1)"),
+        (drop, "2", "[0, 1)"),
+        (drop, "NaN", "[0, 1)"),
+    ] {
+        let mut edited = metadata.clone();
+        assert!(edited.contains_key(key), "{key} in {:?}", edited.keys());
+        edited.insert(key.into(), value.into());
+        let bad = dir.join("scalar.safetensors");
+        write(&bad, None, &edited);
+        let err = load(&bad);
+        assert!(err.contains(&format!("= {value} in the metadata; it must be")) && err.contains(range), "{err}");
+    }
+    // A truncated file says so, with the sizes.
+    let truncated = dir.join("truncated.safetensors");
+    std::fs::write(&truncated, &bytes[..bytes.len() - 10]).unwrap();
+    let err = load(&truncated);
+    let end = bytes.len();
+    assert!(
+        err.contains(&format!(
+            "truncated: the file is {} bytes, its header says the tensors end at byte {end}",
+            end - 10
+        )),
+        "{err}"
+    );
+    assert!(err.contains("truncated.safetensors"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_unreadable_loss_curve_costs_the_history_not_the_model() {
+    let dir = temp_dir("curve");
+    let d = dir.to_str().unwrap();
+    assert!(typeformer(&lm_args(d, "2")).0);
+    patch(&dir.join("step-000002/loss.csv"), b"step,loss", b"garbage!!");
+    let (ok, _, err) = typeformer(&["generate", "--checkpoint", d, "--prompt", "1+", "--max-new-tokens", "2"]);
+    assert!(ok, "{err}");
+    let mut resume = lm_args(d, "4");
+    resume.push("--resume");
+    let (ok, _, err) = typeformer(&resume);
+    assert!(ok && err.contains("warning: the loss curve cannot be read"), "{err}");
+    assert_eq!(committed_step(&dir), 4);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
