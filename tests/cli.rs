@@ -121,8 +121,6 @@ fn ctrl_c_leaves_a_checkpoint_that_resumes() {
         "--out",
         &out,
         "--resume",
-        "--eval-size",
-        "20",
     ]);
     assert!(ok, "{err}");
     assert!(err.contains(&format!("resuming {out} at step {step}")), "{err}");

@@ -30,6 +30,13 @@ fn committed_step(dir: &Path) -> u64 {
     record["step"].as_u64().unwrap()
 }
 
+/// The step directory the run directory's commit record names.
+fn committed_dir(dir: &Path) -> PathBuf {
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("checkpoint.json")).unwrap()).unwrap();
+    dir.join(record["dir"].as_str().unwrap())
+}
+
 fn entries(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> =
         std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
@@ -78,9 +85,9 @@ fn lm_args_every<'a>(out: &'a str, steps: &'a str, every: &'a str) -> Vec<&'a st
 fn a_commit_killed_at_any_point_leaves_a_checkpoint_that_loads_and_resumes_exactly() {
     let base = temp_dir("crash");
     let reference = base.join("reference");
-    let out = run(&lm_args(reference.to_str().unwrap(), "4"), &[]);
+    let out = run(&lm_args(reference.to_str().unwrap(), "6"), &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let want = tensors(&reference.join("step-000004/model.safetensors"));
+    let want = tensors(&reference.join("step-000006/model.safetensors"));
 
     let points = typeformer::io::crash_points(&["model.safetensors", "optimizer.safetensors", "loss.csv"]);
     for (k, point) in points.iter().enumerate() {
@@ -91,17 +98,19 @@ fn a_commit_killed_at_any_point_leaves_a_checkpoint_that_loads_and_resumes_exact
         let out = run(&lm_args(d, "4"), &[("TYPEFORMER_TEST_CRASH_AT", &crash)]);
         assert!(!out.status.success(), "the run was not killed at `{point}`");
         let step = committed_step(&dir);
-        let committed = ["committed", "removed the previous checkpoint"].contains(&point.as_str());
+        let committed = ["committed", "removed an older checkpoint"].contains(&point.as_str());
         assert_eq!(step, if committed { 4 } else { 2 }, "killed at `{point}`");
         // Inference reads it, and a resumed run finishes exactly as the uninterrupted one.
         let (ok, _, err) = typeformer(&["generate", "--checkpoint", d, "--prompt", "1+1=", "--max-new-tokens", "2"]);
         assert!(ok, "generate after a kill at `{point}`: {err}");
-        let mut resume = lm_args(d, "4");
+        let mut resume = lm_args(d, "6");
         resume.push("--resume");
         let out = run(&resume, &[]);
         assert!(out.status.success(), "resume after `{point}`: {}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(entries(&dir), [".lock", "checkpoint.json", "loss.png", "step-000004"], "after `{point}`");
-        assert!(tensors(&dir.join("step-000004/model.safetensors")) == want, "weights differ after `{point}`");
+        // The committed checkpoint and the one before it, nothing else.
+        let want_entries = [".lock", "checkpoint.json", "loss.png", "step-000004", "step-000006"];
+        assert_eq!(entries(&dir), want_entries, "after `{point}`");
+        assert!(tensors(&dir.join("step-000006/model.safetensors")) == want, "weights differ after `{point}`");
     }
     std::fs::remove_dir_all(&base).unwrap();
 }
@@ -154,7 +163,8 @@ fn train_replaces_an_earlier_run_only_when_told_to() {
     assert!(!ok && err.contains("already holds a trained model") && err.contains("--force"), "{err}");
     let (ok, _, err) = train(&["--seed", "1", "--force"]);
     assert!(ok, "{err}");
-    assert_eq!(entries(&dir), [".lock", "attention.png", "checkpoint.json", "loss.png", "step-000002.1"]);
+    let replaced = [".lock", "attention.png", "checkpoint.json", "loss.png", "step-000002", "step-000002.1"];
+    assert_eq!(entries(&dir), replaced);
     let (ok, out, err) = typeformer(&["evaluate", "--checkpoint", d]);
     assert!(ok && out.contains("on 5 held-out sequences"), "{out}{err}");
     // train-lm likewise.
@@ -256,10 +266,21 @@ fn a_run_is_evaluated_on_its_own_held_out_set_or_not_at_all() {
     assert!(ok && out.contains("on 3 held-out sequences"), "{out}");
     let (ok, _, err) = typeformer(&["evaluate", "--checkpoint", d, "--eval-size", "15"]);
     assert!(!ok && err.contains("the run set aside 5 held-out sequences"), "{err}");
-    // Edited metadata rebuilds another held-out set: refused.
+    // Metadata that would rebuild another held-out set (another task, other lengths): refused.
+    let checkpoint = typeformer::train::TaskCheckpoint::read(&dir).unwrap();
+    assert_eq!(checkpoint.held_out(None).unwrap().len(), 5);
+    for spec in [
+        typeformer::data::TaskSpec { task: typeformer::data::Task::Copy, ..checkpoint.spec },
+        typeformer::data::TaskSpec { max_len: 7, ..checkpoint.spec },
+    ] {
+        let edited = typeformer::train::TaskCheckpoint { spec, ..checkpoint.clone() };
+        let err = edited.held_out(None).unwrap_err().to_string();
+        assert!(err.contains("the metadata was changed since training"), "{err}");
+    }
+    // An edit of the file itself is found by its checksum.
     patch(&dir.join("step-000002/model.safetensors"), br#""max_len":"6""#, br#""max_len":"7""#);
     let (ok, _, err) = typeformer(&["evaluate", "--checkpoint", d]);
-    assert!(!ok && err.contains("the metadata was changed since training"), "{err}");
+    assert!(!ok && err.contains("its contents changed since the checkpoint of step 2"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -359,5 +380,140 @@ fn an_unreadable_loss_curve_costs_the_history_not_the_model() {
     let (ok, _, err) = typeformer(&resume);
     assert!(ok && err.contains("warning: the loss curve cannot be read"), "{err}");
     assert_eq!(committed_step(&dir), 4);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn readers_never_fail_while_a_run_commits_under_them() {
+    let dir = temp_dir("readers");
+    let d = dir.to_str().unwrap().to_string();
+    assert!(typeformer(&lm_args_every(&d, "2", "1")).0);
+    let mut resume = lm_args_every(&d, "100000", "1");
+    resume.push("--resume");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_typeformer"))
+        .args(&resume)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..40 {
+        let (ok, _, err) = typeformer(&["generate", "--checkpoint", &d, "--prompt", "1+", "--max-new-tokens", "1"]);
+        assert!(ok, "generate during training: {err}");
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn what_a_user_did_to_a_run_directory_is_never_made_worse() {
+    let dir = temp_dir("damaged");
+    let d = dir.to_str().unwrap();
+    assert!(typeformer(&lm_args(d, "4")).0);
+    // The record deleted by hand: nothing runs over the checkpoint, which stays.
+    std::fs::remove_file(dir.join("checkpoint.json")).unwrap();
+    let mut resume = lm_args(d, "6");
+    resume.push("--resume");
+    let (ok, _, err) = typeformer(&resume);
+    assert!(!ok && err.contains("holds no checkpoint to continue"), "{err}");
+    assert!(dir.join("step-000004/model.safetensors").exists(), "the checkpoint was deleted");
+    // A broken record: refused, and --force replaces the run.
+    std::fs::write(dir.join("checkpoint.json"), "{ not json").unwrap();
+    let (ok, _, err) = typeformer(&lm_args(d, "2"));
+    assert!(!ok && err.contains("not a commit record"), "{err}");
+    let mut force = lm_args(d, "2");
+    force.push("--force");
+    let (ok, _, err) = typeformer(&force);
+    assert!(ok, "{err}");
+    assert_eq!(committed_step(&dir), 2);
+    // A truncated loss curve: the model still loads, a resumed run warns and goes on.
+    let curve = committed_dir(&dir).join("loss.csv");
+    let text = std::fs::read_to_string(&curve).unwrap();
+    std::fs::write(&curve, &text[..text.len() / 2]).unwrap();
+    let (ok, _, err) = typeformer(&["generate", "--checkpoint", d, "--prompt", "1+", "--max-new-tokens", "2"]);
+    assert!(ok, "{err}");
+    let mut resume = lm_args(d, "4");
+    resume.push("--resume");
+    let (ok, _, err) = typeformer(&resume);
+    assert!(ok && err.contains("warning: the loss curve cannot be read"), "{err}");
+    // A flipped byte inside the model's tensors is found.
+    let model = committed_dir(&dir).join("model.safetensors");
+    let mut bytes = std::fs::read(&model).unwrap();
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0x40;
+    std::fs::write(&model, bytes).unwrap();
+    let (ok, _, err) = typeformer(&["generate", "--checkpoint", d, "--prompt", "1+"]);
+    assert!(!ok && err.contains("its contents changed since the checkpoint of step 4 was committed"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_resumed_run_is_the_same_run() {
+    let dir = temp_dir("same-run");
+    let d = dir.to_str().unwrap();
+    assert!(typeformer(&lm_args(d, "4")).0);
+    let mut fewer = lm_args(d, "4");
+    fewer.push("--resume");
+    let (ok, _, err) = typeformer(&fewer);
+    assert!(!ok && err.contains("--steps 4: the checkpoint is already at step 4"), "{err}");
+    let mut other = lm_args(d, "6");
+    let at = other.iter().position(|a| *a == "--eval-size").unwrap();
+    other[at + 1] = "7";
+    other.push("--resume");
+    let (ok, _, err) = typeformer(&other);
+    assert!(!ok && err.contains("--resume needs the run's own --eval-size"), "{err}");
+    let mut changed = lm_args(d, "6");
+    changed.extend(["--resume", "--lr-factor", "0.5"]);
+    let (ok, _, err) = typeformer(&changed);
+    assert!(ok && err.contains("note: --lr-factor 0.5 differs from the run's 1"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_run_that_fails_before_its_first_checkpoint_leaves_nothing_behind() {
+    let dir = temp_dir("nothing-behind");
+    for args in [
+        &["train", "--dropout", "NaN"][..],
+        &["train", "--lr-factor", "1e12"],
+        &["train", "--steps", "1000000000000"],
+        &["train-lm", "--task", "addition", "--digits", "0"],
+        &["train-lm", "--data", "/dev/null"],
+    ] {
+        let out = dir.join("run");
+        let mut args = args.to_vec();
+        args.extend(["--out", out.to_str().unwrap()]);
+        let (ok, _, err) = typeformer(&args);
+        assert!(!ok, "{args:?}");
+        assert!(!out.exists(), "{args:?} left {:?}: {err}", entries(&out));
+    }
+    // A file where the run directory should be.
+    let file = dir.join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let (ok, _, err) = typeformer(&["train", "--steps", "1", "--out", file.to_str().unwrap()]);
+    assert!(!ok && err.contains("a file, where a run directory is needed"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn values_that_would_wrap_or_hang_are_refused_at_once() {
+    let dir = temp_dir("wrap");
+    let max = u64::MAX.to_string();
+    let out = dir.join("run");
+    let o = out.to_str().unwrap();
+    for (args, message) in [
+        (vec!["train", "--max-len", &max, "--out", o], "needs"),
+        (vec!["train", "--symbols", &max, "--out", o], "does not fit the model's vocabulary"),
+        (vec!["train", "--length-penalty", "NaN", "--out", o], "--length-penalty must be a finite number"),
+        (vec!["train", "--lr-factor", "-inf", "--out", o], "--lr-factor"),
+    ] {
+        let start = std::time::Instant::now();
+        let (ok, _, err) = typeformer(&args);
+        assert!(!ok && err.contains(message), "{args:?}: {err}");
+        assert!(start.elapsed().as_secs() < 20, "{args:?} took {:?}", start.elapsed());
+    }
+    let (ok, _, err) = typeformer(&["train", "--steps", "2", "--batch-size", "2", "--max-len", "4", "--out", o]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = typeformer(&["attention", "--checkpoint", o, "--text", "12", "--out", "/nonexistent-dir/x.png"]);
+    assert!(!ok && err.contains("the directory /nonexistent-dir does not exist"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -407,10 +407,10 @@ fn a_resumed_language_model_run_continues_exactly() {
     // Optimizer state from before projection weights were stored (in, out) is refused.
     let checkpoint = latest_checkpoint(&dir).unwrap();
     let (vectors, mut metadata) =
-        typeformer::io::load_vectors::<f32>(&checkpoint.file("optimizer.safetensors")).unwrap();
+        typeformer::io::load_vectors::<f32>(&checkpoint.path("optimizer.safetensors")).unwrap();
     metadata.remove("typeformer.projection_weights");
     let vectors: Vec<_> = vectors.into_iter().collect();
-    let model = checkpoint.file("model.safetensors");
+    let model = checkpoint.path("model.safetensors");
     let copy_model = |path: &std::path::Path| {
         std::fs::copy(&model, path).map(|_| ()).map_err(|source| typeformer::Error::Io { path: path.into(), source })
     };

@@ -32,6 +32,10 @@ use typeformer::train::{
 
 const LM_NAME: &str = "lm-small";
 
+/// Settings of a language-model run that a resumed run may change, with their flags.
+const SETTINGS: &[(&str, &str)] =
+    &[("batch_size", "--batch-size"), ("context", "--context"), ("warmup", "--warmup"), ("lr_factor", "--lr-factor")];
+
 /// The exit status of a run stopped by Ctrl-C, as shells report a process ended by SIGINT.
 const INTERRUPTED: i32 = 130;
 
@@ -164,7 +168,7 @@ struct EvaluateArgs {
     beam_width: usize,
     /// Length penalty α of beam search: scores are log-probability / ((5 + len) / 6)^α.
     /// 0 compares raw log-probabilities (which favour short outputs), 1 about per-token averages.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 1.0)]
     length_penalty: f64,
 }
 
@@ -242,10 +246,10 @@ struct TrainLmArgs {
     #[arg(long, default_value_t = 200)]
     warmup: usize,
     /// Scale of the learning-rate schedule.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 1.0)]
     lr_factor: f64,
     /// Dropout probability everywhere.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 0.0)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 0.0)]
     dropout: f64,
     /// Measure validation loss every this many steps.
     #[arg(long, default_value_t = 100)]
@@ -283,13 +287,13 @@ struct GenerateArgs {
     #[arg(long, default_value_t = 100)]
     max_new_tokens: usize,
     /// Sampling temperature; 0 is greedy.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 0.8)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 0.8)]
     temperature: f64,
     /// Sample among the k most likely tokens only.
     #[arg(long)]
     top_k: Option<usize>,
     /// Sample among the most likely tokens whose probabilities sum to p.
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_hyphen_values = true)]
     top_p: Option<f64>,
     /// Seed of the sampler.
     #[arg(long, default_value_t = 0)]
@@ -377,20 +381,20 @@ struct TrainArgs {
     #[arg(long, default_value_t = TrainConfig::default().warmup)]
     warmup: usize,
     /// Scale of the learning-rate schedule (lr = factor * d^-0.5 * min(step^-0.5, step * warmup^-1.5)).
-    #[arg(long, allow_negative_numbers = true, default_value_t = TrainConfig::default().lr_factor)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = TrainConfig::default().lr_factor)]
     lr_factor: f64,
     /// Fraction of the steps, at the end, over which the learning rate falls linearly towards
     /// zero (0: the paper's schedule to the last step).
-    #[arg(long, allow_negative_numbers = true, default_value_t = TrainConfig::default().cooldown)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = TrainConfig::default().cooldown)]
     cooldown: f64,
     /// Label smoothing (0.1 in the paper).
-    #[arg(long, allow_negative_numbers = true, default_value_t = TrainConfig::default().label_smoothing)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = TrainConfig::default().label_smoothing)]
     label_smoothing: f64,
     /// Dropout probability everywhere.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 0.0)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 0.0)]
     dropout: f64,
     /// Clip gradients to this global norm (0 disables clipping).
-    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 1.0)]
     clip_norm: f64,
     /// Held-out sequences for evaluation.
     #[arg(long, default_value_t = 1000)]
@@ -410,11 +414,20 @@ struct TrainArgs {
     beam_width: usize,
     /// Length penalty α of beam search: scores are log-probability / ((5 + len) / 6)^α.
     /// 0 compares raw log-probabilities (which favour short outputs), 1 about per-token averages.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 1.0)]
     length_penalty: f64,
     /// Replace the model --out holds (it stays until the new one is complete).
     #[arg(long)]
     force: bool,
+}
+
+/// `--length-penalty` is refused when it is not a number, whether or not beam search runs.
+fn length_penalty(alpha: f64) -> typeformer::Result<()> {
+    if alpha.is_finite() {
+        Ok(())
+    } else {
+        Err(typeformer::Error::InvalidConfig(format!("--length-penalty must be a finite number, got {alpha}")))
+    }
 }
 
 /// `--clip-norm`: 0 turns clipping off; anything else must be a positive number.
@@ -471,6 +484,7 @@ fn train(args: &TrainArgs) -> typeformer::Result<()> {
 }
 
 fn train_on<Dev: Device<f32>>(dev: &Dev, args: &TrainArgs) -> typeformer::Result<()> {
+    length_penalty(args.length_penalty)?;
     let task = args.task.task();
     let run = TaskRun {
         spec: TaskSpec { task, symbols: args.symbols, min_len: args.min_len, max_len: args.max_len },
@@ -618,15 +632,17 @@ fn embed_on<Dev: Device<f32>>(dev: &Dev, args: &EmbedArgs) -> typeformer::Result
     if args.batch_size == 0 {
         return Err(typeformer::Error::InvalidConfig("--batch-size must be at least 1".into()));
     }
-    // One layer's activations at a time, for texts of up to 512 tokens.
-    let per_text = 512 * training_bytes_per_token(config.d_model, config.d_ff, config.heads, 1, 512, 0, 4);
-    check_memory("--batch-size", args.batch_size, per_text)?;
     // Checkpoints of BertForMaskedLM have no pooler, which sentence embeddings do not use.
     let weights = args.model.join("model.safetensors");
     let has_pooler = typeformer::io::tensor_names(&weights)?.iter().any(|n| n.ends_with("pooler.dense.weight"));
     macro_rules! embed_as {
         ($ty:ty) => {{
             let encoder = SentenceEncoder::<$ty>::load(&args.model, dev)?;
+            // Inference keeps about one layer's activations (half a training step's) for texts
+            // of up to the tokenizer's length.
+            let len = encoder.tokenizer.max_len();
+            let per_token = training_bytes_per_token(config.d_model, config.d_ff, config.heads, 1, len, 0, 4) / 2;
+            check_memory("--batch-size", args.batch_size, len as u64 * per_token)?;
             if !encoder.unused.is_empty() {
                 eprintln!(
                     "note: {} tensors of {} are not part of the encoder and were skipped: {}",
@@ -740,6 +756,7 @@ macro_rules! with_task_model {
 }
 
 fn evaluate_on<Dev: Device<f32>>(dev: &Dev, args: &EvaluateArgs) -> typeformer::Result<()> {
+    length_penalty(args.length_penalty)?;
     let beam = (args.beam_width > 0).then_some(BeamConfig {
         width: args.beam_width,
         length_penalty: args.length_penalty,
@@ -965,13 +982,25 @@ fn train_lm_on<Dev: Device<f32>>(dev: &Dev, args: &TrainLmArgs) -> typeformer::R
         }
         (None, None) => unreachable!("clap requires --data or --task"),
     };
-    let metadata = std::collections::HashMap::from([
+    let mut metadata = std::collections::HashMap::from([
         ("format".to_string(), "typeformer".to_string()),
         ("model".to_string(), LM_NAME.to_string()),
         ("data".to_string(), source.describe()),
         ("seed".to_string(), args.seed.to_string()),
+        ("batch_size".to_string(), args.batch_size.to_string()),
+        ("context".to_string(), args.context.to_string()),
+        ("warmup".to_string(), args.warmup.to_string()),
+        ("lr_factor".to_string(), args.lr_factor.to_string()),
     ]);
-    let existing = Checkpoint::latest(lock.dir())?;
+    if let LmSource::Addition(task) = &source {
+        // The held-out problems are kept out of training: another count is other data.
+        metadata.insert("held_out".to_string(), task.held_out().len().to_string());
+    }
+    // With --force, even a run directory whose record cannot be read is replaced.
+    let existing = match Checkpoint::latest(lock.dir()) {
+        Err(_) if args.force => None,
+        other => other?,
+    };
     let mut run = if args.resume {
         if existing.is_none() {
             return Err(typeformer::Error::InvalidConfig(format!(
@@ -980,19 +1009,40 @@ fn train_lm_on<Dev: Device<f32>>(dev: &Dev, args: &TrainLmArgs) -> typeformer::R
             )));
         }
         let resume = load_lm_checkpoint::<LmSmall<f32, Dev>, f32, Dev>(lock.dir(), dev, LM_NAME, cfg.adam)?;
-        for key in ["data", "seed"] {
-            if resume.metadata.get(key) != metadata.get(key) {
+        for key in ["data", "seed", "held_out"] {
+            // (Checkpoints from before the held-out count was recorded have none to compare.)
+            let unrecorded = key == "held_out" && !resume.metadata.contains_key(key);
+            if resume.metadata.get(key) != metadata.get(key) && !unrecorded {
+                let flag = if key == "held_out" { "--eval-size" } else { key };
                 return Err(typeformer::Error::InvalidConfig(format!(
-                    "--resume needs the run's own {key}: the checkpoint has `{}`, this command gives `{}`",
+                    "--resume needs the run's own {flag}: the checkpoint has `{}`, this command gives `{}`",
                     resume.metadata.get(key).map_or("nothing", String::as_str),
-                    metadata[key]
+                    metadata.get(key).map_or("nothing", String::as_str)
                 )));
+            }
+        }
+        let step = resume.run.opt.step;
+        if args.steps <= step {
+            return Err(typeformer::Error::InvalidConfig(format!(
+                "--steps {}: the checkpoint is already at step {step}; give more steps to continue it",
+                args.steps
+            )));
+        }
+        // Other settings may change, but then the run is no longer the one it would have been.
+        for (key, flag) in SETTINGS {
+            if let (Some(saved), Some(now)) = (resume.metadata.get(*key), metadata.get(*key)) {
+                if saved != now {
+                    eprintln!(
+                        "note: {flag} {now} differs from the run's {saved}: the resumed run will not equal an \
+                         uninterrupted one"
+                    );
+                }
             }
         }
         for warning in &resume.warnings {
             eprintln!("warning: {warning}");
         }
-        eprintln!("resuming {} at step {}", args.out.display(), resume.run.opt.step);
+        eprintln!("resuming {} at step {step}", args.out.display());
         resume.run
     } else {
         if let (Some(existing), false) = (existing, args.force) {

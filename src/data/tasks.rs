@@ -168,7 +168,7 @@ impl TaskSpec {
         if self.symbols < 2 {
             return Err(Error::InvalidConfig(format!("--symbols must be at least 2, got {}", self.symbols)));
         }
-        if FIRST_SYMBOL + self.symbols > vocab {
+        if self.symbols > vocab.saturating_sub(FIRST_SYMBOL) {
             return Err(Error::InvalidConfig(format!(
                 "--symbols {} does not fit the model's vocabulary of {vocab} tokens ({FIRST_SYMBOL} are reserved): at most {}",
                 self.symbols,
@@ -182,12 +182,12 @@ impl TaskSpec {
             )));
         }
         // The decoder reads BOS plus the target and predicts one more token.
-        if self.max_len + 1 > positions {
+        if self.max_len >= positions {
             return Err(Error::InvalidConfig(format!(
                 "--max-len {} needs {} positions but the model has {positions}: at most {}",
                 self.max_len,
-                self.max_len + 1,
-                positions - 1
+                self.max_len as u128 + 1,
+                positions.saturating_sub(1)
             )));
         }
         Ok(())
@@ -262,7 +262,7 @@ impl TaskData {
     /// Bytes one held-out example takes at most (its source and target, and the source again in
     /// the set that keeps training away from it), for checking an evaluation size up front.
     pub fn bytes_per_held_out(spec: &TaskSpec) -> u64 {
-        (3 * (24 + 8 * spec.max_len) + 48) as u64
+        (spec.max_len as u64).saturating_mul(24).saturating_add(120)
     }
 
     /// The evaluation examples.
@@ -270,13 +270,14 @@ impl TaskData {
         &self.held_out
     }
 
-    /// A fingerprint of the held-out sources (FNV-1a over their ids), recorded with a run so
-    /// that evaluating it later can tell that the same set was rebuilt: edited metadata, or a
-    /// typeformer that draws held-out sets differently, would give another.
+    /// A fingerprint of the held-out examples (FNV-1a over the ids of their sources and
+    /// targets), recorded with a run so that evaluating it later can tell that the same set was
+    /// rebuilt: edited metadata (another task, lengths, symbols, seed), or a typeformer that
+    /// draws held-out sets differently, would give another.
     pub fn held_out_digest(&self) -> String {
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
         for e in &self.held_out {
-            for &id in e.source.iter().chain([&usize::MAX]) {
+            for &id in e.source.iter().chain([&usize::MAX]).chain(&e.target).chain([&usize::MAX]) {
                 for byte in (id as u64).to_le_bytes() {
                     hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
                 }

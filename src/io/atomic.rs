@@ -11,6 +11,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name =
         path.file_name().ok_or_else(|| Error::InvalidConfig(format!("{} is not a file path", path.display())))?;
     let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    if !dir.is_dir() {
+        return Err(Error::BadFile {
+            path: path.into(),
+            reason: format!("cannot write it: the directory {} does not exist", dir.display()),
+        });
+    }
     let result = (|| {
         let mut file = std::fs::File::create(&tmp).map_err(Error::io(&tmp))?;
         file.write_all(bytes).map_err(Error::io(&tmp))?;

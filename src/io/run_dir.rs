@@ -4,33 +4,45 @@
 //! ```text
 //! DIR/
 //!   checkpoint.json        the commit record: which step directory holds the checkpoint
-//!   step-000200/           the checkpoint: model.safetensors, optimizer.safetensors, loss.csv, ...
+//!   step-000400/           the checkpoint: model.safetensors, optimizer.safetensors, loss.csv, ...
+//!   step-000200/           the one before, kept for readers that opened it just before a commit
 //!   .lock                  held (an OS file lock) while a run writes here
 //! ```
 //!
 //! A checkpoint is written into a staging directory, synced, renamed to its step directory, and
 //! only then named in `checkpoint.json`, which is replaced atomically: that rename is the commit.
-//! Until it happens the previous checkpoint stays the committed one, whole; after it the previous
-//! step directory is removed. Whatever an interrupted commit leaves (a staging directory, a step
-//! directory nobody names, a temporary record) is removed by the next run that takes the lock,
-//! and ignored by readers meanwhile. Run directories written before this layout (the files at
-//! the top level) are still read.
+//! Until it happens the previous checkpoint stays the committed one, whole. The record holds each
+//! file's size and CRC-32, so a truncated or altered file is found when it is opened. The
+//! checkpoint before the previous one is removed after the commit; whatever an interrupted commit
+//! left (a staging directory, a step directory no record names, a temporary record) is removed by
+//! the next run that takes the lock, and ignored by readers. Step directories are removed only
+//! when a valid record names others: without one, nothing is deleted. Run directories written
+//! before this layout (the files at the top level) are still read.
 
 use crate::error::{Error, Result};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-
-/// Writes one file of a checkpoint at the path it is given.
-pub type FileWriter<'a> = &'a dyn Fn(&Path) -> Result<()>;
 
 /// The commit record's file name.
 pub const COMMIT_RECORD: &str = "checkpoint.json";
 const LOCK: &str = ".lock";
 const STAGING_PREFIX: &str = ".staging-";
 const FORMAT: &str = "typeformer-checkpoint";
+
+/// Writes one file of a checkpoint at the path it is given.
+pub type FileWriter<'a> = &'a dyn Fn(&Path) -> Result<()>;
+
+/// What the record says of one committed file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommittedFile {
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// The CRC-32 (IEEE) of its contents.
+    pub crc32: u32,
+}
 
 /// A committed checkpoint: the directory that holds its files, and the step it is at.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,28 +51,31 @@ pub struct Checkpoint {
     pub run_dir: PathBuf,
     /// The directory of the checkpoint's files (the run directory itself for the old layout).
     pub dir: PathBuf,
-    /// Training steps done when it was written.
+    /// Training steps done when it was written (0 for the old layout, whose files say it).
     pub step: usize,
-    /// Its files and their sizes in bytes, as committed (empty for the old layout).
-    pub files: BTreeMap<String, u64>,
+    /// Its files, as committed (empty for the old layout).
+    pub files: BTreeMap<String, CommittedFile>,
+    /// The step directory of the checkpoint before this one, kept until the next commit.
+    pub previous: Option<String>,
 }
 
 impl Checkpoint {
     /// The committed checkpoint of the run directory `run_dir`, or `None` when it holds none.
     /// Reading needs no lock: a commit replaces the record atomically, so a reader sees the old
-    /// checkpoint or the new one. Errors: an unreadable or malformed record, or a committed file
-    /// that is missing or of another size than was committed (a truncated copy).
+    /// checkpoint or the new one, and the old one stays until the commit after. Errors: an
+    /// unreadable or malformed record.
     pub fn latest(run_dir: &Path) -> Result<Option<Self>> {
         let record = run_dir.join(COMMIT_RECORD);
         let text = match std::fs::read_to_string(&record) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 // The layout before commit records: the files at the top level.
-                return Ok(run_dir.join("model.safetensors").exists().then(|| Checkpoint {
+                return Ok(run_dir.join("model.safetensors").is_file().then(|| Checkpoint {
                     run_dir: run_dir.into(),
                     dir: run_dir.into(),
                     step: 0,
                     files: BTreeMap::new(),
+                    previous: None,
                 }));
             }
             Err(e) => return Err(Error::Io { path: record, source: e }),
@@ -70,42 +85,78 @@ impl Checkpoint {
         if json.get("format").and_then(Value::as_str) != Some(FORMAT) {
             return Err(bad(format!("not a commit record: no \"format\": \"{FORMAT}\"")));
         }
-        let step = json.get("step").and_then(Value::as_u64).ok_or_else(|| bad("no step".into()))? as usize;
-        let name = json.get("dir").and_then(Value::as_str).ok_or_else(|| bad("no dir".into()))?;
-        if !is_step_dir_name(name) {
-            return Err(bad(format!("`{name}` is not a step directory of this run")));
-        }
+        let step = json.get("step").and_then(Value::as_u64).ok_or_else(|| bad("no step".into()))?;
+        let step = usize::try_from(step).map_err(|_| bad(format!("step {step} is too large")))?;
+        let step_dir = |key: &str| -> Result<Option<String>> {
+            match json.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(name)) if is_step_dir_name(name) => Ok(Some(name.clone())),
+                Some(other) => Err(bad(format!("{key} {other} is not a step directory of this run"))),
+            }
+        };
+        let name = step_dir("dir")?.ok_or_else(|| bad("no dir".into()))?;
+        let previous = step_dir("previous")?;
         let mut files = BTreeMap::new();
-        for (file, size) in json.get("files").and_then(Value::as_object).ok_or_else(|| bad("no files".into()))? {
-            let size = size.as_u64().ok_or_else(|| bad(format!("no size for {file}")))?;
-            if file.contains(['/', '\\']) || file.starts_with('.') {
+        for (file, entry) in json.get("files").and_then(Value::as_object).ok_or_else(|| bad("no files".into()))? {
+            if file.contains(['/', '\\']) || file.starts_with('.') || file.is_empty() {
                 return Err(bad(format!("`{file}` is not a file name")));
             }
-            files.insert(file.clone(), size);
+            let bytes = entry.get("bytes").and_then(Value::as_u64);
+            let crc32 = entry.get("crc32").and_then(Value::as_str).and_then(|h| u32::from_str_radix(h, 16).ok());
+            let (Some(bytes), Some(crc32)) = (bytes, crc32) else {
+                return Err(bad(format!("no size and checksum for {file}")));
+            };
+            files.insert(file.clone(), CommittedFile { bytes, crc32 });
         }
-        let checkpoint = Checkpoint { run_dir: run_dir.into(), dir: run_dir.join(name), step, files };
-        for (file, &size) in &checkpoint.files {
-            let path = checkpoint.dir.join(file);
-            let found = std::fs::metadata(&path).map_err(Error::io(&path))?.len();
-            if found != size {
-                return Err(Error::BadFile {
-                    path,
-                    reason: format!("the checkpoint of step {step} committed {size} bytes, the file has {found}"),
-                });
-            }
-        }
-        Ok(Some(checkpoint))
+        Ok(Some(Checkpoint { run_dir: run_dir.into(), dir: run_dir.join(name), step, files, previous }))
     }
 
-    /// The path of one of the checkpoint's files.
-    pub fn file(&self, name: &str) -> PathBuf {
+    /// The path of the checkpoint's file `name`, after checking that it is the file committed:
+    /// present, of the committed size and checksum (for the old layout: present).
+    pub fn file(&self, name: &str) -> Result<PathBuf> {
+        let path = self.path(name);
+        if self.files.is_empty() {
+            return if path.is_file() {
+                Ok(path)
+            } else {
+                Err(Error::BadFile { path, reason: "missing from the run directory".into() })
+            };
+        }
+        let bad = |reason: String| Error::BadFile { path: path.clone(), reason };
+        let committed =
+            self.files.get(name).ok_or_else(|| bad(format!("not part of the checkpoint of step {}", self.step)))?;
+        let (bytes, crc32) = match file_crc32(&path) {
+            Ok(found) => found,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(bad(format!("missing: the checkpoint of step {} committed it", self.step)))
+            }
+            Err(e) => return Err(Error::Io { path: path.clone(), source: e }),
+        };
+        if bytes != committed.bytes {
+            return Err(bad(format!(
+                "the checkpoint of step {} committed {} bytes, the file has {bytes} (truncated or replaced)",
+                self.step, committed.bytes
+            )));
+        }
+        if crc32 != committed.crc32 {
+            return Err(bad(format!(
+                "its contents changed since the checkpoint of step {} was committed (CRC-32 {crc32:08x}, committed \
+                 {:08x})",
+                self.step, committed.crc32
+            )));
+        }
+        Ok(path)
+    }
+
+    /// The path of the checkpoint's file `name`, unchecked (to show it).
+    pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
 
     /// True when the checkpoint has `name` (for the old layout: when the file exists).
     pub fn has(&self, name: &str) -> bool {
         if self.files.is_empty() {
-            self.file(name).exists()
+            self.path(name).is_file()
         } else {
             self.files.contains_key(name)
         }
@@ -120,19 +171,43 @@ pub fn latest_checkpoint(run_dir: &Path) -> Result<Checkpoint> {
     })
 }
 
+/// Runs `read` on the committed checkpoint of `run_dir`; when the checkpoint it read was
+/// retired by commits in the meantime (a file vanished under a concurrent run), reads the new
+/// record and tries again.
+pub fn read_latest<T>(run_dir: &Path, mut read: impl FnMut(&Checkpoint) -> Result<T>) -> Result<T> {
+    let mut attempts = 0;
+    loop {
+        let checkpoint = latest_checkpoint(run_dir)?;
+        match read(&checkpoint) {
+            Err(e) if attempts < 3 && !checkpoint.dir.exists() => {
+                attempts += 1;
+                drop(e);
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Ownership of a run directory: while it lives, this process alone writes checkpoints there.
 ///
 /// The lock is an OS file lock on `DIR/.lock`, released when the process ends however it ends;
-/// a second run on the same directory gets [`Error::Busy`].
+/// a second run on the same directory gets [`Error::Busy`]. A directory this lock created that
+/// holds nothing but the lock when it is dropped (the run failed before its first checkpoint)
+/// is removed.
 #[derive(Debug)]
 pub struct RunLock {
     dir: PathBuf,
+    created: bool,
     _lock: File,
 }
 
 impl RunLock {
     /// Creates `dir` if needed, takes its lock, and removes what interrupted commits left there.
     pub fn acquire(dir: &Path) -> Result<Self> {
+        if dir.exists() && !dir.is_dir() {
+            return Err(Error::BadFile { path: dir.into(), reason: "a file, where a run directory is needed".into() });
+        }
+        let created = !dir.exists();
         std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
         let path = dir.join(LOCK);
         let mut file = std::fs::OpenOptions::new()
@@ -156,7 +231,7 @@ impl RunLock {
         }
         // For the message a second run prints; the lock itself is what counts.
         let _ = file.set_len(0).and_then(|()| write!(file, "{}", std::process::id()));
-        let lock = Self { dir: dir.into(), _lock: file };
+        let lock = Self { dir: dir.into(), created, _lock: file };
         lock.remove_leftovers()?;
         Ok(lock)
     }
@@ -169,69 +244,90 @@ impl RunLock {
     /// Writes a checkpoint of `step` and commits it: each `(name, write)` writes the file
     /// `name` at the path it is given, into a staging directory; then the staging directory
     /// becomes the step directory and the commit record names it. Returns the new checkpoint.
-    /// On an error nothing is committed and the previous checkpoint stays as it was.
+    /// On an error nothing is committed, what was written is removed, and the previous
+    /// checkpoint stays as it was.
     pub fn commit(&self, step: usize, files: &[(&str, FileWriter)]) -> Result<Checkpoint> {
-        let previous = Checkpoint::latest(&self.dir).ok().flatten();
+        // An unreadable record names nothing to keep (and is replaced by this commit).
+        let latest = Checkpoint::latest(&self.dir).ok().flatten();
+        let old_layout = latest.as_ref().is_some_and(|c| c.dir == self.dir);
+        let previous = latest.filter(|c| c.dir != self.dir);
         let staging = self.dir.join(format!("{STAGING_PREFIX}{}", step_dir_name(step)));
-        remove_path(&staging)?;
-        std::fs::create_dir(&staging).map_err(Error::io(&staging))?;
-        let mut sizes = BTreeMap::new();
-        for (name, write) in files {
-            let path = staging.join(name);
-            write(&path)?;
-            crash_point(&format!("wrote {name}"), step);
-            let file = File::open(&path).map_err(Error::io(&path))?;
-            file.sync_all().map_err(Error::io(&path))?;
-            sizes.insert(name.to_string(), file.metadata().map_err(Error::io(&path))?.len());
-        }
-        sync_dir(&staging)?;
-        // A step directory of this step may exist already (a run replaced with --force, or the
-        // same step committed again): the new one takes the next free name.
         let name = (0..)
             .map(|k| if k == 0 { step_dir_name(step) } else { format!("{}.{k}", step_dir_name(step)) })
             .find(|n| !self.dir.join(n).exists())
             .expect("a free name");
         let final_dir = self.dir.join(&name);
-        std::fs::rename(&staging, &final_dir).map_err(Error::io(&final_dir))?;
-        sync_dir(&self.dir)?;
-        crash_point("renamed", step);
-        let record = json!({ "format": FORMAT, "step": step, "dir": name, "files": sizes });
-        let tmp = self.dir.join(format!(".{COMMIT_RECORD}.tmp-{}", std::process::id()));
-        {
-            let mut file = File::create(&tmp).map_err(Error::io(&tmp))?;
-            file.write_all(format!("{record:#}\n").as_bytes()).map_err(Error::io(&tmp))?;
-            file.sync_all().map_err(Error::io(&tmp))?;
+        let record_tmp = self.dir.join(format!(".{COMMIT_RECORD}.tmp-{}", std::process::id()));
+        let written = (|| {
+            remove_path(&staging)?;
+            std::fs::create_dir(&staging).map_err(Error::io(&staging))?;
+            let mut committed = BTreeMap::new();
+            for (file, write) in files {
+                let path = staging.join(file);
+                write(&path)?;
+                crash_point(&format!("wrote {file}"), step);
+                File::open(&path).and_then(|f| f.sync_all()).map_err(Error::io(&path))?;
+                let (bytes, crc32) = file_crc32(&path).map_err(Error::io(&path))?;
+                committed.insert(file.to_string(), json!({ "bytes": bytes, "crc32": format!("{crc32:08x}") }));
+            }
+            sync_dir(&staging)?;
+            std::fs::rename(&staging, &final_dir).map_err(Error::io(&final_dir))?;
+            sync_dir(&self.dir)?;
+            crash_point("renamed", step);
+            let previous_name = previous.as_ref().map(|p| p.dir.file_name().expect("a step directory"));
+            let record = json!({
+                "format": FORMAT,
+                "step": step,
+                "dir": name,
+                "previous": previous_name.map(|n| n.to_string_lossy().into_owned()),
+                "files": committed,
+            });
+            let mut file = File::create(&record_tmp).map_err(Error::io(&record_tmp))?;
+            file.write_all(format!("{record:#}\n").as_bytes()).map_err(Error::io(&record_tmp))?;
+            file.sync_all().map_err(Error::io(&record_tmp))?;
+            crash_point("wrote the record", step);
+            let record_path = self.dir.join(COMMIT_RECORD);
+            std::fs::rename(&record_tmp, &record_path).map_err(Error::io(&record_path))?;
+            sync_dir(&self.dir)
+        })();
+        if let Err(e) = written {
+            for path in [&staging, &final_dir, &record_tmp] {
+                let _ = remove_path(path);
+            }
+            return Err(e);
         }
-        crash_point("wrote the record", step);
-        let record_path = self.dir.join(COMMIT_RECORD);
-        std::fs::rename(&tmp, &record_path).map_err(Error::io(&record_path))?;
-        sync_dir(&self.dir)?;
         crash_point("committed", step);
-        let committed = Checkpoint { run_dir: self.dir.clone(), dir: final_dir, step, files: sizes };
-        if let Some(previous) = previous {
-            self.retire(&previous)?;
+        let committed = latest_checkpoint(&self.dir)?;
+        // The checkpoint before the previous one: no reader of the record can still want it.
+        if let Some(older) = previous.as_ref().and_then(|p| p.previous.as_ref()) {
+            remove_path(&self.dir.join(older))?;
         }
-        crash_point("removed the previous checkpoint", step);
+        if old_layout {
+            // An old-layout checkpoint is superseded by the first commit record.
+            self.retire_old_layout()?;
+        }
+        crash_point("removed an older checkpoint", step);
         Ok(committed)
     }
 
-    /// Removes a checkpoint that a newer commit replaced: its step directory, or for the old
-    /// layout its top-level files.
-    fn retire(&self, previous: &Checkpoint) -> Result<()> {
-        if previous.dir == self.dir {
-            for name in ["model.safetensors", "optimizer.safetensors", "loss.csv"] {
-                remove_path(&self.dir.join(name))?;
-            }
-            Ok(())
-        } else {
-            remove_path(&previous.dir)
+    /// Removes the top-level files of a run directory of the old layout.
+    fn retire_old_layout(&self) -> Result<()> {
+        for name in ["model.safetensors", "optimizer.safetensors", "loss.csv"] {
+            remove_path(&self.dir.join(name))?;
         }
+        Ok(())
     }
 
-    /// Removes staging directories, step directories the commit record does not name, and
-    /// temporary files: what a commit interrupted before or after its record left.
+    /// Removes what an interrupted commit left: staging directories and temporary files always;
+    /// step directories only when a valid record names the ones to keep (the committed one and
+    /// its previous). Without a valid record nothing of a checkpoint is deleted.
     fn remove_leftovers(&self) -> Result<()> {
-        let committed = Checkpoint::latest(&self.dir)?.map(|c| c.dir);
+        let keep: Option<Vec<PathBuf>> = match Checkpoint::latest(&self.dir) {
+            Ok(Some(c)) if c.dir != self.dir => {
+                Some(std::iter::once(c.dir).chain(c.previous.map(|p| self.dir.join(p))).collect())
+            }
+            _ => None,
+        };
         let entries = std::fs::read_dir(&self.dir).map_err(Error::io(&self.dir))?;
         for entry in entries {
             let entry = entry.map_err(Error::io(&self.dir))?;
@@ -239,12 +335,26 @@ impl RunLock {
             let path = entry.path();
             let stale = name.starts_with(STAGING_PREFIX)
                 || (name.starts_with('.') && name.contains(".tmp-"))
-                || (is_step_dir_name(&name) && committed.as_ref() != Some(&path));
+                || (is_step_dir_name(&name) && keep.as_ref().is_some_and(|keep| !keep.contains(&path)));
             if stale {
                 remove_path(&path)?;
             }
         }
         Ok(())
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        // A run that created its directory and failed before writing anything leaves nothing.
+        if self.created {
+            let only_the_lock = std::fs::read_dir(&self.dir)
+                .map(|entries| entries.filter_map(|e| e.ok()).all(|e| e.file_name() == LOCK))
+                .unwrap_or(false);
+            if only_the_lock {
+                let _ = std::fs::remove_dir_all(&self.dir);
+            }
+        }
     }
 }
 
@@ -257,8 +367,27 @@ fn step_dir_name(step: usize) -> String {
 fn is_step_dir_name(name: &str) -> bool {
     name.strip_prefix("step-").is_some_and(|rest| {
         let (step, k) = rest.split_once('.').unwrap_or((rest, "0"));
-        !step.is_empty() && step.bytes().all(|b| b.is_ascii_digit()) && k.bytes().all(|b| b.is_ascii_digit())
+        !step.is_empty()
+            && step.bytes().all(|b| b.is_ascii_digit())
+            && !k.is_empty()
+            && k.bytes().all(|b| b.is_ascii_digit())
     })
+}
+
+/// The size and CRC-32 of the file at `path`.
+fn file_crc32(path: &Path) -> std::io::Result<(u64, u32)> {
+    let mut file = File::open(path)?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buffer = vec![0; 1 << 16];
+    let mut bytes = 0u64;
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            return Ok((bytes, hasher.finalize()));
+        }
+        hasher.update(&buffer[..n]);
+        bytes += n as u64;
+    }
 }
 
 fn remove_path(path: &Path) -> Result<()> {
@@ -289,7 +418,7 @@ fn crash_point(point: &str, step: usize) {
 #[doc(hidden)]
 pub fn crash_points(files: &[&str]) -> Vec<String> {
     let mut points: Vec<String> = files.iter().map(|f| format!("wrote {f}")).collect();
-    points.extend(["renamed", "wrote the record", "committed", "removed the previous checkpoint"].map(String::from));
+    points.extend(["renamed", "wrote the record", "committed", "removed an older checkpoint"].map(String::from));
     points
 }
 
@@ -307,55 +436,99 @@ mod tests {
         move |path| std::fs::write(path, content).map_err(Error::io(path))
     }
 
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    }
+
     #[test]
-    fn a_commit_replaces_the_previous_checkpoint_and_leaves_nothing_else() {
+    fn a_commit_keeps_the_previous_checkpoint_and_removes_the_one_before() {
         let dir = temp("commit");
         let lock = RunLock::acquire(&dir).unwrap();
         assert_eq!(Checkpoint::latest(&dir).unwrap(), None);
         let first = lock.commit(2, &[("a.txt", &text("one")), ("b.txt", &text("two"))]).unwrap();
         assert_eq!(Checkpoint::latest(&dir).unwrap().as_ref(), Some(&first));
         let second = lock.commit(4, &[("a.txt", &text("three"))]).unwrap();
-        assert_eq!(second.step, 4);
-        assert_eq!(std::fs::read_to_string(second.file("a.txt")).unwrap(), "three");
-        assert!(!first.dir.exists(), "the replaced checkpoint is removed");
-        let mut names: Vec<String> =
-            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-        names.sort();
-        assert_eq!(names, [".lock", "checkpoint.json", "step-000004"]);
+        assert_eq!((second.step, second.previous.as_deref()), (4, Some("step-000002")));
+        assert_eq!(std::fs::read_to_string(second.file("a.txt").unwrap()).unwrap(), "three");
+        assert!(first.dir.exists(), "a reader of the previous record can still open its files");
+        let third = lock.commit(6, &[("a.txt", &text("four"))]).unwrap();
+        assert!(!first.dir.exists() && second.dir.exists());
+        assert_eq!(names(&dir), [".lock", "checkpoint.json", "step-000004", "step-000006"]);
         // The same step again takes the next name.
-        let again = lock.commit(4, &[("a.txt", &text("four"))]).unwrap();
-        assert!(again.dir.ends_with("step-000004.1"), "{:?}", again.dir);
-        assert!(!second.dir.exists());
+        let again = lock.commit(6, &[("a.txt", &text("five"))]).unwrap();
+        assert!(again.dir.ends_with("step-000006.1"), "{:?}", again.dir);
+        assert!(third.dir.exists() && !second.dir.exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
-    fn a_failed_write_commits_nothing_and_a_second_owner_is_refused() {
+    fn a_failed_write_commits_nothing_leaves_nothing_and_a_second_owner_is_refused() {
         let dir = temp("fail");
         let lock = RunLock::acquire(&dir).unwrap();
         let first = lock.commit(1, &[("a.txt", &text("one"))]).unwrap();
         let fail = |_: &Path| Err(Error::InvalidConfig("disk full".into()));
         assert!(lock.commit(2, &[("a.txt", &text("two")), ("b.txt", &fail)]).is_err());
         assert_eq!(Checkpoint::latest(&dir).unwrap().as_ref(), Some(&first));
+        assert_eq!(names(&dir), [".lock", "checkpoint.json", "step-000001"]);
         let err = RunLock::acquire(&dir).unwrap_err().to_string();
         assert!(err.contains(&format!("process {}", std::process::id())), "{err}");
         drop(lock);
-        // The next owner removes the staging directory the failed commit left.
-        let _lock = RunLock::acquire(&dir).unwrap();
-        let names: Vec<String> =
-            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-        assert!(!names.iter().any(|n| n.starts_with(STAGING_PREFIX)), "{names:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
-    fn a_truncated_or_forged_record_is_an_error() {
+    fn a_run_that_fails_before_its_first_checkpoint_leaves_no_directory() {
+        let dir = temp("abandoned");
+        drop(RunLock::acquire(&dir).unwrap());
+        assert!(!dir.exists());
+        // A directory that was there before stays.
+        std::fs::create_dir_all(&dir).unwrap();
+        drop(RunLock::acquire(&dir).unwrap());
+        assert!(dir.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn step_directories_are_removed_only_when_a_valid_record_names_others() {
+        let dir = temp("keep");
+        let lock = RunLock::acquire(&dir).unwrap();
+        lock.commit(2, &[("a.txt", &text("one"))]).unwrap();
+        std::fs::create_dir(dir.join("step-000009")).unwrap();
+        std::fs::create_dir(dir.join(".staging-step-000010")).unwrap();
+        drop(lock);
+        drop(RunLock::acquire(&dir).unwrap());
+        assert_eq!(names(&dir), [".lock", "checkpoint.json", "step-000002"]);
+        // No record (deleted by hand): the checkpoint's directory is not touched.
+        std::fs::remove_file(dir.join(COMMIT_RECORD)).unwrap();
+        drop(RunLock::acquire(&dir).unwrap());
+        assert_eq!(names(&dir), [".lock", "step-000002"]);
+        // A broken record: nothing is deleted, and a commit replaces the record.
+        std::fs::write(dir.join(COMMIT_RECORD), "{").unwrap();
+        let lock = RunLock::acquire(&dir).unwrap();
+        assert!(dir.join("step-000002").exists());
+        lock.commit(3, &[("a.txt", &text("new"))]).unwrap();
+        assert_eq!(Checkpoint::latest(&dir).unwrap().unwrap().step, 3);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_truncated_altered_or_forged_file_is_found_when_opened() {
         let dir = temp("record");
         let lock = RunLock::acquire(&dir).unwrap();
-        let c = lock.commit(3, &[("a.txt", &text("hello"))]).unwrap();
-        std::fs::write(c.file("a.txt"), "hel").unwrap();
-        let err = Checkpoint::latest(&dir).unwrap_err().to_string();
+        let c = lock.commit(3, &[("a.txt", &text("hello")), ("b.txt", &text("world"))]).unwrap();
+        std::fs::write(c.path("a.txt"), "hel").unwrap();
+        let err = c.file("a.txt").unwrap_err().to_string();
         assert!(err.contains("committed 5 bytes, the file has 3"), "{err}");
+        std::fs::write(c.path("a.txt"), "jello").unwrap();
+        let err = c.file("a.txt").unwrap_err().to_string();
+        assert!(err.contains("its contents changed since the checkpoint of step 3"), "{err}");
+        // The other file is unharmed.
+        assert!(c.file("b.txt").is_ok());
+        std::fs::remove_file(c.path("b.txt")).unwrap();
+        assert!(c.file("b.txt").unwrap_err().to_string().contains("missing"));
         let record = dir.join(COMMIT_RECORD);
         std::fs::write(
             &record,
@@ -374,5 +547,6 @@ mod tests {
         assert_eq!(step_dir_name(20), "step-000020");
         assert!(is_step_dir_name("step-000020") && is_step_dir_name("step-1234567.2"));
         assert!(!is_step_dir_name("step-") && !is_step_dir_name("step-1/..") && !is_step_dir_name(".staging-step-1"));
+        assert!(!is_step_dir_name("step-1."));
     }
 }

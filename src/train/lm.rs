@@ -12,8 +12,8 @@ use crate::data::{AdditionTask, LmSource, BYTE_VOCAB};
 use crate::error::{Error, Result};
 use crate::generate::{generate, GenerateConfig, Sampler, SamplingConfig};
 use crate::io::{
-    latest_checkpoint, load_checkpoint, parameter_shapes, read_curve_csv, read_metadata, save_checkpoint,
-    write_curve_csv, write_curve_png, Checkpoint, RunLock,
+    load_checkpoint, parameter_shapes, read_curve_csv, read_latest, read_metadata, save_checkpoint, write_curve_csv,
+    write_curve_png, Checkpoint, RunLock,
 };
 use crate::memory::check_memory;
 use crate::models::LanguageModel;
@@ -195,29 +195,31 @@ where
     E: FloatDtype,
     Dev: Device<E>,
 {
-    let checkpoint = latest_checkpoint(dir)?;
-    let model_path = checkpoint.file(MODEL_FILE);
-    let metadata = read_metadata(&model_path)?;
-    match metadata.get("model") {
-        Some(name) if name == model_name => {}
-        other => {
-            return Err(Error::CheckpointMismatch {
-                path: model_path,
-                problems: format!(
-                    "it holds a `{}` model, but a `{model_name}` language model was expected",
-                    other.map_or("unknown", String::as_str)
-                ),
-            })
+    read_latest(dir, |checkpoint| {
+        let model_path = checkpoint.file(MODEL_FILE)?;
+        let metadata = read_metadata(&model_path)?;
+        match metadata.get("model") {
+            Some(name) if name == model_name => {}
+            other => {
+                return Err(Error::CheckpointMismatch {
+                    path: model_path,
+                    problems: format!(
+                        "it holds a `{}` model, but a `{model_name}` language model was expected",
+                        other.map_or("unknown", String::as_str)
+                    ),
+                })
+            }
         }
-    }
-    let mut model = M::try_build(dev).map_err(|e| Error::Training(format!("cannot build the model: {e:?}")))?;
-    load_checkpoint(&mut model, &model_path)?;
-    Ok((model, metadata, checkpoint))
+        let mut model = M::try_build(dev).map_err(|e| Error::Training(format!("cannot build the model: {e:?}")))?;
+        load_checkpoint(&mut model, &model_path)?;
+        Ok((model, metadata, checkpoint.clone()))
+    })
 }
 
 /// Loads the checkpoint in the run directory `dir` (the model, its optimizer and its loss
 /// curve) to continue training it. Errors name what is wrong: no checkpoint, a checkpoint of
-/// another model, files from different steps, a bad file.
+/// another model, files from different steps, a bad file; a loss curve that cannot be read is
+/// a warning (the history is lost, the training is not).
 pub fn load_lm_checkpoint<M, E, Dev>(
     dir: &Path,
     dev: &Dev,
@@ -231,8 +233,12 @@ where
 {
     let (model, metadata, checkpoint) = load_lm_model::<M, E, Dev>(dir, dev, model_name)?;
     let sizes: Vec<usize> = parameter_shapes(&model)?.into_iter().map(|(_, s)| s.iter().product()).collect();
-    let opt = Adam::load(adam, &checkpoint.file(OPTIMIZER_FILE), dev, &sizes)?;
-    let step: usize = metadata.get("step").and_then(|s| s.parse().ok()).unwrap_or(usize::MAX);
+    let opt = Adam::load(adam, &checkpoint.file(OPTIMIZER_FILE)?, dev, &sizes)?;
+    let model_path = checkpoint.path(MODEL_FILE);
+    let step: usize = metadata.get("step").and_then(|s| s.parse().ok()).ok_or_else(|| Error::BadFile {
+        path: model_path.clone(),
+        reason: "no training step in its metadata: not a checkpoint of train-lm".into(),
+    })?;
     let committed = if checkpoint.files.is_empty() { step } else { checkpoint.step };
     if step != opt.step || step != committed {
         return Err(Error::CheckpointMismatch {
@@ -243,10 +249,9 @@ where
             ),
         });
     }
-    let curve = checkpoint.file(CURVE_FILE);
     let mut warnings = Vec::new();
     let mut logs = if checkpoint.has(CURVE_FILE) {
-        read_curve_csv(&curve).unwrap_or_else(|e| {
+        checkpoint.file(CURVE_FILE).and_then(|curve| read_curve_csv(&curve)).unwrap_or_else(|e| {
             warnings.push(format!("the loss curve cannot be read ({e}); the run continues without its history"));
             Vec::new()
         })

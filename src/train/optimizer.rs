@@ -138,6 +138,14 @@ impl<E: FloatDtype, Dev: Device<E>> Adam<E, Dev> {
                     if values.len() != n {
                         return Err(bad(format!("{name} has {} values, the model's tensor {i} has {n}", values.len())));
                     }
+                    // A second moment is a mean of squares: never negative.
+                    let bad_value = |v: &E| !v.is_finite() || (name.starts_with('v') && *v < E::zero());
+                    if let Some(at) = values.iter().position(bad_value) {
+                        return Err(bad(format!(
+                            "{name} holds {} at element {at}: the optimizer state is corrupt",
+                            values[at].to_f64().unwrap_or(f64::NAN)
+                        )));
+                    }
                     Ok(dev.tensor_from_vec(values.clone(), (n,)))
                 };
                 adam.moments.push((get(format!("m.{i}"))?, get(format!("v.{i}"))?));

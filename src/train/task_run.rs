@@ -6,8 +6,8 @@ use crate::data::{symbol_text, token_text, Example, TaskData, TaskSpec, BOS, EOS
 use crate::error::{Error, Result};
 use crate::generate::{check_beam_config, greedy_decode, BeamConfig};
 use crate::io::{
-    latest_checkpoint, load_checkpoint, save_checkpoint, write_curve_csv, write_curve_png, write_heatmaps_png,
-    Checkpoint, Heatmap, RunLock,
+    load_checkpoint, read_latest, save_checkpoint, write_curve_csv, write_curve_png, write_heatmaps_png, Checkpoint,
+    Heatmap, RunLock,
 };
 use crate::memory::check_memory;
 use crate::models::Seq2Seq;
@@ -80,13 +80,17 @@ where
     }
     // Owned before any work, so that a second run on the directory stops at once.
     let lock = run.out_dir.as_deref().map(RunLock::acquire).transpose()?;
-    if let Some(lock) = &lock {
-        if let (Some(existing), false) = (Checkpoint::latest(lock.dir())?, run.overwrite) {
-            return Err(Error::InvalidConfig(format!(
-                "{} already holds a trained model ({}): pass --force to replace it, or choose another --out",
-                lock.dir().display(),
-                existing.file(MODEL_FILE).display()
-            )));
+    if let (Some(lock), false) = (&lock, run.overwrite) {
+        match Checkpoint::latest(lock.dir()) {
+            Ok(None) => {}
+            Ok(Some(existing)) => {
+                return Err(Error::InvalidConfig(format!(
+                    "{} already holds a trained model ({}): pass --force to replace it, or choose another --out",
+                    lock.dir().display(),
+                    existing.path(MODEL_FILE).display()
+                )))
+            }
+            Err(e) => return Err(Error::InvalidConfig(format!("{e}; pass --force to replace that run"))),
         }
     }
     check_memory("--eval-size", run.eval_size, TaskData::bytes_per_held_out(&run.spec))?;
@@ -121,7 +125,7 @@ where
         )?;
         let png = lock.dir().join("loss.png");
         write_curve_png(&png, &logs, &format!("{} task, {}: training loss", run.spec.task, run.model_name))?;
-        files.extend([checkpoint.file(MODEL_FILE), checkpoint.file(CURVE_FILE), png]);
+        files.extend([checkpoint.path(MODEL_FILE), checkpoint.path(CURVE_FILE), png]);
     }
 
     let evaluation = evaluate_task::<M, V, E, Dev>(&model, data.held_out(), run.beam)?;
@@ -310,8 +314,10 @@ pub struct TaskCheckpoint {
 impl TaskCheckpoint {
     /// Reads the metadata of the model in the run directory `dir`.
     pub fn read(dir: &Path) -> Result<Self> {
-        let path = latest_checkpoint(dir)?.file(MODEL_FILE);
-        let metadata = crate::io::read_metadata(&path)?;
+        let (path, metadata) = read_latest(dir, |checkpoint| {
+            let path = checkpoint.file(MODEL_FILE)?;
+            Ok((path.clone(), crate::io::read_metadata(&path)?))
+        })?;
         let field = |key: &str| -> Result<&String> {
             metadata.get(key).ok_or_else(|| Error::BadFile {
                 path: path.clone(),
