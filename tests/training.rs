@@ -471,3 +471,18 @@ fn the_default_recipe_reverses_held_out_sequences_on_a_small_budget() {
     let em = report.evaluation.exact_match;
     assert!(em >= 0.98, "exact match {em:.3} on {} held-out sequences", report.evaluation.decoded.len());
 }
+
+#[test]
+fn incremental_decoding_refuses_padded_target_chunks() {
+    let dev = Cpu::seed_from_u64(0);
+    let model = dev.build_module::<Tiny, f32>();
+    let src = Tokens::<TASK_VOCAB>::from_sequences(&[vec![3, 4], vec![5]]).unwrap();
+    let memory = model.encode(&src, NoneTape).unwrap();
+    let mut state = model.start_decoding(&memory, src.lengths()).unwrap();
+    // Padding would enter the keys and values of the cache as if it were target tokens.
+    let padded = Tokens::<TASK_VOCAB>::from_sequences(&[vec![1, 3], vec![1]]).unwrap();
+    let err = model.decode_step(&mut state, &padded).unwrap_err().to_string();
+    assert!(err.contains("unpadded target tokens"), "{err}");
+    let full = Tokens::<TASK_VOCAB>::from_sequences(&[vec![1, 3], vec![1, 4]]).unwrap();
+    assert!(model.decode_step(&mut state, &full).is_ok());
+}

@@ -132,11 +132,12 @@ where
     type Built = Self;
 }
 
-/// What a language model keeps between generation steps: each block's keys and values.
+/// What a language model of width `D` with `L` blocks keeps between generation steps: each
+/// block's keys and values. A state of another width or depth is another type.
 #[derive(Debug, Clone)]
-pub struct LmState<const H: usize, const HD: usize, E: Dtype, Dev: Storage<E>> {
+pub struct LmState<const D: usize, const H: usize, const HD: usize, const L: usize, E: Dtype, Dev: Storage<E>> {
     /// One cache per block.
-    pub layers: Vec<Option<KvCache<H, HD, E, Dev>>>,
+    pub layers: [Option<KvCache<D, H, HD, E, Dev>>; L],
     /// Positions processed so far.
     pub position: usize,
 }
@@ -226,8 +227,8 @@ where
     }
 
     /// An empty generation state.
-    pub fn start(&self) -> LmState<H, HD, E, Dev> {
-        LmState { layers: vec![None; L], position: 0 }
+    pub fn start(&self) -> LmState<D, H, HD, L, E, Dev> {
+        LmState { layers: std::array::from_fn(|_| None), position: 0 }
     }
 
     /// Feeds the next tokens `(B, Snew)` (a prompt, then one token per step) and returns their
@@ -235,7 +236,7 @@ where
     /// be unpadded: every row of `tokens` is full.
     pub fn step(
         &self,
-        state: &mut LmState<H, HD, E, Dev>,
+        state: &mut LmState<D, H, HD, L, E, Dev>,
         tokens: &Tokens<V>,
     ) -> Result<Logits<usize, usize, V, E, Dev>> {
         if !tokens.is_full() {

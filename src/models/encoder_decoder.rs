@@ -307,7 +307,7 @@ where
         &self,
         memory: &Hidden<usize, usize, D, E, Dev>,
         src_lengths: &[usize],
-    ) -> Result<DecodeState<H, HD, E, Dev>> {
+    ) -> Result<DecodeState<D, H, HD, LD, E, Dev>> {
         if src_lengths.len() != memory.shape().0 {
             return Err(Error::DimMismatch {
                 what: "source lengths (one per batch item)",
@@ -315,7 +315,7 @@ where
                 found: src_lengths.len(),
             });
         }
-        let layers = self.decoder.layers.modules.iter().map(|layer| layer.start_cache(memory)).collect();
+        let layers = std::array::from_fn(|i| self.decoder.layers.modules[i].start_cache(memory));
         Ok(DecodeState { layers, src_lengths: src_lengths.to_vec(), position: 0 })
     }
 
@@ -324,9 +324,15 @@ where
     /// equal those of [`Self::decode`] over the whole prefix at the same positions.
     pub fn decode_step(
         &self,
-        state: &mut DecodeState<H, HD, E, Dev>,
+        state: &mut DecodeState<D, H, HD, LD, E, Dev>,
         tgt: &Tokens<TV>,
     ) -> Result<Logits<usize, usize, TV, E, Dev>> {
+        if !tgt.is_full() {
+            // Padding would enter the cache as if it were target tokens.
+            return Err(Error::InvalidConfig(
+                "incremental decoding steps take unpadded target tokens: every sequence needs the same length".into(),
+            ));
+        }
         if tgt.batch() != state.src_lengths.len() {
             return Err(Error::DimMismatch {
                 what: "target batch size vs source batch size",
@@ -396,11 +402,12 @@ pub struct Seq2SeqAttention {
 }
 
 /// What incremental decoding keeps between steps: per decoder layer, the target keys and values
-/// so far and the projected encoder memory.
+/// so far and the projected encoder memory. It carries the width `D` and the `L` decoder layers
+/// of the model that started it, so another model's `decode_step` does not accept it.
 #[derive(Debug, Clone)]
-pub struct DecodeState<const H: usize, const HD: usize, E: Dtype, Dev: Storage<E>> {
+pub struct DecodeState<const D: usize, const H: usize, const HD: usize, const L: usize, E: Dtype, Dev: Storage<E>> {
     /// One cache per decoder layer.
-    pub layers: Vec<DecoderLayerCache<H, HD, E, Dev>>,
+    pub layers: [DecoderLayerCache<D, H, HD, E, Dev>; L],
     /// Valid length of each source.
     pub src_lengths: Vec<usize>,
     /// Target positions decoded so far.

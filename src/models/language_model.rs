@@ -51,7 +51,7 @@ where
     E: FloatDtype,
     Dev: Device<E>,
 {
-    type State = LmState<H, HD, E, Dev>;
+    type State = LmState<D, H, HD, L, E, Dev>;
     const D_MODEL: usize = D;
     const CONTEXT: usize = P;
     const TRAIN_BYTES_PER_TOKEN: u64 =

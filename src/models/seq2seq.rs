@@ -74,7 +74,7 @@ where
     Dev: Device<E>,
 {
     type Memory = Hidden<usize, usize, D, E, Dev>;
-    type State = DecodeState<H, HD, E, Dev>;
+    type State = DecodeState<D, H, HD, LD, E, Dev>;
     const D_MODEL: usize = D;
     const MAX_LEN: usize = P;
     // A decoder layer attends twice.

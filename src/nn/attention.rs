@@ -265,19 +265,27 @@ build_on_device!([const D: usize, const H: usize, const HD: usize, Bias: BiasKin
 build_on_device!([const H: usize, const HD: usize, const D: usize, Bias: BiasKind] HeadMerge<H, HD, D, E, Dev, Bias>);
 build_on_device!([const D: usize, const H: usize, const HD: usize, Bias: BiasKind] MultiHeadAttention<D, H, HD, E, Dev, Bias>);
 
-/// Keys and values an attention layer has already computed, `(B, H, S, HD)` each: the
-/// positions generated so far (self-attention), or the encoder memory (cross-attention).
+/// Keys and values an attention layer of width `D` has already computed, `(B, H, S, HD)` each:
+/// the positions generated so far (self-attention), or the encoder memory (cross-attention).
 ///
 /// Incremental decoding appends one position per step instead of recomputing the whole prefix.
+/// The cache carries the width of the layer that made it, so handing it to a layer of another
+/// width is a type error.
 #[derive(Debug, Clone)]
-pub struct KvCache<const H: usize, const HD: usize, E: Dtype, Dev: Storage<E>> {
+pub struct KvCache<const D: usize, const H: usize, const HD: usize, E: Dtype, Dev: Storage<E>> {
     /// `(B, H, S, HD)`.
     pub keys: Heads<usize, H, usize, HD, E, Dev>,
     /// `(B, H, S, HD)`.
     pub values: Heads<usize, H, usize, HD, E, Dev>,
+    width: std::marker::PhantomData<Const<D>>,
 }
 
-impl<const H: usize, const HD: usize, E: Dtype, Dev: Storage<E>> KvCache<H, HD, E, Dev> {
+impl<const D: usize, const H: usize, const HD: usize, E: Dtype, Dev: Storage<E>> KvCache<D, H, HD, E, Dev> {
+    /// A cache of the keys and values `(B, H, S, HD)` of a layer of width `D`.
+    pub fn new(keys: Heads<usize, H, usize, HD, E, Dev>, values: Heads<usize, H, usize, HD, E, Dev>) -> Self {
+        Self { keys, values, width: std::marker::PhantomData }
+    }
+
     /// Number of cached positions.
     pub fn len(&self) -> usize {
         self.keys.shape().2
@@ -293,9 +301,9 @@ impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device
 {
     /// Projects `memory: (B, Sk, D)` to the keys and values that cross-attention reads at every
     /// decoding step.
-    pub fn project_memory(&self, memory: &Hidden<usize, usize, D, E, Dev>) -> KvCache<H, HD, E, Dev> {
+    pub fn project_memory(&self, memory: &Hidden<usize, usize, D, E, Dev>) -> KvCache<D, H, HD, E, Dev> {
         let [keys, values] = HeadProjection::forward_shared([&self.w_k, &self.w_v], memory.clone());
-        KvCache { keys, values }
+        KvCache::new(keys, values)
     }
 
     /// Causal self-attention of new positions `x: (B, Snew, D)` over the cached ones and
@@ -304,7 +312,7 @@ impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device
     pub fn self_attention_cached(
         &self,
         x: Hidden<usize, usize, D, E, Dev>,
-        cache: &mut Option<KvCache<H, HD, E, Dev>>,
+        cache: &mut Option<KvCache<D, H, HD, E, Dev>>,
         key_lengths: Option<&[usize]>,
     ) -> Result<Hidden<usize, usize, D, E, Dev>> {
         let b = x.shape().0;
@@ -327,7 +335,7 @@ impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device
         };
         let mask = MaskSpec { causal: true, query_offset: past, key_lengths };
         let out = self.attend_heads(q, keys.clone(), values.clone(), &mask)?;
-        *cache = Some(KvCache { keys, values });
+        *cache = Some(KvCache::new(keys, values));
         Ok(out)
     }
 
@@ -335,7 +343,7 @@ impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device
     pub fn cross_attention_cached(
         &self,
         x: Hidden<usize, usize, D, E, Dev>,
-        memory: &KvCache<H, HD, E, Dev>,
+        memory: &KvCache<D, H, HD, E, Dev>,
         mask: &MaskSpec,
     ) -> Result<Hidden<usize, usize, D, E, Dev>> {
         let b = x.shape().0;

@@ -148,13 +148,13 @@ impl<
     }
 }
 
-/// What one decoder layer keeps between incremental decoding steps.
+/// What one decoder layer of width `D` keeps between incremental decoding steps.
 #[derive(Debug, Clone)]
-pub struct DecoderLayerCache<const H: usize, const HD: usize, E: Dtype, Dev: Storage<E>> {
+pub struct DecoderLayerCache<const D: usize, const H: usize, const HD: usize, E: Dtype, Dev: Storage<E>> {
     /// Keys and values of the target positions decoded so far.
-    pub self_kv: Option<KvCache<H, HD, E, Dev>>,
+    pub self_kv: Option<KvCache<D, H, HD, E, Dev>>,
     /// Keys and values of the encoder memory, computed once.
-    pub memory_kv: KvCache<H, HD, E, Dev>,
+    pub memory_kv: KvCache<D, H, HD, E, Dev>,
 }
 
 impl<
@@ -169,7 +169,7 @@ impl<
     > DecoderLayer<D, H, HD, F, N, A, E, Dev>
 {
     /// A cache holding the projected `memory: (B, Ss, D)` and no target position yet.
-    pub fn start_cache(&self, memory: &Hidden<usize, usize, D, E, Dev>) -> DecoderLayerCache<H, HD, E, Dev> {
+    pub fn start_cache(&self, memory: &Hidden<usize, usize, D, E, Dev>) -> DecoderLayerCache<D, H, HD, E, Dev> {
         DecoderLayerCache { self_kv: None, memory_kv: self.cross_attn.project_memory(memory) }
     }
 
@@ -178,7 +178,7 @@ impl<
     pub fn forward_cached(
         &self,
         x: Hidden<usize, usize, D, E, Dev>,
-        cache: &mut DecoderLayerCache<H, HD, E, Dev>,
+        cache: &mut DecoderLayerCache<D, H, HD, E, Dev>,
         src_lengths: &[usize],
     ) -> Result<Hidden<usize, usize, D, E, Dev>> {
         let DecoderLayerCache { self_kv, memory_kv } = cache;

@@ -133,7 +133,7 @@ impl<
     pub fn forward_cached(
         &self,
         x: Hidden<usize, usize, D, E, Dev>,
-        cache: &mut Option<KvCache<H, HD, E, Dev>>,
+        cache: &mut Option<KvCache<D, H, HD, E, Dev>>,
     ) -> Result<Hidden<usize, usize, D, E, Dev>> {
         let x = residual::<N, _, _, D, _, _, _, _>(x, &self.norm1, self.dropout, |x| {
             self.self_attn.self_attention_cached(x, cache, None)
