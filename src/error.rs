@@ -59,6 +59,12 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// Training stopped by a signal (Ctrl-C) after `step` steps.
+    #[error("interrupted after step {step}")]
+    Interrupted {
+        /// Steps done.
+        step: usize,
+    },
     /// A run directory that another process is training in.
     #[error(
         "{path} is in use by {owner}, which is training there: wait for it to finish, or choose another directory"

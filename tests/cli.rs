@@ -127,7 +127,7 @@ fn ctrl_c_leaves_a_checkpoint_that_resumes() {
     assert!(out2.contains(&format!("after {target} steps")), "{out2}");
     // Resuming with other data is refused.
     let (ok, _, err) = typeformer(&["train-lm", "--task", "addition", "--digits", "3", "--out", &out, "--resume"]);
-    assert!(!ok && err.contains("--resume needs the run's own data"), "{err}");
+    assert!(!ok && err.contains("--resume needs the run's own --data or --task"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -342,6 +342,8 @@ fn summary_lists_a_preset_without_allocating_it() {
     assert!(out.contains("(B, S_tgt, 1024)") && !out.contains("w_q.weight"), "{out}");
     let (ok, out, _) = typeformer(&["summary", "paper-big", "--params"]);
     assert!(ok && out.contains("encoder.layers.5.self_attn.w_q.weight"), "{out}");
+    let (ok, _, err) = typeformer(&["summary", "paper-big", "--params", "--format", "dot"]);
+    assert!(!ok && err.contains("--params lists tensors in the text format"), "{err}");
     let (ok, out, _) = typeformer(&["summary", "bert-base", "--format", "dot"]);
     assert!(ok && out.starts_with("digraph \"BertBase\"") && out.contains("\"pooler\""), "{out}");
     let (ok, out, _) = typeformer(&["summary", "minilm-l6"]);

@@ -415,7 +415,7 @@ fn what_a_user_did_to_a_run_directory_is_never_made_worse() {
     let mut resume = lm_args(d, "6");
     resume.push("--resume");
     let (ok, _, err) = typeformer(&resume);
-    assert!(!ok && err.contains("holds no checkpoint to continue"), "{err}");
+    assert!(!ok && err.contains("holds checkpoints that no checkpoint.json names"), "{err}");
     assert!(dir.join("step-000004/model.safetensors").exists(), "the checkpoint was deleted");
     // A broken record: refused, and --force replaces the run.
     std::fs::write(dir.join("checkpoint.json"), "{ not json").unwrap();
@@ -515,5 +515,161 @@ fn values_that_would_wrap_or_hang_are_refused_at_once() {
     assert!(ok, "{err}");
     let (ok, _, err) = typeformer(&["attention", "--checkpoint", o, "--text", "12", "--out", "/nonexistent-dir/x.png"]);
     assert!(!ok && err.contains("the directory /nonexistent-dir does not exist"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_directory_that_is_not_a_whole_run_is_never_cleaned_into_one() {
+    let base = temp_dir("not-a-run");
+    // A record naming a step directory that does not exist: nothing else is deleted.
+    let dir = base.join("missing-dir");
+    let d = dir.to_str().unwrap();
+    assert!(typeformer(&lm_args(d, "2")).0);
+    let record = std::fs::read_to_string(dir.join("checkpoint.json")).unwrap();
+    std::fs::write(dir.join("checkpoint.json"), record.replace("step-000002", "step-000999")).unwrap();
+    let (ok, _, _) = typeformer(&["train-lm", "--data", "/nonexistent", "--out", d]);
+    assert!(!ok);
+    assert!(dir.join("step-000002/model.safetensors").exists(), "the real checkpoint was deleted");
+    // Checkpoints no record names: a new run refuses without --force.
+    std::fs::remove_file(dir.join("checkpoint.json")).unwrap();
+    let (ok, _, err) = typeformer(&lm_args(d, "3"));
+    assert!(!ok && err.contains("holds checkpoints that no checkpoint.json names (step-000002)"), "{err}");
+    let mut resume = lm_args(d, "3");
+    resume.push("--resume");
+    let (ok, _, err) = typeformer(&resume);
+    assert!(!ok && err.contains("restore the record, or pass --force"), "{err}");
+    assert!(dir.join("step-000002/model.safetensors").exists());
+    // Others' files: refused without --force, and left alone with it.
+    let other = base.join("others");
+    std::fs::create_dir_all(other.join("step-1")).unwrap();
+    std::fs::write(other.join("README"), "mine").unwrap();
+    std::fs::write(other.join("step-1/notes.txt"), "mine").unwrap();
+    std::fs::write(other.join(".draft.tmp-old"), "mine").unwrap();
+    let o = other.to_str().unwrap();
+    let (ok, _, err) = typeformer(&lm_args(o, "2"));
+    assert!(!ok && err.contains("is not empty and holds no run (.draft.tmp-old, README, step-1)"), "{err}");
+    let mut force = lm_args(o, "2");
+    force.push("--force");
+    assert!(typeformer(&force).0);
+    let mut resume = lm_args(o, "4");
+    resume.push("--resume");
+    assert!(typeformer(&resume).0);
+    for file in ["README", "step-1/notes.txt", ".draft.tmp-old"] {
+        assert!(other.join(file).exists(), "{file} was deleted");
+    }
+    // A model directory of another tool is not an old run: --force leaves its weights.
+    let hf = base.join("hf");
+    std::fs::create_dir_all(&hf).unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/torch/gpt2_tiny.safetensors");
+    std::fs::copy(&fixture, hf.join("model.safetensors")).unwrap();
+    let mut force = lm_args(hf.to_str().unwrap(), "2");
+    force.push("--force");
+    let (ok, _, err) = typeformer(&force);
+    assert!(ok, "{err}");
+    assert!(hf.join("model.safetensors").exists(), "another tool's model was deleted");
+    // A lock that is a link is refused, not followed.
+    let linked = base.join("linked");
+    std::fs::create_dir_all(&linked).unwrap();
+    std::fs::write(base.join("precious.txt"), "precious").unwrap();
+    std::os::unix::fs::symlink(base.join("precious.txt"), linked.join(".lock")).unwrap();
+    let (ok, _, err) = typeformer(&lm_args(linked.to_str().unwrap(), "2"));
+    assert!(!ok && err.contains("the lock is a link or a directory"), "{err}");
+    assert_eq!(std::fs::read_to_string(base.join("precious.txt")).unwrap(), "precious");
+    // A commit record that is a directory stops the run before it trains.
+    let odd = base.join("odd");
+    std::fs::create_dir_all(odd.join("checkpoint.json")).unwrap();
+    let mut force = lm_args(odd.to_str().unwrap(), "2");
+    force.push("--force");
+    let (ok, _, err) = typeformer(&force);
+    assert!(!ok && err.contains("the commit record is a link or a directory"), "{err}");
+    std::fs::remove_dir_all(&base).unwrap();
+}
+
+#[test]
+fn signals_end_runs_cleanly_and_resumes_need_the_same_text() {
+    let base = temp_dir("signals");
+    // SIGTERM stops train-lm as Ctrl-C does: with a checkpoint, status 130.
+    let lm = base.join("lm");
+    let args = lm_args_every(lm.to_str().unwrap(), "1000000", "1000000");
+    let child = Command::new(env!("CARGO_BIN_EXE_typeformer"))
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(committed_step(&lm) > 0);
+    // Ctrl-C during `train` (which saves at the end) leaves nothing, not even the directories.
+    let task = base.join("a/b/task");
+    let child = Command::new(env!("CARGO_BIN_EXE_typeformer"))
+        .args(["train", "--steps", "1000000", "--batch-size", "2", "--max-len", "4", "--out", task.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !task.join(".lock").exists() {
+        assert!(start.elapsed().as_secs() < 60);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing was saved"));
+    assert!(!base.join("a").exists(), "left {:?}", entries(&base));
+    // Another text of the same size is other data.
+    let (a, b) = (base.join("a.txt"), base.join("b.txt"));
+    std::fs::write(&a, "the quick brown fox jumps over the lazy dog. ".repeat(4)).unwrap();
+    std::fs::write(&b, "THE QUICK BROWN FOX JUMPS OVER THE LAZY DOG. ".repeat(4)).unwrap();
+    let text = base.join("text");
+    let t = text.to_str().unwrap();
+    let train = |data: &Path, steps: &str, resume: bool| {
+        let mut args = vec!["train-lm", "--data", data.to_str().unwrap(), "--steps", steps, "--batch-size", "2"];
+        args.extend(["--context", "16", "--out", t]);
+        if resume {
+            args.push("--resume");
+        }
+        typeformer(&args)
+    };
+    assert!(train(&a, "2", false).0);
+    let (ok, _, err) = train(&b, "4", true);
+    assert!(!ok && err.contains("--resume needs the run's own --data or --task"), "{err}");
+    assert!(train(&a, "4", true).0);
+    std::fs::remove_dir_all(&base).unwrap();
+}
+
+#[test]
+fn a_plot_that_cannot_be_drawn_is_a_warning_not_a_lost_run() {
+    let dir = temp_dir("plot");
+    std::fs::create_dir_all(dir.join("loss.png")).unwrap();
+    std::fs::write(dir.join(".keep"), "").unwrap();
+    let d = dir.to_str().unwrap();
+    let mut args = lm_args(d, "4");
+    args.push("--force");
+    let (ok, out, err) = typeformer(&args);
+    assert!(ok && err.contains("warning: no plot") && out.contains("validation loss"), "{out}{err}");
+    assert_eq!(committed_step(&dir), 4);
+    // A long but valid file name for a plot.
+    let name = format!("{}.png", "a".repeat(251));
+    let train = dir.join("task");
+    assert!(
+        typeformer(&["train", "--steps", "2", "--batch-size", "2", "--max-len", "4", "--out", train.to_str().unwrap()])
+            .0
+    );
+    let png = dir.join(&name);
+    let (ok, _, err) = typeformer(&[
+        "attention",
+        "--checkpoint",
+        train.to_str().unwrap(),
+        "--text",
+        "12",
+        "--out",
+        png.to_str().unwrap(),
+    ]);
+    assert!(ok && png.exists(), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -36,6 +36,7 @@ fn the_model_learns_the_reverse_task() {
         seed: 3,
         out_dir: None,
         overwrite: false,
+        stop: None,
         model_name: "tiny".into(),
         beam: Some(BeamConfig { width: 4, length_penalty: 1.0, max_len: 0 }),
     };
@@ -463,6 +464,7 @@ fn the_default_recipe_reverses_held_out_sequences_on_a_small_budget() {
         seed: 0,
         out_dir: None,
         overwrite: false,
+        stop: None,
         model_name: "small".into(),
         beam: None,
     };

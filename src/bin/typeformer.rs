@@ -13,7 +13,7 @@ use std::sync::Arc;
 use typeformer::data::{parse_symbols, symbol_text, Example, Task, TaskSpec, FIRST_SYMBOL, SYMBOL_ALPHABET};
 use typeformer::data::{AdditionTask, ByteCorpus, LmSource, BYTE_VOCAB};
 use typeformer::generate::{generate, BeamConfig, GenerateConfig, Sampler, SamplingConfig};
-use typeformer::io::{latest_checkpoint, Checkpoint, RunLock};
+use typeformer::io::{latest_checkpoint, Checkpoint, Occupants, RunLock};
 use typeformer::memory::{check_memory, training_bytes_per_token};
 use typeformer::models::{
     Architecture, BertBaseSpec, Gpt2SmallSpec, LmSmallSpec, MiniLmL6Spec, PaperBaseSpec, PaperBigSpec, TaskMediumSpec,
@@ -31,6 +31,15 @@ use typeformer::train::{
 };
 
 const LM_NAME: &str = "lm-small";
+
+/// A flag that Ctrl-C (SIGINT) and SIGTERM set: training stops after the current step.
+fn interrupt_flag() -> typeformer::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+        .map_err(|e| typeformer::Error::Training(format!("cannot install the Ctrl-C handler: {e}")))?;
+    Ok(stop)
+}
 
 /// Settings of a language-model run that a resumed run may change, with their flags.
 const SETTINGS: &[(&str, &str)] =
@@ -124,7 +133,7 @@ struct SummaryArgs {
     /// A table of layers, or a Graphviz graph (`typeformer summary paper-base --format dot | dot -Tpng > g.png`).
     #[arg(long, value_enum, default_value = "text")]
     format: SummaryFormat,
-    /// Also list every parameter tensor (name, shape, count).
+    /// Also list every parameter tensor (name, shape, count); text format only.
     #[arg(long)]
     params: bool,
 }
@@ -459,16 +468,13 @@ fn main() -> ExitCode {
     });
     let done = |r: typeformer::Result<()>| r.map(|()| ExitCode::SUCCESS);
     let result = match command {
-        Command::Train(args) => done(train(&args)),
+        Command::Train(args) => train(&args),
         Command::TrainLm(args) => train_lm(&args),
         Command::Generate(args) => done(generate_text(&args)),
         Command::Evaluate(args) => done(evaluate(&args)),
         Command::Attention(args) => done(attention(&args)),
         Command::Embed(args) => done(embed(&args)),
-        Command::Summary(args) => {
-            summary(&args);
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Summary(args) => done(summary(&args)),
     };
     match result {
         Ok(code) => code,
@@ -479,11 +485,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn train(args: &TrainArgs) -> typeformer::Result<()> {
+fn train(args: &TrainArgs) -> typeformer::Result<ExitCode> {
     on_device!(args.device, args.seed, train_on(args))
 }
 
-fn train_on<Dev: Device<f32>>(dev: &Dev, args: &TrainArgs) -> typeformer::Result<()> {
+fn train_on<Dev: Device<f32>>(dev: &Dev, args: &TrainArgs) -> typeformer::Result<ExitCode> {
     length_penalty(args.length_penalty)?;
     let task = args.task.task();
     let run = TaskRun {
@@ -503,6 +509,7 @@ fn train_on<Dev: Device<f32>>(dev: &Dev, args: &TrainArgs) -> typeformer::Result
         // The default directory is the scratch place of `cargo run --release`, run again and
         // again; a directory the user names keeps its run unless --force says otherwise.
         overwrite: args.force || args.out.is_none(),
+        stop: Some(interrupt_flag()?),
         out_dir: Some(args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(task.to_string()))),
         model_name: match args.model {
             ModelArg::Small => "small".into(),
@@ -526,12 +533,21 @@ fn train_on<Dev: Device<f32>>(dev: &Dev, args: &TrainArgs) -> typeformer::Result
         progress.step(log.step, format!("loss {s:.4} | {:.0} tok/s | lr {:.2e}", log.tokens_per_sec, log.lr));
     };
     let report = match args.model {
-        ModelArg::Small => run_task::<TaskSmall<f32, Dev>, TASK_VOCAB, f32, Dev>(&run, dev, on_step)?.1,
-        ModelArg::Medium => run_task::<TaskMedium<f32, Dev>, TASK_VOCAB, f32, Dev>(&run, dev, on_step)?.1,
+        ModelArg::Small => run_task::<TaskSmall<f32, Dev>, TASK_VOCAB, f32, Dev>(&run, dev, on_step).map(|r| r.1),
+        ModelArg::Medium => run_task::<TaskMedium<f32, Dev>, TASK_VOCAB, f32, Dev>(&run, dev, on_step).map(|r| r.1),
     };
     progress.finish();
-    print_report(&run, &report, args.show);
-    Ok(())
+    match report {
+        Ok(report) => {
+            print_report(&run, &report, args.show);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(typeformer::Error::Interrupted { step }) => {
+            say!("interrupted after step {step}: nothing was saved (a task run saves its model when it ends)");
+            Ok(ExitCode::from(INTERRUPTED as u8))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// What the run is about to do, for someone who has never seen the task or the model.
@@ -588,7 +604,12 @@ fn example_source(spec: &TaskSpec, len: usize) -> Vec<usize> {
     (0..len).map(|i| FIRST_SYMBOL + (i * 7 + 3) % spec.symbols).collect()
 }
 
-fn summary(args: &SummaryArgs) {
+fn summary(args: &SummaryArgs) -> typeformer::Result<()> {
+    if let (SummaryFormat::Dot, true) = (args.format, args.params) {
+        return Err(typeformer::Error::InvalidConfig(
+            "--params lists tensors in the text format; a --format dot graph has none".into(),
+        ));
+    }
     match args.preset {
         PresetArg::PaperBase => summary_of::<PaperBaseSpec>(args, Some("65M")),
         PresetArg::PaperBig => summary_of::<PaperBigSpec>(args, Some("213M")),
@@ -599,6 +620,7 @@ fn summary(args: &SummaryArgs) {
         PresetArg::TaskMedium => summary_of::<TaskMediumSpec>(args, None),
         PresetArg::LmSmall => summary_of::<LmSmallSpec>(args, None),
     }
+    Ok(())
 }
 
 /// Prints the summary of architecture `S`; `paper` is the count the paper reports.
@@ -884,6 +906,9 @@ fn print_report(run: &TaskRun, report: &TaskReport, show: usize) {
         last.loss
     );
     print_evaluation(&report.evaluation, show);
+    for warning in &report.warnings {
+        eprintln!("warning: {warning}");
+    }
     let Some(dir) = &run.out_dir else { return };
     say!("files in {}:", dir.display());
     for file in &report.files {
@@ -991,6 +1016,7 @@ fn train_lm_on<Dev: Device<f32>>(dev: &Dev, args: &TrainLmArgs) -> typeformer::R
         ("context".to_string(), args.context.to_string()),
         ("warmup".to_string(), args.warmup.to_string()),
         ("lr_factor".to_string(), args.lr_factor.to_string()),
+        ("dropout".to_string(), args.dropout.to_string()),
     ]);
     if let LmSource::Addition(task) = &source {
         // The held-out problems are kept out of training: another count is other data.
@@ -1001,19 +1027,27 @@ fn train_lm_on<Dev: Device<f32>>(dev: &Dev, args: &TrainLmArgs) -> typeformer::R
         Err(_) if args.force => None,
         other => other?,
     };
+    let occupants = Occupants::of(lock.dir())?;
     let mut run = if args.resume {
         if existing.is_none() {
-            return Err(typeformer::Error::InvalidConfig(format!(
-                "--resume: {} holds no checkpoint to continue; start the run without --resume",
-                args.out.display()
-            )));
+            return Err(match occupants.refusal(lock.dir()).filter(|_| !occupants.unrecorded_steps.is_empty()) {
+                Some(refusal) => refusal,
+                None => typeformer::Error::InvalidConfig(format!(
+                    "--resume: {} holds no checkpoint to continue; start the run without --resume",
+                    args.out.display()
+                )),
+            });
         }
         let resume = load_lm_checkpoint::<LmSmall<f32, Dev>, f32, Dev>(lock.dir(), dev, LM_NAME, cfg.adam)?;
         for key in ["data", "seed", "held_out"] {
             // (Checkpoints from before the held-out count was recorded have none to compare.)
             let unrecorded = key == "held_out" && !resume.metadata.contains_key(key);
             if resume.metadata.get(key) != metadata.get(key) && !unrecorded {
-                let flag = if key == "held_out" { "--eval-size" } else { key };
+                let flag = match key {
+                    "held_out" => "--eval-size",
+                    "seed" => "--seed",
+                    _ => "--data or --task",
+                };
                 return Err(typeformer::Error::InvalidConfig(format!(
                     "--resume needs the run's own {flag}: the checkpoint has `{}`, this command gives `{}`",
                     resume.metadata.get(key).map_or("nothing", String::as_str),
@@ -1039,19 +1073,25 @@ fn train_lm_on<Dev: Device<f32>>(dev: &Dev, args: &TrainLmArgs) -> typeformer::R
                 }
             }
         }
+        if let Some(saved) = resume.metadata.get("dropout").filter(|d| **d != args.dropout.to_string()) {
+            eprintln!("note: --dropout {} is not applied: a resumed run keeps its dropout, {saved}", args.dropout);
+        }
         for warning in &resume.warnings {
             eprintln!("warning: {warning}");
         }
         eprintln!("resuming {} at step {step}", args.out.display());
         resume.run
     } else {
-        if let (Some(existing), false) = (existing, args.force) {
+        if let (Some(existing), false) = (&existing, args.force) {
             return Err(typeformer::Error::InvalidConfig(format!(
                 "{} already holds a checkpoint (step {}): pass --resume to continue it, --force to replace it, \
                  or choose another --out",
                 args.out.display(),
                 existing.step
             )));
+        }
+        if let (Some(refusal), false) = (occupants.refusal(lock.dir()), args.force) {
+            return Err(refusal);
         }
         let mut model = LmSmall::<f32, Dev>::try_build(dev)
             .map_err(|e| typeformer::Error::Training(format!("cannot build the model: {e:?}")))?;
@@ -1063,6 +1103,7 @@ fn train_lm_on<Dev: Device<f32>>(dev: &Dev, args: &TrainLmArgs) -> typeformer::R
     // is written, it ends the evaluation at once.
     let stop = Arc::new(AtomicBool::new(false));
     let evaluating = Arc::new(AtomicBool::new(false));
+    // (SIGTERM too, with the crate's `termination` feature.)
     let (flag, done) = (stop.clone(), evaluating.clone());
     ctrlc::set_handler(move || {
         if done.load(Ordering::SeqCst) {
@@ -1081,6 +1122,13 @@ fn train_lm_on<Dev: Device<f32>>(dev: &Dev, args: &TrainLmArgs) -> typeformer::R
             .step(log.step, format!("loss {:.3}{val} | {:.0} tok/s | lr {:.2e}", log.loss, log.tokens_per_sec, log.lr));
     })?;
     progress.finish();
+    // The plot is a view of the run: a failure to draw it is reported, not fatal.
+    if !run.logs.is_empty() {
+        let png = lock.dir().join("loss.png");
+        if let Err(e) = typeformer::io::write_curve_png(&png, &run.logs, "language model: training loss") {
+            eprintln!("warning: no plot: {e}");
+        }
+    }
     if outcome == LmStop::Interrupted {
         say!(
             "interrupted: the checkpoint at step {} is in {}; continue with the same command and --resume",
@@ -1127,11 +1175,18 @@ fn generate_on<Dev: Device<f32>>(dev: &Dev, args: &GenerateArgs) -> typeformer::
     let prompt: Vec<usize> = args.prompt.bytes().map(usize::from).collect();
     let start = std::time::Instant::now();
     let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_all(args.prompt.as_bytes());
+    // The prompt is printed with the first token, once generation has passed its checks.
+    let mut started = false;
     let out = generate::<LmSmall<f32, Dev>, BYTE_VOCAB, f32, Dev>(&model, &prompt, &cfg, &mut sampler, |t| {
+        if !std::mem::replace(&mut started, true) {
+            let _ = stdout.write_all(args.prompt.as_bytes());
+        }
         let _ = stdout.write_all(&[t as u8]);
         let _ = stdout.flush();
     })?;
+    if !started {
+        let _ = stdout.write_all(args.prompt.as_bytes());
+    }
     let _ = writeln!(stdout);
     let secs = start.elapsed().as_secs_f64();
     eprintln!("{} tokens in {secs:.2} s ({:.1} tokens/s)", out.len(), out.len() as f64 / secs);

@@ -42,7 +42,9 @@ impl LmSource {
     /// A one-line description, recorded in checkpoints.
     pub fn describe(&self) -> String {
         match self {
-            LmSource::Text(c) => format!("text: {} training and {} validation bytes", c.train.len(), c.val.len()),
+            LmSource::Text(c) => {
+                format!("text: {} training and {} validation bytes, CRC-32 {:08x}", c.train.len(), c.val.len(), c.crc32)
+            }
             LmSource::Addition(a) => format!("addition of up to {}-digit numbers", a.digits),
         }
     }
@@ -61,15 +63,31 @@ pub struct ByteCorpus {
     pub train: Vec<u8>,
     /// Validation bytes.
     pub val: Vec<u8>,
+    /// CRC-32 of all the bytes: what a resumed run checks it is trained on the same text.
+    pub crc32: u32,
 }
 
 impl ByteCorpus {
     /// Fewest bytes a corpus may have: both splits need a few windows.
     pub const MIN_BYTES: usize = 64;
 
-    /// Reads `path`; an error if it cannot be read or is shorter than [`Self::MIN_BYTES`].
+    /// Reads `path`; an error if it cannot be read, is shorter than [`Self::MIN_BYTES`], or is
+    /// larger than a third of the available memory (the corpus is held in memory, split in
+    /// two; a file that never ends, such as `/dev/zero`, stops there too).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(Error::io(path))?;
+        use std::io::Read;
+        let limit = crate::memory::available_memory().unwrap_or(u64::MAX) / 3;
+        let file = std::fs::File::open(path).map_err(Error::io(path))?;
+        let mut bytes = Vec::new();
+        file.take(limit.saturating_add(1)).read_to_end(&mut bytes).map_err(Error::io(path))?;
+        if bytes.len() as u64 > limit {
+            return Err(Error::InvalidConfig(format!(
+                "{}: more than {} of text, a third of the memory available; a language model's corpus is held in \
+                 memory",
+                path.display(),
+                crate::memory::human_bytes(u128::from(limit))
+            )));
+        }
         Self::from_bytes(bytes).map_err(|e| match e {
             Error::InvalidConfig(reason) => Error::InvalidConfig(format!("{}: {reason}", path.display())),
             other => other,
@@ -86,7 +104,7 @@ impl ByteCorpus {
             )));
         }
         let split = bytes.len() * 9 / 10;
-        Ok(Self { val: bytes[split..].to_vec(), train: bytes[..split].to_vec() })
+        Ok(Self { val: bytes[split..].to_vec(), train: bytes[..split].to_vec(), crc32: crc32fast::hash(&bytes) })
     }
 
     fn window(data: &[u8], context: usize) -> usize {

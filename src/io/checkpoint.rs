@@ -511,10 +511,36 @@ pub fn load_vectors<E: FloatDtype>(path: &Path) -> Result<(HashMap<String, Vec<E
     Ok((out, metadata))
 }
 
-/// Reads only the metadata of a safetensors file (checks that it is one).
+/// Reads only the metadata of a safetensors file: its header, not its tensors (a model of
+/// hundreds of megabytes is not read to learn its name). The tensors are checked when loaded.
 pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
-    let bytes = std::fs::read(path).map_err(Error::io(path))?;
-    Ok(parse(path, &bytes)?.1)
+    use std::io::Read;
+    let bad = |reason: String| Error::BadFile { path: path.into(), reason };
+    let mut file = std::fs::File::open(path).map_err(Error::io(path))?;
+    let len = file.metadata().map_err(Error::io(path))?.len();
+    let mut prefix = [0u8; 8];
+    file.read_exact(&mut prefix)
+        .map_err(|_| bad(format!("not a safetensors file: {len} bytes, too short for a header")))?;
+    let n = u64::from_le_bytes(prefix);
+    if n > 100_000_000 || 8 + n > len {
+        return Err(bad(format!(
+            "truncated or not a safetensors file: the file is {len} bytes, its header claims {n} bytes"
+        )));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header).map_err(Error::io(path))?;
+    let json: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|_| bad("a corrupt safetensors header: not the JSON object of tensors it must be".into()))?;
+    let Some(metadata) = json.get("__metadata__") else { return Ok(HashMap::new()) };
+    metadata
+        .as_object()
+        .ok_or_else(|| bad("its __metadata__ is not an object of strings".into()))?
+        .iter()
+        .map(|(k, v)| match v.as_str() {
+            Some(v) => Ok((k.clone(), v.to_string())),
+            None => Err(bad(format!("metadata `{k}` is not a string"))),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -69,8 +69,13 @@ impl Checkpoint {
         let text = match std::fs::read_to_string(&record) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                // The layout before commit records: the files at the top level.
-                return Ok(run_dir.join("model.safetensors").is_file().then(|| Checkpoint {
+                // The layout before commit records: the files at the top level, written by
+                // typeformer (a model directory of another tool is not a run).
+                let model = run_dir.join("model.safetensors");
+                let ours = model.is_file()
+                    && super::read_metadata(&model)
+                        .is_ok_and(|m| m.get("format").map(String::as_str) == Some("typeformer"));
+                return Ok(ours.then(|| Checkpoint {
                     run_dir: run_dir.into(),
                     dir: run_dir.into(),
                     step: 0,
@@ -153,6 +158,13 @@ impl Checkpoint {
         self.dir.join(name)
     }
 
+    /// True when the record's step directory exists and holds each committed file at its
+    /// committed size: a record that can be trusted to say what else is stale.
+    fn is_whole(&self) -> bool {
+        self.dir.is_dir()
+            && self.files.iter().all(|(name, f)| std::fs::metadata(self.path(name)).is_ok_and(|m| m.len() == f.bytes))
+    }
+
     /// True when the checkpoint has `name` (for the old layout: when the file exists).
     pub fn has(&self, name: &str) -> bool {
         if self.files.is_empty() {
@@ -169,6 +181,72 @@ pub fn latest_checkpoint(run_dir: &Path) -> Result<Checkpoint> {
         path: run_dir.into(),
         reason: format!("no checkpoint here: no {COMMIT_RECORD} (and no model.safetensors of an older run)"),
     })
+}
+
+/// What a run directory holds besides a committed checkpoint, for deciding whether a new run
+/// may write there.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Occupants {
+    /// Step directories that no valid commit record names (a lost or damaged record).
+    pub unrecorded_steps: Vec<String>,
+    /// Entries that are not this tool's (a directory of other files).
+    pub foreign: Vec<String>,
+}
+
+impl Occupants {
+    /// What `run_dir` holds that is neither a committed checkpoint nor a leftover of a commit.
+    pub fn of(run_dir: &Path) -> Result<Self> {
+        let mut occupants = Occupants::default();
+        let Ok(entries) = std::fs::read_dir(run_dir) else { return Ok(occupants) };
+        let committed = Checkpoint::latest(run_dir).ok().flatten();
+        let kept = |path: &Path| {
+            committed
+                .as_ref()
+                .is_some_and(|c| c.dir == path || c.previous.as_ref().is_some_and(|p| run_dir.join(p) == path))
+        };
+        for entry in entries {
+            let entry = entry.map_err(Error::io(run_dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if is_step_dir_name(&name) {
+                if !kept(&entry.path()) {
+                    occupants.unrecorded_steps.push(name);
+                }
+            } else if !(is_ours(&name)
+                || committed.as_ref().is_some_and(|c| c.dir == run_dir) && LEGACY.contains(&name.as_str()))
+            {
+                occupants.foreign.push(name);
+            }
+        }
+        occupants.unrecorded_steps.sort();
+        occupants.foreign.sort();
+        Ok(occupants)
+    }
+
+    /// An error saying why a new run must not write into `run_dir` (holding a run that no
+    /// record names, or others' files), unless it is told to (`--force`); `None` when empty.
+    pub fn refusal(&self, run_dir: &Path) -> Option<Error> {
+        let list = |names: &[String]| {
+            let shown: Vec<&str> = names.iter().take(5).map(String::as_str).collect();
+            format!("{}{}", shown.join(", "), if names.len() > 5 { ", ..." } else { "" })
+        };
+        if !self.unrecorded_steps.is_empty() {
+            return Some(Error::InvalidConfig(format!(
+                "{} holds checkpoints that no {COMMIT_RECORD} names ({}): restore the record, or pass --force to \
+                 replace them",
+                run_dir.display(),
+                list(&self.unrecorded_steps)
+            )));
+        }
+        if !self.foreign.is_empty() {
+            return Some(Error::InvalidConfig(format!(
+                "{} is not empty and holds no run ({}): choose a new or empty directory, or pass --force to \
+                 write a run beside those files (they are left alone)",
+                run_dir.display(),
+                list(&self.foreign)
+            )));
+        }
+        None
+    }
 }
 
 /// Runs `read` on the committed checkpoint of `run_dir`; when the checkpoint it read was
@@ -197,7 +275,8 @@ pub fn read_latest<T>(run_dir: &Path, mut read: impl FnMut(&Checkpoint) -> Resul
 #[derive(Debug)]
 pub struct RunLock {
     dir: PathBuf,
-    created: bool,
+    /// The outermost directory `acquire` created, if any.
+    created: Option<PathBuf>,
     _lock: File,
 }
 
@@ -207,16 +286,27 @@ impl RunLock {
         if dir.exists() && !dir.is_dir() {
             return Err(Error::BadFile { path: dir.into(), reason: "a file, where a run directory is needed".into() });
         }
-        let created = !dir.exists();
+        // The outermost directory this run creates, removed again if the run leaves nothing.
+        let created =
+            dir.ancestors().take_while(|a| !a.as_os_str().is_empty() && !a.exists()).last().map(PathBuf::from);
         std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
         let path = dir.join(LOCK);
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(Error::io(&path))?;
+        let record = dir.join(COMMIT_RECORD);
+        for (what, p) in [("the lock", &path), ("the commit record", &record)] {
+            if let Ok(m) = std::fs::symlink_metadata(p) {
+                if !m.is_file() {
+                    return Err(Error::BadFile {
+                        path: p.clone(),
+                        reason: format!("{what} is a link or a directory, not a file: remove it"),
+                    });
+                }
+            }
+        }
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true).truncate(false).read(true).write(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW);
+        let mut file = options.open(&path).map_err(Error::io(&path))?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -257,7 +347,7 @@ impl RunLock {
             .find(|n| !self.dir.join(n).exists())
             .expect("a free name");
         let final_dir = self.dir.join(&name);
-        let record_tmp = self.dir.join(format!(".{COMMIT_RECORD}.tmp-{}", std::process::id()));
+        let record_tmp = super::temporary_path(&self.dir);
         let written = (|| {
             remove_path(&staging)?;
             std::fs::create_dir(&staging).map_err(Error::io(&staging))?;
@@ -312,18 +402,19 @@ impl RunLock {
 
     /// Removes the top-level files of a run directory of the old layout.
     fn retire_old_layout(&self) -> Result<()> {
-        for name in ["model.safetensors", "optimizer.safetensors", "loss.csv"] {
+        for name in LEGACY {
             remove_path(&self.dir.join(name))?;
         }
         Ok(())
     }
 
     /// Removes what an interrupted commit left: staging directories and temporary files always;
-    /// step directories only when a valid record names the ones to keep (the committed one and
-    /// its previous). Without a valid record nothing of a checkpoint is deleted.
+    /// step directories only when a record names the ones to keep (the committed one and its
+    /// previous) and that checkpoint is whole. Without such a record nothing of a checkpoint is
+    /// deleted; nothing that is not this tool's is ever deleted.
     fn remove_leftovers(&self) -> Result<()> {
         let keep: Option<Vec<PathBuf>> = match Checkpoint::latest(&self.dir) {
-            Ok(Some(c)) if c.dir != self.dir => {
+            Ok(Some(c)) if c.dir != self.dir && c.is_whole() => {
                 Some(std::iter::once(c.dir).chain(c.previous.map(|p| self.dir.join(p))).collect())
             }
             _ => None,
@@ -334,7 +425,7 @@ impl RunLock {
             let name = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
             let stale = name.starts_with(STAGING_PREFIX)
-                || (name.starts_with('.') && name.contains(".tmp-"))
+                || super::is_temporary_name(&name)
                 || (is_step_dir_name(&name) && keep.as_ref().is_some_and(|keep| !keep.contains(&path)));
             if stale {
                 remove_path(&path)?;
@@ -346,14 +437,22 @@ impl RunLock {
 
 impl Drop for RunLock {
     fn drop(&mut self) {
-        // A run that created its directory and failed before writing anything leaves nothing.
-        if self.created {
-            let only_the_lock = std::fs::read_dir(&self.dir)
-                .map(|entries| entries.filter_map(|e| e.ok()).all(|e| e.file_name() == LOCK))
-                .unwrap_or(false);
-            if only_the_lock {
-                let _ = std::fs::remove_dir_all(&self.dir);
+        // A run that created its directory and failed before writing anything leaves nothing:
+        // not the directory, not the parents it created for it.
+        let Some(created) = &self.created else { return };
+        let only = |dir: &Path, name: &std::ffi::OsStr| {
+            std::fs::read_dir(dir).is_ok_and(|entries| entries.filter_map(|e| e.ok()).all(|e| e.file_name() == name))
+        };
+        let mut untouched = only(&self.dir, std::ffi::OsStr::new(LOCK));
+        for dir in self.dir.ancestors().skip(1).take_while(|a| created.starts_with(a) || a.starts_with(created)) {
+            if !dir.starts_with(created) {
+                break;
             }
+            let child = self.dir.strip_prefix(dir).ok().and_then(|rest| rest.components().next());
+            untouched &= child.is_some_and(|c| only(dir, c.as_os_str()));
+        }
+        if untouched {
+            let _ = std::fs::remove_dir_all(created);
         }
     }
 }
@@ -363,15 +462,25 @@ fn step_dir_name(step: usize) -> String {
     format!("step-{step:06}")
 }
 
-/// `step-N` or `step-N.K`.
+/// `step-NNNNNN` (six or more digits) or `step-NNNNNN.K`: the names commits give.
 fn is_step_dir_name(name: &str) -> bool {
     name.strip_prefix("step-").is_some_and(|rest| {
         let (step, k) = rest.split_once('.').unwrap_or((rest, "0"));
-        !step.is_empty()
+        step.len() >= 6
             && step.bytes().all(|b| b.is_ascii_digit())
             && !k.is_empty()
             && k.bytes().all(|b| b.is_ascii_digit())
     })
+}
+
+/// Files a run directory's top level holds of the old layout's checkpoints.
+const LEGACY: [&str; 3] = ["model.safetensors", "optimizer.safetensors", "loss.csv"];
+
+/// Entries of a run directory that this tool writes (besides step directories).
+fn is_ours(name: &str) -> bool {
+    [LOCK, COMMIT_RECORD, "loss.png", "attention.png"].contains(&name)
+        || name.starts_with(STAGING_PREFIX)
+        || super::is_temporary_name(name)
 }
 
 /// The size and CRC-32 of the file at `path`.

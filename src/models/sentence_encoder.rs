@@ -122,7 +122,15 @@ impl<
         }
         // sentence-transformers truncates to max_seq_length (256 for all-MiniLM-L6-v2).
         let max_len = match dir.join("sentence_bert_config.json") {
-            p if p.exists() => read_json(&p)?.get("max_seq_length").and_then(Value::as_u64).map_or(P, |v| v as usize),
+            p if p.exists() => match read_json(&p)?.get("max_seq_length") {
+                None => P,
+                Some(v) => {
+                    v.as_u64().filter(|&n| n >= 2).map(|n| n.min(P as u64) as usize).ok_or_else(|| Error::BadFile {
+                        path: p.clone(),
+                        reason: format!("max_seq_length is {v}; it must be a whole number of at least 2"),
+                    })?
+                }
+            },
             _ => P,
         };
         let pooling = dir.join("1_Pooling").join("config.json");

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::generate::{generate, GenerateConfig, Sampler, SamplingConfig};
 use crate::io::{
     load_checkpoint, parameter_shapes, read_curve_csv, read_latest, read_metadata, save_checkpoint, write_curve_csv,
-    write_curve_png, Checkpoint, RunLock,
+    Checkpoint, RunLock,
 };
 use crate::memory::check_memory;
 use crate::models::LanguageModel;
@@ -145,8 +145,7 @@ pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const CURVE_FILE: &str = "loss.csv";
 
 /// Commits the checkpoint of `run` in the run directory `lock` owns: the model (whose metadata
-/// names the step), the optimizer and the loss curve as one unit (see [`RunLock::commit`]), then
-/// the plot `loss.png` beside it.
+/// names the step), the optimizer and the loss curve as one unit (see [`RunLock::commit`]).
 pub fn save_lm_checkpoint<M, E, Dev>(
     run: &LmRun<M, E, Dev>,
     lock: &RunLock,
@@ -158,18 +157,14 @@ where
     Dev: Device<E>,
 {
     metadata.insert("step".into(), run.opt.step.to_string());
-    let checkpoint = lock.commit(
+    lock.commit(
         run.opt.step,
         &[
             (MODEL_FILE, &|path: &Path| save_checkpoint(&run.model, path, metadata.clone())),
             (OPTIMIZER_FILE, &|path: &Path| run.opt.save(path)),
             (CURVE_FILE, &|path: &Path| write_curve_csv(path, &run.logs)),
         ],
-    )?;
-    if !run.logs.is_empty() {
-        write_curve_png(&lock.dir().join("loss.png"), &run.logs, "language model: training loss")?;
-    }
-    Ok(checkpoint)
+    )
 }
 
 /// A language model's checkpoint, loaded to continue training.
@@ -244,7 +239,8 @@ where
         return Err(Error::CheckpointMismatch {
             path: checkpoint.dir.clone(),
             problems: format!(
-                "the model is at step {step} but the optimizer at step {}: the files come from different runs",
+                "the model is at step {step}, the optimizer at step {} and the commit record at step {committed}: \
+                 the files come from different runs",
                 opt.step
             ),
         });

@@ -9,6 +9,7 @@ use crate::models::Seq2Seq;
 use crate::shape::Tokens;
 use crate::FloatDtype;
 use dfdx::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 /// How long and how hard to train.
@@ -101,6 +102,23 @@ pub fn train_seq2seq<M, const SV: usize, const TV: usize, E, Dev>(
     model: &mut M,
     data: &mut TaskData,
     cfg: &TrainConfig,
+    on_step: impl FnMut(&StepLog),
+) -> Result<Vec<StepLog>>
+where
+    M: Seq2Seq<SV, TV, E, Dev>,
+    E: FloatDtype,
+    Dev: Device<E>,
+{
+    train_seq2seq_until::<M, SV, TV, E, Dev>(model, data, cfg, &AtomicBool::new(false), on_step)
+}
+
+/// [`train_seq2seq`], checking `stop` after every step: once it is set, the training ends with
+/// [`Error::Interrupted`].
+pub fn train_seq2seq_until<M, const SV: usize, const TV: usize, E, Dev>(
+    model: &mut M,
+    data: &mut TaskData,
+    cfg: &TrainConfig,
+    stop: &AtomicBool,
     mut on_step: impl FnMut(&StepLog),
 ) -> Result<Vec<StepLog>>
 where
@@ -143,6 +161,9 @@ where
         };
         on_step(&log);
         logs.push(log);
+        if stop.load(Ordering::SeqCst) {
+            return Err(Error::Interrupted { step });
+        }
     }
     Ok(logs)
 }

@@ -1,13 +1,13 @@
 //! One complete run on a built-in task: train, save, evaluate. The command-line tool's `train`
 //! is a thin layer over [`run_task`].
 
-use super::{exact_match, train_seq2seq, Decoding, StepLog, TrainConfig, CURVE_FILE, MODEL_FILE};
+use super::{exact_match, train_seq2seq_until, Decoding, StepLog, TrainConfig, CURVE_FILE, MODEL_FILE};
 use crate::data::{symbol_text, token_text, Example, TaskData, TaskSpec, BOS, EOS};
 use crate::error::{Error, Result};
 use crate::generate::{check_beam_config, greedy_decode, BeamConfig};
 use crate::io::{
     load_checkpoint, read_latest, save_checkpoint, write_curve_csv, write_curve_png, write_heatmaps_png, Checkpoint,
-    Heatmap, RunLock,
+    Heatmap, Occupants, RunLock,
 };
 use crate::memory::check_memory;
 use crate::models::Seq2Seq;
@@ -40,6 +40,9 @@ pub struct TaskRun {
     pub model_name: String,
     /// Also evaluate with beam search of this configuration (its `max_len` is set per batch).
     pub beam: Option<BeamConfig>,
+    /// Set (by a signal handler) to stop the training after the current step: the run then
+    /// ends with [`Error::Interrupted`] and saves nothing.
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// What a task run produced.
@@ -53,6 +56,8 @@ pub struct TaskReport {
     pub train_seconds: f64,
     /// Files written.
     pub files: Vec<PathBuf>,
+    /// What could not be written besides the checkpoint (a plot), without harm to the run.
+    pub warnings: Vec<String>,
 }
 
 /// Builds a fresh `M` on `dev`, trains it on `run.spec`, writes the checkpoint
@@ -82,7 +87,11 @@ where
     let lock = run.out_dir.as_deref().map(RunLock::acquire).transpose()?;
     if let (Some(lock), false) = (&lock, run.overwrite) {
         match Checkpoint::latest(lock.dir()) {
-            Ok(None) => {}
+            Ok(None) => {
+                if let Some(refusal) = Occupants::of(lock.dir())?.refusal(lock.dir()) {
+                    return Err(refusal);
+                }
+            }
             Ok(Some(existing)) => {
                 return Err(Error::InvalidConfig(format!(
                     "{} already holds a trained model ({}): pass --force to replace it, or choose another --out",
@@ -99,10 +108,17 @@ where
     set_dropout(&mut model, run.dropout)?;
 
     let start = Instant::now();
-    let logs = train_seq2seq::<M, V, V, E, Dev>(&mut model, &mut data, &run.train, on_step)?;
+    let never = std::sync::atomic::AtomicBool::new(false);
+    let stop = run.stop.as_deref().unwrap_or(&never);
+    let logs = train_seq2seq_until::<M, V, V, E, Dev>(&mut model, &mut data, &run.train, stop, on_step)?;
     let train_seconds = start.elapsed().as_secs_f64();
 
-    let mut files = Vec::new();
+    let (mut files, mut warnings) = (Vec::new(), Vec::new());
+    // Plots are views of the run: one that cannot be written is reported, not fatal.
+    let plot = |files: &mut Vec<PathBuf>, warnings: &mut Vec<String>, png: PathBuf, result: Result<()>| match result {
+        Ok(()) => files.push(png),
+        Err(e) => warnings.push(format!("no plot: {e}")),
+    };
     if let Some(lock) = &lock {
         let metadata = HashMap::from([
             ("format".to_string(), "typeformer".to_string()),
@@ -123,9 +139,10 @@ where
                 (CURVE_FILE, &|path: &Path| write_curve_csv(path, &logs)),
             ],
         )?;
+        files.extend([checkpoint.path(MODEL_FILE), checkpoint.path(CURVE_FILE)]);
         let png = lock.dir().join("loss.png");
-        write_curve_png(&png, &logs, &format!("{} task, {}: training loss", run.spec.task, run.model_name))?;
-        files.extend([checkpoint.path(MODEL_FILE), checkpoint.path(CURVE_FILE), png]);
+        let title = format!("{} task, {}: training loss", run.spec.task, run.model_name);
+        plot(&mut files, &mut warnings, png.clone(), write_curve_png(&png, &logs, &title));
     }
 
     let evaluation = evaluate_task::<M, V, E, Dev>(&model, data.held_out(), run.beam)?;
@@ -134,11 +151,12 @@ where
         if let Some(example) = data.held_out().iter().max_by_key(|e| e.source.len()) {
             let png = lock.dir().join("attention.png");
             let title = format!("{} task, held-out example: cross-attention", run.spec.task);
-            plot_attention::<M, V, E, Dev>(&model, &example.source, &AttentionSelection::cross(), &png, &title)?;
-            files.push(png);
+            let drawn =
+                plot_attention::<M, V, E, Dev>(&model, &example.source, &AttentionSelection::cross(), &png, &title);
+            plot(&mut files, &mut warnings, png, drawn.map(|_| ()));
         }
     }
-    Ok((model, TaskReport { logs, evaluation, train_seconds, files }))
+    Ok((model, TaskReport { logs, evaluation, train_seconds, files, warnings }))
 }
 
 /// Which attention sub-layers a plot shows.
@@ -416,7 +434,8 @@ where
     if let Some(beam) = &beam {
         check_beam_config::<M, V, V, E, Dev>(beam)?;
     }
-    let held_out = checkpoint.held_out(eval_size)?;
+    // The model first: it checks that the run's task fits the model before anything is drawn.
     let model: M = checkpoint.load_model::<M, V, E, Dev>(dev)?;
+    let held_out = checkpoint.held_out(eval_size)?;
     evaluate_task::<M, V, E, Dev>(&model, &held_out, beam)
 }
