@@ -199,7 +199,7 @@ pub(crate) fn try_build<
 >(
     dev: &Dev,
 ) -> Result<M::Built> {
-    M::try_build_on_device(dev).map_err(|e| Error::Training(format!("device error: {e:?}")))
+    M::try_build_on_device(dev).map_err(|e| Error::Device(format!("{e:?}")))
 }
 
 /// `x` as the element type `E` (every `FloatDtype` represents every finite `f64` approximately).

@@ -131,12 +131,12 @@ fn bad_inputs_to_the_encoder_get_clear_errors() {
     let tokens = Tokens::<30>::from_sequences(&[vec![3, 4, 5], vec![6]]).unwrap();
     let types = Tokens::<2>::from_sequences(&[vec![0, 1]]).unwrap();
     let err = model.forward(&tokens, Some(&types)).unwrap_err().to_string();
-    assert!(err.contains("token types are 1x2, the tokens 2x3"), "{err}");
+    assert!(err.contains("sequences of token types vs of tokens: expected 2, found 1"), "{err}");
     let hidden = model.forward(&tokens, None).unwrap();
     let err = mean_pool(&hidden, &[3]).unwrap_err().to_string();
     assert!(err.contains("number of lengths"), "{err}");
     let err = mean_pool(&hidden, &[3, 0]).unwrap_err().to_string();
-    assert!(err.contains("cannot mean-pool a sequence of length 0"), "{err}");
+    assert!(err.contains("length of a sequence to mean-pool (1 to the padded length): expected 3, found 0"), "{err}");
     let mut model = model;
     let err = set_layer_norm_eps(&mut model, 0.0).unwrap_err().to_string();
     assert!(err.contains("layer-norm epsilon must be a number in (0, 1), got 0"), "{err}");

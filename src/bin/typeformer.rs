@@ -1094,7 +1094,7 @@ fn train_lm_on<Dev: Device<f32>>(dev: &Dev, args: &TrainLmArgs) -> typeformer::R
             return Err(refusal);
         }
         let mut model = LmSmall::<f32, Dev>::try_build(dev)
-            .map_err(|e| typeformer::Error::Training(format!("cannot build the model: {e:?}")))?;
+            .map_err(|e| typeformer::Error::Device(format!("cannot build the model: {e:?}")))?;
         typeformer::nn::set_dropout(&mut model, args.dropout)?;
         LmRun { model, opt: typeformer::train::Adam::new(cfg.adam)?, logs: Vec::new() }
     };

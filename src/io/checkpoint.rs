@@ -185,7 +185,7 @@ pub fn parameter_shapes<M: TensorCollection<E, Dev>, E: FloatDtype, Dev: Device<
 ) -> Result<Vec<(String, Vec<usize>)>> {
     let mut c = Collect { tensors: Vec::new(), dtype: safe_dtype::<E>()?, scalars: Vec::new() };
     M::iter_tensors(&mut RecursiveWalker { m: (model, String::new()), f: &mut c })
-        .map_err(|e| Error::Training(format!("{e:?}")))?;
+        .map_err(|e| Error::Device(format!("{e:?}")))?;
     Ok(c.tensors.into_iter().map(|(n, (s, _))| (n, s)).collect())
 }
 
@@ -199,7 +199,7 @@ pub fn save_checkpoint<M: TensorCollection<E, Dev>, E: FloatDtype, Dev: Device<E
     let dtype = safe_dtype::<E>()?;
     let mut c = Collect { tensors: Vec::new(), dtype, scalars: Vec::new() };
     M::iter_tensors(&mut RecursiveWalker { m: (model, String::new()), f: &mut c })
-        .map_err(|e| Error::Training(format!("{e:?}")))?;
+        .map_err(|e| Error::Device(format!("{e:?}")))?;
     metadata.extend(c.scalars.iter().map(|(name, v)| (format!("{SCALAR_PREFIX}{name}"), v.to_string())));
     metadata.insert(WEIGHT_LAYOUT_KEY.into(), WEIGHT_LAYOUT.into());
     write_tensors(path, dtype, &c.tensors, metadata)
@@ -444,7 +444,7 @@ pub fn import_weights<M: TensorCollection<E, Dev> + Clone, E: FloatDtype, Dev: D
     let mut staged = model.clone();
     let mut restore = Restore { file: &file, metadata: &metadata, map, problems: Vec::new(), seen: Vec::new() };
     M::iter_tensors(&mut RecursiveWalker { m: (&mut staged, String::new()), f: &mut restore })
-        .map_err(|e| Error::Training(format!("{e:?}")))?;
+        .map_err(|e| Error::Device(format!("{e:?}")))?;
     let mut problems = restore.problems;
     let mut unexpected: Vec<&String> =
         file.names().into_iter().filter(|n| !restore.seen.contains(n) && !ignore(n)).collect();

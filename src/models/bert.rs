@@ -240,14 +240,19 @@ impl<
         let dev = self.embed.weight.device();
         let types = match token_types {
             Some(types) => {
-                if (types.batch(), types.seq_len()) != (tokens.batch(), tokens.seq_len()) {
-                    return Err(Error::InvalidConfig(format!(
-                        "token types are {}x{}, the tokens {}x{}: they need the same shape",
-                        types.batch(),
-                        types.seq_len(),
-                        tokens.batch(),
-                        tokens.seq_len()
-                    )));
+                if types.batch() != tokens.batch() {
+                    return Err(Error::DimMismatch {
+                        what: "sequences of token types vs of tokens",
+                        expected: tokens.batch(),
+                        found: types.batch(),
+                    });
+                }
+                if types.seq_len() != tokens.seq_len() {
+                    return Err(Error::DimMismatch {
+                        what: "padded length of the token types vs the tokens",
+                        expected: tokens.seq_len(),
+                        found: types.seq_len(),
+                    });
                 }
                 types.to_tensor(dev)
             }
@@ -324,7 +329,11 @@ pub fn mean_pool<const D: usize, E: FloatDtype, Dev: Device<E>>(
         });
     }
     if let Some(&bad) = lengths.iter().find(|&&l| l == 0 || l > s) {
-        return Err(Error::InvalidConfig(format!("cannot mean-pool a sequence of length {bad} (padded length {s})")));
+        return Err(Error::DimMismatch {
+            what: "length of a sequence to mean-pool (1 to the padded length)",
+            expected: s,
+            found: bad,
+        });
     }
     // Weights 1/len on valid positions, 0 on padding: a (B, 1, S) x (B, S, D) product.
     let mut weights = vec![E::default(); b * s];

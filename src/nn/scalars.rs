@@ -46,6 +46,6 @@ pub(crate) fn set_scalar<M: TensorCollection<E, Dev>, E: Dtype, Dev: Device<E>>(
     value: f64,
 ) -> crate::Result<()> {
     M::iter_tensors(&mut RecursiveWalker { m: (model, String::new()), f: &mut SetScalar { field, value } })
-        .map_err(|e| crate::Error::Training(format!("device error: {e:?}")))?;
+        .map_err(|e| crate::Error::Device(format!("{e:?}")))?;
     Ok(())
 }

@@ -205,7 +205,7 @@ where
                 })
             }
         }
-        let mut model = M::try_build(dev).map_err(|e| Error::Training(format!("cannot build the model: {e:?}")))?;
+        let mut model = M::try_build(dev).map_err(|e| Error::Device(format!("cannot build the model: {e:?}")))?;
         load_checkpoint(&mut model, &model_path)?;
         Ok((model, metadata, checkpoint.clone()))
     })

@@ -159,7 +159,7 @@ impl<E: FloatDtype, Dev: Device<E>> Adam<E, Dev> {
 }
 
 fn device<X: std::fmt::Debug>(e: X) -> Error {
-    Error::Training(format!("device error: {e:?}"))
+    Error::Device(format!("{e:?}"))
 }
 
 struct GradNorm<'a, E: Dtype, Dev: Storage<E>> {

@@ -31,5 +31,5 @@ pub fn training_tape<E: Dtype, Dev: Device<E>>(dev: &Dev, grads: Gradients<E, De
 /// ```
 pub fn backward<E: Dtype, Dev: Device<E>>(loss: Tensor<Rank0, E, Dev, OwnedTape<E, Dev>>) -> Result<Gradients<E, Dev>> {
     let _free = crate::kernels::FreeConsumedGradients::enter();
-    loss.try_backward().map_err(|e| Error::Training(format!("device error in the backward pass: {e:?}")))
+    loss.try_backward().map_err(|e| Error::Device(format!("in the backward pass: {e:?}")))
 }

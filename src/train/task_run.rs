@@ -104,7 +104,7 @@ where
     }
     check_memory("--eval-size", run.eval_size, TaskData::bytes_per_held_out(&run.spec))?;
     let mut data = TaskData::new(run.spec, run.eval_size, run.seed)?;
-    let mut model = M::try_build(dev).map_err(|e| Error::Training(format!("cannot build the model: {e:?}")))?;
+    let mut model = M::try_build(dev).map_err(|e| Error::Device(format!("cannot build the model: {e:?}")))?;
     set_dropout(&mut model, run.dropout)?;
 
     let start = Instant::now();
@@ -379,7 +379,7 @@ impl TaskCheckpoint {
             path: self.path.clone(),
             reason: format!("its metadata describes a task this model cannot run: {e}"),
         })?;
-        let mut model = M::try_build(dev).map_err(|e| Error::Training(format!("cannot build the model: {e:?}")))?;
+        let mut model = M::try_build(dev).map_err(|e| Error::Device(format!("cannot build the model: {e:?}")))?;
         load_checkpoint(&mut model, &self.path)?;
         Ok(model)
     }
