@@ -21,9 +21,10 @@
 //! - [`data`] holds the built-in tasks;
 //! - [`device`] opens a CUDA GPU (with the `cuda` feature) without panicking when there is none;
 //! - [`io`] holds checkpoints and loss curves;
-//! - `kernels` (private) holds the fast CPU kernels and the threads they run on; with
-//!   `allocator`, the only modules with `unsafe` (the matrix product's raw pointers, the helper
-//!   threads' borrowed closures).
+//! - `kernels` (private) holds the fast CPU kernels and the threads they run on; with `os`
+//!   (the C library's allocator thresholds and file-size signal), the only modules with
+//!   `unsafe` (the matrix product's raw pointers, the helper threads' borrowed closures, the two
+//!   C calls).
 
 #![deny(unsafe_code)]
 
@@ -37,7 +38,6 @@ macro_rules! build_on_device {
     };
 }
 
-mod allocator;
 pub mod data;
 pub mod device;
 pub mod error;
@@ -45,7 +45,8 @@ pub mod generate;
 pub mod io;
 mod kernels;
 pub mod memory;
-pub use allocator::reuse_freed_memory;
+mod os;
+pub use os::{report_oversized_writes, reuse_freed_memory};
 pub mod models;
 pub mod nn;
 pub mod shape;

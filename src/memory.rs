@@ -5,12 +5,28 @@
 use crate::error::{Error, Result};
 
 /// Memory the system can give this process now, in bytes: `MemAvailable` of `/proc/meminfo`
-/// (Linux), or `None` where it cannot be read.
+/// (Linux), less when the process's address space is limited (`ulimit -v`: the limit less what
+/// it has mapped), or `None` where neither can be read.
 pub fn available_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib.saturating_mul(1024))
+    let field = |text: &str, key: &str| -> Option<u64> {
+        let line = text.lines().find(|l| l.starts_with(key))?;
+        line[key.len()..].split_whitespace().next()?.parse().ok()
+    };
+    let system = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| field(&info, "MemAvailable:"))
+        .map(|kib| kib.saturating_mul(1024));
+    let limits = std::fs::read_to_string("/proc/self/limits").ok();
+    let limit = limits.as_deref().and_then(|l| field(l, "Max address space")); // bytes, or "unlimited"
+    let mapped = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| field(&s, "VmSize:"))
+        .map(|kib| kib.saturating_mul(1024));
+    let room = limit.map(|limit| limit.saturating_sub(mapped.unwrap_or(0)));
+    match (system, room) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// Where the available memory is unknown, sizes are still checked against this: more than any

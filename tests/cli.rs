@@ -415,6 +415,73 @@ fn embed_writes_one_json_array_per_line_and_refuses_bad_models() {
     );
     assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 2);
 
+    // Model directories whose embeddings would differ from sentence-transformers' are refused.
+    let work = std::env::temp_dir().join(format!("typeformer-embed-dirs-{}", std::process::id()));
+    let copy = |name: &str| {
+        let to = work.join(name);
+        std::fs::create_dir_all(to.join("1_Pooling")).unwrap();
+        for file in ["config.json", "tokenizer.json", "modules.json", "model.safetensors", "1_Pooling/config.json"] {
+            std::fs::copy(dir.join(file), to.join(file)).unwrap();
+        }
+        to
+    };
+    let edit = |dir: &std::path::Path, file: &str, from: &str, to: &str| {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        assert!(text.contains(from), "{file} has {from}");
+        std::fs::write(dir.join(file), text.replace(from, to)).unwrap();
+    };
+    let dense = copy("dense");
+    edit(&dense, "modules.json", "sentence_transformers.models.Normalize", "sentence_transformers.models.Dense");
+    let both = copy("both");
+    edit(&both, "1_Pooling/config.json", r#""pooling_mode_cls_token": false"#, r#""pooling_mode_cls_token": true"#);
+    let gpt = copy("gpt");
+    edit(&gpt, "config.json", r#""model_type": "bert""#, r#""model_type": "gpt2""#);
+    let act = copy("act");
+    edit(&act, "config.json", r#""hidden_act": "gelu""#, r#""hidden_act": 7"#);
+    // Weights so large that the embedding overflows: refused, naming the line.
+    let huge = copy("huge");
+    let bytes = std::fs::read(huge.join("model.safetensors")).unwrap();
+    let file = ::safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let data: Vec<(String, Vec<u8>, Vec<usize>, ::safetensors::Dtype)> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let mut data = view.data().to_vec();
+            if name.ends_with("word_embeddings.weight") {
+                for chunk in data.chunks_exact_mut(4) {
+                    chunk.copy_from_slice(&3e38f32.to_le_bytes());
+                }
+            }
+            (name, data, view.shape().to_vec(), view.dtype())
+        })
+        .collect();
+    let views: Vec<(&str, ::safetensors::tensor::TensorView)> = data
+        .iter()
+        .map(|(n, d, s, t)| (n.as_str(), ::safetensors::tensor::TensorView::new(*t, s.clone(), d).unwrap()))
+        .collect();
+    std::fs::write(huge.join("model.safetensors"), ::safetensors::serialize(views, &None).unwrap()).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_typeformer"))
+        .args(["embed", "--model", huge.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"Hello world\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("stdin line 1: its embedding is not a number"), "{err}");
+    for (model, message) in [
+        (&dense, "module `Dense` is not supported"),
+        (&both, "only mean pooling is supported, and pooling_mode_cls_token is true"),
+        (&gpt, "model_type is `gpt2`"),
+        (&act, "`hidden_act` is 7, not a name"),
+    ] {
+        let (ok, _, err) = typeformer(&["embed", "--model", model.to_str().unwrap()]);
+        assert!(!ok && err.contains(message), "{model:?}: {err}");
+    }
+    std::fs::remove_dir_all(&work).unwrap();
+
     let (ok, _, err) = typeformer(&["embed", "--model", dir.to_str().unwrap(), "--batch-size", "0"]);
     assert!(!ok && err.contains("--batch-size must be at least 1"), "{err}");
     let (ok, _, err) = typeformer(&["embed", "--model", dir.to_str().unwrap(), "--batch-size", "1000000000000"]);

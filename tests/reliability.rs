@@ -673,3 +673,89 @@ fn a_plot_that_cannot_be_drawn_is_a_warning_not_a_lost_run() {
     assert!(ok && png.exists(), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_checkpoint_is_not_a_run_directory_and_a_plot_replaces_only_a_plot() {
+    let base = temp_dir("nested");
+    let lm = base.join("lm");
+    assert!(typeformer(&lm_args(lm.to_str().unwrap(), "2")).0);
+    let step = committed_dir(&lm);
+    let mut resume = lm_args(step.to_str().unwrap(), "4");
+    resume.push("--resume");
+    let (ok, _, err) = typeformer(&resume);
+    assert!(!ok && err.contains("is a checkpoint of the run in"), "{err}");
+    let inner = step.join("inner");
+    let (ok, _, err) = typeformer(&["train", "--steps", "1", "--force", "--out", inner.to_str().unwrap()]);
+    assert!(!ok && err.contains("is a checkpoint of the run in"), "{err}");
+    let (ok, _, err) =
+        typeformer(&["generate", "--checkpoint", lm.to_str().unwrap(), "--prompt", "1+", "--max-new-tokens", "1"]);
+    assert!(ok, "the run was damaged: {err}");
+    // attention --out never replaces a run's files.
+    let task = base.join("task");
+    let t = task.to_str().unwrap();
+    assert!(typeformer(&["train", "--steps", "2", "--batch-size", "2", "--max-len", "4", "--out", t]).0);
+    let model = committed_dir(&task).join("model.safetensors");
+    let plot_to =
+        |out: &Path| typeformer(&["attention", "--checkpoint", t, "--text", "12", "--out", out.to_str().unwrap()]);
+    for target in [task.join("checkpoint.json"), model.clone(), task.join(".lock")] {
+        let (ok, _, err) = plot_to(&target);
+        assert!(!ok && err.contains("is not a PNG"), "{target:?}: {err}");
+    }
+    let (ok, _, err) = plot_to(&committed_dir(&task).join("a.png"));
+    assert!(!ok && err.contains("inside the checkpoint"), "{err}");
+    // An earlier plot is replaced.
+    let (ok, _, err) = plot_to(&task.join("attention.png"));
+    assert!(ok, "{err}");
+    let (ok, out, _) = typeformer(&["evaluate", "--checkpoint", t]);
+    assert!(ok && out.contains("exact match"), "{out}");
+    std::fs::remove_dir_all(&base).unwrap();
+}
+
+#[test]
+fn lost_output_is_an_error_and_a_full_stderr_is_not_fatal() {
+    let dir = temp_dir("full");
+    let d = dir.to_str().unwrap();
+    let full = || std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_typeformer"))
+        .args(["summary", "paper-big"])
+        .stdout(full())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(status.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&status.stderr).contains("cannot write the output"));
+    // Progress and warnings that cannot be written do not stop a run.
+    let out = Command::new(env!("CARGO_BIN_EXE_typeformer")).args(lm_args(d, "2")).stderr(full()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let gen = Command::new(env!("CARGO_BIN_EXE_typeformer"))
+        .args(["generate", "--checkpoint", d, "--prompt", "1+", "--max-new-tokens", "3"])
+        .stdout(full())
+        .output()
+        .unwrap();
+    assert_eq!(gen.status.code(), Some(1));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn process_limits_give_errors_not_kills() {
+    let dir = temp_dir("limits");
+    let bin = env!("CARGO_BIN_EXE_typeformer");
+    let out_dir = dir.join("run");
+    let o = out_dir.to_str().unwrap();
+    // An address-space limit counts as the memory there is.
+    let script = format!("ulimit -v 2000000; {bin} train --batch-size 6000 --out {o}");
+    let out = Command::new("bash").args(["-c", &script]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.code() == Some(1) && err.contains("--batch-size 6000 would need about"), "{err}");
+    // A file-size limit fails the checkpoint's write with an error, leaving no staging directory.
+    let lm = dir.join("lm");
+    let args = lm_args(lm.to_str().unwrap(), "2").join(" ");
+    let script = format!("ulimit -f 100; {bin} {args}");
+    let out = Command::new("bash").args(["-c", &script]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("File too large"), "{err}");
+    // (The run committed nothing, so it removed the directory it had created.)
+    assert!(!lm.exists() || !entries(&lm).iter().any(|e| e.starts_with(".staging")), "{:?}", entries(&lm));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use typeformer::data::{parse_symbols, symbol_text, Example, Task, TaskSpec, FIRST_SYMBOL, SYMBOL_ALPHABET};
 use typeformer::data::{AdditionTask, ByteCorpus, LmSource, BYTE_VOCAB};
-use typeformer::generate::{generate, BeamConfig, GenerateConfig, Sampler, SamplingConfig};
+use typeformer::generate::{generate_while, BeamConfig, GenerateConfig, Sampler, SamplingConfig};
 use typeformer::io::{latest_checkpoint, Checkpoint, Occupants, RunLock};
 use typeformer::memory::{check_memory, training_bytes_per_token};
 use typeformer::models::{
@@ -52,10 +52,29 @@ const INTERRUPTED: i32 = 130;
 /// instead of panicking on the broken pipe.
 macro_rules! say {
     ($($arg:tt)*) => {
-        if writeln!(std::io::stdout(), $($arg)*).is_err() {
-            std::process::exit(0);
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            stdout_failed(e);
         }
     };
+}
+
+/// `eprintln!` that never panics: a progress line or a warning that cannot be written (stderr
+/// closed, a full disk) must not end a training run.
+macro_rules! note {
+    ($($arg:tt)*) => {
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    };
+}
+
+/// Ends the program after a failed write to stdout: quietly (status 0) when the reader went
+/// away (`typeformer ... | head`), with an error otherwise (a full disk, /dev/full): output
+/// that was lost is not a success.
+fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    note!("error: cannot write the output: {e}");
+    std::process::exit(1);
 }
 
 /// Train and run Transformers whose shapes are checked by the compiler.
@@ -462,6 +481,7 @@ impl TaskArg {
 
 fn main() -> ExitCode {
     typeformer::reuse_freed_memory();
+    typeformer::report_oversized_writes();
     let command = Cli::parse().command.unwrap_or_else(|| {
         // The main job: `train` with every default.
         Cli::parse_from(["typeformer", "train"]).command.expect("train parses")
@@ -479,7 +499,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
+            note!("error: {e}");
             ExitCode::FAILURE
         }
     }
@@ -571,8 +591,8 @@ fn introduce(run: &TaskRun, model: ModelArg) {
             TaskMediumSpec::NUM_PARAMS,
         ),
     };
-    eprintln!("typeformer: training the Transformer of \"Attention Is All You Need\" from scratch");
-    eprintln!(
+    note!("typeformer: training the Transformer of \"Attention Is All You Need\" from scratch");
+    note!(
         "  task:  {} sequences of {} to {} symbols from {alphabet}, e.g. {} -> {}",
         spec.task,
         spec.min_len,
@@ -580,18 +600,20 @@ fn introduce(run: &TaskRun, model: ModelArg) {
         symbol_text(&example),
         symbol_text(&spec.task.apply(&example))
     );
-    eprintln!(
+    note!(
         "  model: {} encoder-decoder, d_model {d}, {heads} heads, {enc} + {dec} layers, {params} parameters",
         run.model_name
     );
-    eprintln!(
+    note!(
         "  plan:  {} steps of {} sequences, then greedy decoding of {} held-out sequences that no \
          training batch contains",
-        run.train.steps, run.train.batch_size, run.eval_size
+        run.train.steps,
+        run.train.batch_size,
+        run.eval_size
     );
     if let (Some(dir), true) = (&run.out_dir, run.overwrite) {
         if let Ok(Some(_)) = Checkpoint::latest(dir) {
-            eprintln!(
+            note!(
                 "  note:  this run replaces the earlier one in {} once it is complete (--out DIR keeps runs apart)",
                 dir.display()
             );
@@ -656,7 +678,9 @@ fn embed_on<Dev: Device<f32>>(dev: &Dev, args: &EmbedArgs) -> typeformer::Result
     }
     // Checkpoints of BertForMaskedLM have no pooler, which sentence embeddings do not use.
     let weights = args.model.join("model.safetensors");
-    let has_pooler = typeformer::io::tensor_names(&weights)?.iter().any(|n| n.ends_with("pooler.dense.weight"));
+    let has_pooler = typeformer::io::tensor_names(&weights)?
+        .iter()
+        .any(|n| n == "pooler.dense.weight" || n == "bert.pooler.dense.weight");
     macro_rules! embed_as {
         ($ty:ty) => {{
             let encoder = SentenceEncoder::<$ty>::load(&args.model, dev)?;
@@ -666,10 +690,13 @@ fn embed_on<Dev: Device<f32>>(dev: &Dev, args: &EmbedArgs) -> typeformer::Result
             let per_token = training_bytes_per_token(config.d_model, config.d_ff, config.heads, 1, len, 0, 4) / 2;
             check_memory("--batch-size", args.batch_size, len as u64 * per_token)?;
             if !encoder.unused.is_empty() {
-                eprintln!(
-                    "note: {} tensors of {} are not part of the encoder and were skipped: {}",
-                    encoder.unused.len(),
+                let n = encoder.unused.len();
+                note!(
+                    "note: {n} {} of {} {} not part of the encoder and {} skipped: {}",
+                    if n == 1 { "tensor" } else { "tensors" },
                     weights.display(),
+                    if n == 1 { "is" } else { "are" },
+                    if n == 1 { "was" } else { "were" },
                     encoder.unused.join(", ")
                 );
             }
@@ -739,10 +766,27 @@ fn embed_lines(embed: impl Fn(&[&str]) -> typeformer::Result<Vec<Vec<f32>>>) -> 
             bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
         }
         let texts: Vec<&str> = block.iter().map(String::as_str).collect();
-        for row in embed(&texts)? {
+        // The first line of this block, for errors that name the line.
+        let first = line_number + 1 - block.len() - usize::from(failure.is_some());
+        let rows = embed(&texts).map_err(|e| {
+            // Which line: embed them one at a time until one fails.
+            let line = (0..texts.len()).find(|&i| embed(&texts[i..=i]).is_err()).map_or(first, |i| first + i);
+            typeformer::Error::InvalidConfig(format!(
+                "stdin line {line}: {e}; the lines before its block were embedded"
+            ))
+        })?;
+        for (i, row) in rows.iter().enumerate() {
+            if row.iter().any(|v| !v.is_finite()) {
+                out.flush().unwrap_or_else(|e| stdout_failed(e));
+                return Err(typeformer::Error::InvalidConfig(format!(
+                    "stdin line {}: its embedding is not a number (the model's weights overflow it); the lines \
+                     before it were embedded",
+                    first + i
+                )));
+            }
             let json: Vec<String> = row.iter().map(f32::to_string).collect();
-            if writeln!(out, "[{}]", json.join(",")).is_err() {
-                std::process::exit(0);
+            if let Err(e) = writeln!(out, "[{}]", json.join(",")) {
+                stdout_failed(e);
             }
         }
         bar.inc(block.len() as u64);
@@ -751,9 +795,7 @@ fn embed_lines(embed: impl Fn(&[&str]) -> typeformer::Result<Vec<Vec<f32>>>) -> 
         }
     }
     bar.finish_and_clear();
-    if out.flush().is_err() {
-        std::process::exit(0);
-    }
+    out.flush().unwrap_or_else(|e| stdout_failed(e));
     failure.map_or(Ok(()), Err)
 }
 
@@ -907,7 +949,7 @@ fn print_report(run: &TaskRun, report: &TaskReport, show: usize) {
     );
     print_evaluation(&report.evaluation, show);
     for warning in &report.warnings {
-        eprintln!("warning: {warning}");
+        note!("warning: {warning}");
     }
     let Some(dir) = &run.out_dir else { return };
     say!("files in {}:", dir.display());
@@ -961,7 +1003,7 @@ impl Progress {
             let every = (self.steps / 10).max(1);
             if step == 1 || step.is_multiple_of(every) || step == self.steps {
                 let elapsed = self.start.elapsed().as_secs_f64();
-                eprintln!("step {step}/{} ({elapsed:.1} s) {message}", self.steps);
+                note!("step {step}/{} ({elapsed:.1} s) {message}", self.steps);
             }
         }
         self.bar.set_position(step as u64);
@@ -996,6 +1038,20 @@ fn train_lm_on<Dev: Device<f32>>(dev: &Dev, args: &TrainLmArgs) -> typeformer::R
         model_name: LM_NAME.into(),
     };
     cfg.validate(<LmSmall<f32, Dev> as LanguageModel<BYTE_VOCAB, f32, Dev>>::CONTEXT)?;
+    // Ctrl-C (or SIGTERM) while training stops after the step, with a checkpoint; once the last
+    // checkpoint is written, it ends the evaluation at once. Installed before the run directory
+    // is taken, so that a signal while the data is read still lets the run clean up.
+    let stop = Arc::new(AtomicBool::new(false));
+    let evaluating = Arc::new(AtomicBool::new(false));
+    let (flag, done) = (stop.clone(), evaluating.clone());
+    ctrlc::set_handler(move || {
+        if done.load(Ordering::SeqCst) {
+            note!("\ninterrupted during the final evaluation; the checkpoint is complete");
+            std::process::exit(INTERRUPTED);
+        }
+        flag.store(true, Ordering::SeqCst);
+    })
+    .map_err(|e| typeformer::Error::Training(format!("cannot install the Ctrl-C handler: {e}")))?;
     // Owned before anything is read or trained: a second run (or a --resume beside a running
     // one) stops here.
     let lock = RunLock::acquire(&args.out)?;
@@ -1066,7 +1122,7 @@ fn train_lm_on<Dev: Device<f32>>(dev: &Dev, args: &TrainLmArgs) -> typeformer::R
         for (key, flag) in SETTINGS {
             if let (Some(saved), Some(now)) = (resume.metadata.get(*key), metadata.get(*key)) {
                 if saved != now {
-                    eprintln!(
+                    note!(
                         "note: {flag} {now} differs from the run's {saved}: the resumed run will not equal an \
                          uninterrupted one"
                     );
@@ -1074,12 +1130,12 @@ fn train_lm_on<Dev: Device<f32>>(dev: &Dev, args: &TrainLmArgs) -> typeformer::R
             }
         }
         if let Some(saved) = resume.metadata.get("dropout").filter(|d| **d != args.dropout.to_string()) {
-            eprintln!("note: --dropout {} is not applied: a resumed run keeps its dropout, {saved}", args.dropout);
+            note!("note: --dropout {} is not applied: a resumed run keeps its dropout, {saved}", args.dropout);
         }
         for warning in &resume.warnings {
-            eprintln!("warning: {warning}");
+            note!("warning: {warning}");
         }
-        eprintln!("resuming {} at step {step}", args.out.display());
+        note!("resuming {} at step {step}", args.out.display());
         resume.run
     } else {
         if let (Some(existing), false) = (&existing, args.force) {
@@ -1098,21 +1154,11 @@ fn train_lm_on<Dev: Device<f32>>(dev: &Dev, args: &TrainLmArgs) -> typeformer::R
         typeformer::nn::set_dropout(&mut model, args.dropout)?;
         LmRun { model, opt: typeformer::train::Adam::new(cfg.adam)?, logs: Vec::new() }
     };
-    eprintln!("training a byte-level language model (d 128, 4 blocks, context 128) on {}", source.describe());
-    // Ctrl-C while training stops after the step (with a checkpoint); once the last checkpoint
-    // is written, it ends the evaluation at once.
-    let stop = Arc::new(AtomicBool::new(false));
-    let evaluating = Arc::new(AtomicBool::new(false));
-    // (SIGTERM too, with the crate's `termination` feature.)
-    let (flag, done) = (stop.clone(), evaluating.clone());
-    ctrlc::set_handler(move || {
-        if done.load(Ordering::SeqCst) {
-            eprintln!("\ninterrupted during the final evaluation; the checkpoint is complete");
-            std::process::exit(INTERRUPTED);
-        }
-        flag.store(true, Ordering::SeqCst);
-    })
-    .map_err(|e| typeformer::Error::Training(format!("cannot install the Ctrl-C handler: {e}")))?;
+    note!("training a byte-level language model (d 128, 4 blocks, context {}) on {}", args.context, source.describe());
+    if stop.load(Ordering::SeqCst) {
+        say!("interrupted before training began: nothing was written");
+        return Ok(ExitCode::from(INTERRUPTED as u8));
+    }
     let progress = Progress::new(args.steps, run.opt.step);
     let mut last_val = None;
     let outcome = train_language_model(&mut run, &source, &cfg, &lock, metadata, &stop, |log: &StepLog| {
@@ -1126,7 +1172,7 @@ fn train_lm_on<Dev: Device<f32>>(dev: &Dev, args: &TrainLmArgs) -> typeformer::R
     if !run.logs.is_empty() {
         let png = lock.dir().join("loss.png");
         if let Err(e) = typeformer::io::write_curve_png(&png, &run.logs, "language model: training loss") {
-            eprintln!("warning: no plot: {e}");
+            note!("warning: no plot: {e}");
         }
     }
     if outcome == LmStop::Interrupted {
@@ -1175,20 +1221,26 @@ fn generate_on<Dev: Device<f32>>(dev: &Dev, args: &GenerateArgs) -> typeformer::
     let prompt: Vec<usize> = args.prompt.bytes().map(usize::from).collect();
     let start = std::time::Instant::now();
     let mut stdout = std::io::stdout().lock();
-    // The prompt is printed with the first token, once generation has passed its checks.
+    // The prompt is printed with the first token, once generation has passed its checks; a
+    // reader that went away ends the generation, a failed write ends it with an error.
     let mut started = false;
-    let out = generate::<LmSmall<f32, Dev>, BYTE_VOCAB, f32, Dev>(&model, &prompt, &cfg, &mut sampler, |t| {
-        if !std::mem::replace(&mut started, true) {
-            let _ = stdout.write_all(args.prompt.as_bytes());
+    let mut failed = None;
+    let out = generate_while::<LmSmall<f32, Dev>, BYTE_VOCAB, f32, Dev>(&model, &prompt, &cfg, &mut sampler, |t| {
+        let prompt_text = if std::mem::replace(&mut started, true) { &[][..] } else { args.prompt.as_bytes() };
+        match stdout.write_all(prompt_text).and_then(|()| stdout.write_all(&[t as u8])).and_then(|()| stdout.flush()) {
+            Ok(()) => std::ops::ControlFlow::Continue(()),
+            Err(e) => {
+                failed = Some(e);
+                std::ops::ControlFlow::Break(())
+            }
         }
-        let _ = stdout.write_all(&[t as u8]);
-        let _ = stdout.flush();
     })?;
-    if !started {
-        let _ = stdout.write_all(args.prompt.as_bytes());
+    if let Some(e) = failed {
+        stdout_failed(e);
     }
-    let _ = writeln!(stdout);
+    let ended = if started { writeln!(stdout) } else { writeln!(stdout, "{}", args.prompt) };
+    ended.unwrap_or_else(|e| stdout_failed(e));
     let secs = start.elapsed().as_secs_f64();
-    eprintln!("{} tokens in {secs:.2} s ({:.1} tokens/s)", out.len(), out.len() as f64 / secs);
+    note!("{} tokens in {secs:.2} s ({:.1} tokens/s)", out.len(), out.len() as f64 / secs);
     Ok(())
 }

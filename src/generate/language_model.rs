@@ -6,6 +6,7 @@ use crate::models::LanguageModel;
 use crate::shape::Tokens;
 use crate::FloatDtype;
 use dfdx::prelude::*;
+use std::ops::ControlFlow;
 
 /// When to stop generating.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +29,25 @@ pub fn generate<M, const V: usize, E, Dev>(
     cfg: &GenerateConfig,
     sampler: &mut Sampler,
     mut on_token: impl FnMut(usize),
+) -> Result<Vec<usize>>
+where
+    M: LanguageModel<V, E, Dev>,
+    E: FloatDtype,
+    Dev: Device<E>,
+{
+    generate_while::<M, V, E, Dev>(model, prompt, cfg, sampler, |t| {
+        on_token(t);
+        ControlFlow::Continue(())
+    })
+}
+
+/// [`generate`], stopping early when `on_token` says so (the reader of the text went away).
+pub fn generate_while<M, const V: usize, E, Dev>(
+    model: &M,
+    prompt: &[usize],
+    cfg: &GenerateConfig,
+    sampler: &mut Sampler,
+    mut on_token: impl FnMut(usize) -> ControlFlow<()>,
 ) -> Result<Vec<usize>>
 where
     M: LanguageModel<V, E, Dev>,
@@ -63,8 +83,7 @@ where
         let last = &logits[logits.len() - V..];
         let next = sampler.sample(last);
         out.push(next);
-        on_token(next);
-        if cfg.stop_tokens.contains(&next) {
+        if on_token(next).is_break() || cfg.stop_tokens.contains(&next) {
             break;
         }
         input = Tokens::from_sequences(&[vec![next]])?;

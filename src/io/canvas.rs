@@ -20,8 +20,30 @@ impl Canvas {
         Self { width, height, pixels: vec![255; width as usize * height as usize * 3] }
     }
 
-    /// Writes the canvas to `path` as an 8-bit RGB PNG, atomically.
+    /// Writes the canvas to `path` as an 8-bit RGB PNG, atomically. A file there that is not a
+    /// PNG, or a path inside a checkpoint, is refused: a plot never replaces a run's data.
     pub(crate) fn save_png(&self, path: &Path) -> Result<()> {
+        if let Some(mut file) = std::fs::File::open(path).ok().filter(|_| path.is_file()) {
+            let mut signature = [0u8; 8];
+            let read = std::io::Read::read_exact(&mut file, &mut signature);
+            if read.is_err() || &signature != b"\x89PNG\r\n\x1a\n" {
+                return Err(Error::BadFile {
+                    path: path.into(),
+                    reason: "exists and is not a PNG: a plot does not replace it; choose another file".into(),
+                });
+            }
+        } else if path.is_dir() {
+            return Err(Error::BadFile { path: path.into(), reason: "a directory, where a plot goes".into() });
+        }
+        if let Some(checkpoint) = path.ancestors().skip(1).find(|a| super::run_dir::is_checkpoint_dir(a)) {
+            return Err(Error::BadFile {
+                path: path.into(),
+                reason: format!(
+                    "inside the checkpoint {}, whose files are committed: choose another file",
+                    checkpoint.display()
+                ),
+            });
+        }
         let mut png_bytes = Vec::new();
         {
             let mut encoder = png::Encoder::new(&mut png_bytes, self.width, self.height);

@@ -72,7 +72,8 @@ impl Checkpoint {
                 // The layout before commit records: the files at the top level, written by
                 // typeformer (a model directory of another tool is not a run).
                 let model = run_dir.join("model.safetensors");
-                let ours = model.is_file()
+                let ours = !is_checkpoint_dir(run_dir)
+                    && model.is_file()
                     && super::read_metadata(&model)
                         .is_ok_and(|m| m.get("format").map(String::as_str) == Some("typeformer"));
                 return Ok(ours.then(|| Checkpoint {
@@ -82,6 +83,9 @@ impl Checkpoint {
                     files: BTreeMap::new(),
                     previous: None,
                 }));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(Error::BadFile { path: record, reason: "not a commit record (not text)".into() })
             }
             Err(e) => return Err(Error::Io { path: record, source: e }),
         };
@@ -283,8 +287,22 @@ pub struct RunLock {
 impl RunLock {
     /// Creates `dir` if needed, takes its lock, and removes what interrupted commits left there.
     pub fn acquire(dir: &Path) -> Result<Self> {
-        if dir.exists() && !dir.is_dir() {
-            return Err(Error::BadFile { path: dir.into(), reason: "a file, where a run directory is needed".into() });
+        if std::fs::symlink_metadata(dir).is_ok() && !dir.is_dir() {
+            let what = if dir.exists() { "a file" } else { "a link to nothing" };
+            return Err(Error::BadFile {
+                path: dir.into(),
+                reason: format!("{what}, where a run directory is needed"),
+            });
+        }
+        if let Some(run) = dir.ancestors().find(|a| is_checkpoint_dir(a)) {
+            return Err(Error::BadFile {
+                path: dir.into(),
+                reason: format!(
+                    "{} is a checkpoint of the run in {}, not a run directory: choose another --out",
+                    run.display(),
+                    run.parent().map_or(String::new(), |p| p.display().to_string())
+                ),
+            });
         }
         // The outermost directory this run creates, removed again if the run leaves nothing.
         let created =
@@ -322,6 +340,12 @@ impl RunLock {
         // For the message a second run prints; the lock itself is what counts.
         let _ = file.set_len(0).and_then(|()| write!(file, "{}", std::process::id()));
         let lock = Self { dir: dir.into(), created, _lock: file };
+        // A directory the run cannot write in fails now, not after the training.
+        let probe = super::temporary_path(dir);
+        File::create(&probe).and_then(|_| std::fs::remove_file(&probe)).map_err(|e| Error::Io {
+            path: dir.into(),
+            source: std::io::Error::new(e.kind(), format!("a run cannot write its checkpoints here ({e})")),
+        })?;
         lock.remove_leftovers()?;
         Ok(lock)
     }
@@ -389,23 +413,24 @@ impl RunLock {
         crash_point("committed", step);
         let committed = latest_checkpoint(&self.dir)?;
         // The checkpoint before the previous one: no reader of the record can still want it.
+        // Removing what the commit superseded is best effort: the checkpoint is committed, and
+        // what cannot be removed now (a read-only directory) is tried again by the next run.
         if let Some(older) = previous.as_ref().and_then(|p| p.previous.as_ref()) {
-            remove_path(&self.dir.join(older))?;
+            let _ = remove_path(&self.dir.join(older));
         }
         if old_layout {
             // An old-layout checkpoint is superseded by the first commit record.
-            self.retire_old_layout()?;
+            self.retire_old_layout();
         }
         crash_point("removed an older checkpoint", step);
         Ok(committed)
     }
 
-    /// Removes the top-level files of a run directory of the old layout.
-    fn retire_old_layout(&self) -> Result<()> {
+    /// Removes the top-level files of a run directory of the old layout (best effort).
+    fn retire_old_layout(&self) {
         for name in LEGACY {
-            remove_path(&self.dir.join(name))?;
+            let _ = remove_path(&self.dir.join(name));
         }
-        Ok(())
     }
 
     /// Removes what an interrupted commit left: staging directories and temporary files always;
@@ -428,7 +453,8 @@ impl RunLock {
                 || super::is_temporary_name(&name)
                 || (is_step_dir_name(&name) && keep.as_ref().is_some_and(|keep| !keep.contains(&path)));
             if stale {
-                remove_path(&path)?;
+                // Best effort: a leftover that cannot be removed harms nothing, readers ignore it.
+                let _ = remove_path(&path);
             }
         }
         Ok(())
@@ -471,6 +497,13 @@ fn is_step_dir_name(name: &str) -> bool {
             && !k.is_empty()
             && k.bytes().all(|b| b.is_ascii_digit())
     })
+}
+
+/// True for a step directory of a run: its name is one commits give and its parent holds a
+/// commit record (a checkpoint's files, not a run directory of its own).
+pub(crate) fn is_checkpoint_dir(dir: &Path) -> bool {
+    dir.file_name().is_some_and(|n| is_step_dir_name(&n.to_string_lossy()))
+        && dir.parent().is_some_and(|parent| parent.join(COMMIT_RECORD).is_file())
 }
 
 /// Files a run directory's top level holds of the old layout's checkpoints.

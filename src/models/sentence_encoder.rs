@@ -14,6 +14,84 @@ use dfdx::prelude::*;
 use serde_json::Value;
 use std::path::Path;
 
+/// What a sentence-transformers `modules.json` lists, as far as an encoder needs it.
+struct Modules {
+    /// The pooling module's configuration.
+    pooling: Option<std::path::PathBuf>,
+    /// Whether the embeddings are normalised.
+    normalize: bool,
+}
+
+impl Modules {
+    /// Reads `dir/modules.json`: a Transformer at the directory's root, a Pooling module, an
+    /// optional Normalize; any other module (a Dense layer, say) would change the embeddings,
+    /// so it is refused. Without the file: mean pooling from `1_Pooling`, normalised.
+    fn read(dir: &Path) -> Result<Self> {
+        let path = dir.join("modules.json");
+        if !path.exists() {
+            return Ok(Self { pooling: Some(dir.join("1_Pooling").join("config.json")), normalize: true });
+        }
+        let bad = |reason: String| Error::BadFile { path: path.clone(), reason };
+        let json = read_json(&path)?;
+        let list = json.as_array().ok_or_else(|| bad("not a list of modules".into()))?;
+        let mut modules = Self { pooling: None, normalize: false };
+        for module in list {
+            let kind = module
+                .get("type")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad(format!("a module without a type: {module}")))?;
+            let sub = module.get("path").and_then(Value::as_str).unwrap_or("");
+            match kind.rsplit('.').next().unwrap_or(kind) {
+                "Transformer" if sub.is_empty() => {}
+                "Transformer" => {
+                    return Err(bad(format!(
+                        "the Transformer module is in `{sub}`; only one at the directory's root loads"
+                    )))
+                }
+                "Pooling" => modules.pooling = Some(dir.join(sub).join("config.json")),
+                "Normalize" => modules.normalize = true,
+                other => {
+                    return Err(bad(format!(
+                        "module `{other}` is not supported (only Transformer, Pooling and Normalize): the embeddings \
+                         would differ from sentence-transformers'"
+                    )))
+                }
+            }
+        }
+        if modules.pooling.is_none() {
+            return Err(bad("no Pooling module: an encoder gives one vector per token, not per text".into()));
+        }
+        Ok(modules)
+    }
+}
+
+/// Refuses a pooling configuration other than the mean over tokens of width `d`.
+fn check_mean_pooling(path: &Path, d: usize) -> Result<()> {
+    let bad = |reason: String| Error::BadFile { path: path.into(), reason };
+    let json = read_json(path)?;
+    let config = json.as_object().ok_or_else(|| bad("not a pooling configuration".into()))?;
+    for (key, value) in config {
+        let on = value.as_bool();
+        match key.as_str() {
+            "pooling_mode_mean_tokens" if on != Some(true) => {
+                return Err(bad("only mean pooling is supported (pooling_mode_mean_tokens is not true)".into()))
+            }
+            "pooling_mode_mean_tokens" => {}
+            mode if mode.starts_with("pooling_mode_") && on == Some(true) => {
+                return Err(bad(format!("only mean pooling is supported, and {mode} is true")))
+            }
+            "word_embedding_dimension" if value.as_u64() != Some(d as u64) => {
+                return Err(bad(format!("word_embedding_dimension is {value}, the model's width is {d}")))
+            }
+            _ => {}
+        }
+    }
+    if !config.contains_key("pooling_mode_mean_tokens") {
+        return Err(bad("only mean pooling is supported (no pooling_mode_mean_tokens)".into()));
+    }
+    Ok(())
+}
+
 /// Reads a JSON file of a model directory.
 fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
@@ -51,11 +129,24 @@ impl BertConfig {
         let int = |key: &str| {
             json.get(key).and_then(Value::as_u64).map(|v| v as usize).ok_or_else(|| bad(format!("no integer `{key}`")))
         };
-        if let Some(kind) = json.get("position_embedding_type").and_then(Value::as_str) {
+        let text = |key: &str| -> Result<Option<&str>> {
+            match json.get(key) {
+                None => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s)),
+                Some(other) => Err(bad(format!("`{key}` is {other}, not a name"))),
+            }
+        };
+        if let Some(kind) = text("position_embedding_type")? {
             if kind != "absolute" {
                 return Err(bad(format!("position_embedding_type `{kind}` is not supported (only `absolute`)")));
             }
         }
+        if let Some(kind) = text("model_type")? {
+            if kind != "bert" {
+                return Err(bad(format!("model_type is `{kind}`: this loads BERT models")));
+            }
+        }
+        let activation = text("hidden_act")?.unwrap_or("gelu").to_string();
         Ok(Self {
             vocab: int("vocab_size")?,
             d_model: int("hidden_size")?,
@@ -64,7 +155,7 @@ impl BertConfig {
             layers: int("num_hidden_layers")?,
             positions: int("max_position_embeddings")?,
             token_types: int("type_vocab_size")?,
-            activation: json.get("hidden_act").and_then(Value::as_str).unwrap_or("gelu").to_string(),
+            activation,
             layer_norm_eps: match json.get("layer_norm_eps") {
                 None => 1e-12,
                 Some(v) => v
@@ -133,16 +224,10 @@ impl<
             },
             _ => P,
         };
-        let pooling = dir.join("1_Pooling").join("config.json");
-        if pooling.exists()
-            && read_json(&pooling)?.get("pooling_mode_mean_tokens").and_then(Value::as_bool) != Some(true)
-        {
-            return Err(Error::InvalidConfig(format!("{}: only mean pooling is supported", pooling.display())));
+        let Modules { pooling, normalize } = Modules::read(dir)?;
+        if let Some(pooling) = pooling.filter(|p| p.exists()) {
+            check_mean_pooling(&pooling, D)?;
         }
-        let normalize = match dir.join("modules.json") {
-            p if p.exists() => read_json(&p)?.to_string().contains("sentence_transformers.models.Normalize"),
-            _ => true,
-        };
         let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"), max_len.min(P))?;
         if tokenizer.vocab_size() > V {
             return Err(Error::InvalidConfig(format!(

@@ -1,5 +1,8 @@
-//! Allocator settings for programs that train or run models.
+//! Settings of the C library that Rust's standard library does not expose, for programs that
+//! train or run models: the allocator's thresholds, and the signal for files grown past the
+//! size limit. This module exists for its `unsafe`: both are C functions.
 //!
+//! ## The allocator
 //! Every dfdx op allocates its output, and glibc serves allocations of 128 KiB and more with
 //! fresh `mmap`s that it unmaps on free, so a training step maps, zero-faults and unmaps the same
 //! activations again and again: measured on the GPT-style training step, 770,603 page faults in
@@ -22,6 +25,22 @@ pub fn reuse_freed_memory() {
         unsafe {
             libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
             libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+        }
+    }
+}
+
+/// Makes a write past the file-size limit (`ulimit -f`) fail with an error instead of killing
+/// the process with SIGXFSZ: a checkpoint that cannot be written is then reported, and its
+/// staging directory removed, like any failed write. Call it once, first thing in `main`; a
+/// no-op on platforms other than Linux.
+pub fn report_oversized_writes() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code; it is
+        // async-signal-safe and has no other effect than making write(2) return EFBIG.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
         }
     }
 }
