@@ -99,6 +99,15 @@ fn long_texts_are_truncated_to_256_tokens() {
     assert_eq!(ids[0].len(), 256);
     assert_eq!(ids[0][255], 102, "[SEP] survives truncation");
     assert_eq!(encoder().embed_all(&[&long], 1).unwrap()[0].len(), 384);
+    // Only a prefix of a long text is tokenized; its ids are those of the whole text.
+    let mixed: String = (0..3000).map(|k| format!("tok{k}enization, ")).collect();
+    let tokenizer = typeformer::data::TextTokenizer::from_file(&model_dir().join("tokenizer.json"), 100_000).unwrap();
+    let full = tokenizer.encode_batch(&[&mixed]).unwrap();
+    assert!(full[0].len() > 256 * 16, "the reference tokenizes all of it");
+    let head = &full[0][..255];
+    let ids = encoder().tokenizer.encode_batch(&[&mixed, &"x".repeat(20 << 20)]).unwrap();
+    assert_eq!(&ids[0][..255], head);
+    assert_eq!(ids[1], [101, 100, 102], "a 20 MB word is one unknown token");
 }
 
 #[test]

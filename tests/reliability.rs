@@ -708,6 +708,12 @@ fn a_checkpoint_is_not_a_run_directory_and_a_plot_replaces_only_a_plot() {
     assert!(ok, "{err}");
     let (ok, out, _) = typeformer(&["evaluate", "--checkpoint", t]);
     assert!(ok && out.contains("exact match"), "{out}");
+    // A run of another kind that replaces this one leaves none of its pictures behind.
+    let mut replace = lm_args(t, "2");
+    replace.push("--force");
+    let (ok, _, err) = typeformer(&replace);
+    assert!(ok, "{err}");
+    assert!(!task.join("attention.png").exists(), "the earlier run's attention plot survived its model");
     std::fs::remove_dir_all(&base).unwrap();
 }
 

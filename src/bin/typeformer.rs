@@ -1149,6 +1149,7 @@ fn train_lm_on<Dev: Device<f32>>(dev: &Dev, args: &TrainLmArgs) -> typeformer::R
         if let (Some(refusal), false) = (occupants.refusal(lock.dir()), args.force) {
             return Err(refusal);
         }
+        lock.start_new_run();
         let mut model = LmSmall::<f32, Dev>::try_build(dev)
             .map_err(|e| typeformer::Error::Device(format!("cannot build the model: {e:?}")))?;
         typeformer::nn::set_dropout(&mut model, args.dropout)?;

@@ -49,11 +49,63 @@ impl TextTokenizer {
     }
 
     /// The ids of each text, special tokens included.
+    ///
+    /// Only as much of a long text is tokenized as its first `max_len` ids need: a prefix that
+    /// ends at whitespace, grown until it yields `max_len` ids or is the whole text (a 20 MB
+    /// line costs what its first few kilobytes cost). Cutting at whitespace keeps the ids of
+    /// the prefix those of the whole text, as pre-tokenizers split there. A prefix grows to at
+    /// most a kilobyte per id: a text whose first `max_len` ids span more than that (words of
+    /// thousands of letters, pages of blank space) is read up to there.
     pub fn encode_batch(&self, texts: &[&str]) -> Result<Vec<Vec<usize>>> {
-        let encodings = self
-            .inner
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| Error::InvalidConfig(format!("tokenizer failed: {e}")))?;
-        Ok(encodings.iter().map(|e| e.get_ids().iter().map(|&id| id as usize).collect()).collect())
+        // Subword tokens are rarely longer than a few characters; 16 bytes per id is generous.
+        let mut budget = 16 * self.max_len + 64;
+        let most = 1024 * self.max_len + 65536;
+        let mut ids = vec![Vec::new(); texts.len()];
+        let mut pending: Vec<usize> = (0..texts.len()).collect();
+        while !pending.is_empty() {
+            let prefixes: Vec<&str> = pending.iter().map(|&i| whitespace_prefix(texts[i], budget)).collect();
+            let encodings = self
+                .inner
+                .encode_batch(prefixes.clone(), true)
+                .map_err(|e| Error::InvalidConfig(format!("tokenizer failed: {e}")))?;
+            let mut short = Vec::new();
+            for ((&i, prefix), encoding) in pending.iter().zip(&prefixes).zip(&encodings) {
+                ids[i] = encoding.get_ids().iter().map(|&id| id as usize).collect();
+                if ids[i].len() < self.max_len && prefix.len() < texts[i].len() && budget < most {
+                    short.push(i);
+                }
+            }
+            pending = short;
+            budget = budget.saturating_mul(4).min(most);
+        }
+        Ok(ids)
+    }
+}
+
+/// The start of `text`: all of it when it is at most `budget` bytes, otherwise up to the first
+/// whitespace at or after `budget` bytes (within a kilobyte; a longer word is cut there, and
+/// pre-tokenizers make an unknown or split word of such a run either way).
+fn whitespace_prefix(text: &str, budget: usize) -> &str {
+    if text.len() <= budget {
+        return text;
+    }
+    let start = (budget..=text.len()).find(|&b| text.is_char_boundary(b)).unwrap_or(text.len());
+    let window = (start + 1024..=text.len()).find(|&b| text.is_char_boundary(b)).unwrap_or(text.len());
+    let end = text[start..window].find(char::is_whitespace).map_or(window, |k| start + k);
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::whitespace_prefix;
+
+    #[test]
+    fn prefixes_end_at_whitespace_on_a_char_boundary() {
+        assert_eq!(whitespace_prefix("short", 16), "short");
+        assert_eq!(whitespace_prefix("aaaa bbbb cccc", 6), "aaaa bbbb");
+        assert_eq!(whitespace_prefix("aaaa bbbb", 4), "aaaa");
+        let wide = "é".repeat(600);
+        let cut = whitespace_prefix(&wide, 3);
+        assert_eq!(cut.len(), 1028, "a word with no whitespace is cut a kilobyte on, at a char boundary");
     }
 }

@@ -31,6 +31,8 @@ pub const COMMIT_RECORD: &str = "checkpoint.json";
 const LOCK: &str = ".lock";
 const STAGING_PREFIX: &str = ".staging-";
 const FORMAT: &str = "typeformer-checkpoint";
+/// The pictures a run draws beside its checkpoints; they belong to the run that drew them.
+const PLOTS: [&str; 2] = ["loss.png", "attention.png"];
 
 /// Writes one file of a checkpoint at the path it is given.
 pub type FileWriter<'a> = &'a dyn Fn(&Path) -> Result<()>;
@@ -281,6 +283,8 @@ pub struct RunLock {
     dir: PathBuf,
     /// The outermost directory `acquire` created, if any.
     created: Option<PathBuf>,
+    /// Set by [`RunLock::start_new_run`]: the next commit retires the earlier run's plots.
+    replacing: std::cell::Cell<bool>,
     _lock: File,
 }
 
@@ -339,7 +343,7 @@ impl RunLock {
         }
         // For the message a second run prints; the lock itself is what counts.
         let _ = file.set_len(0).and_then(|()| write!(file, "{}", std::process::id()));
-        let lock = Self { dir: dir.into(), created, _lock: file };
+        let lock = Self { dir: dir.into(), created, replacing: false.into(), _lock: file };
         // A directory the run cannot write in fails now, not after the training.
         let probe = super::temporary_path(dir);
         File::create(&probe).and_then(|_| std::fs::remove_file(&probe)).map_err(|e| Error::Io {
@@ -353,6 +357,13 @@ impl RunLock {
     /// The run directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Says that this run starts afresh rather than continuing the directory's run: its first
+    /// commit also removes the plots an earlier run drew, so that none outlives the model it
+    /// showed. Until then the earlier run stays whole.
+    pub fn start_new_run(&self) {
+        self.replacing.set(true);
     }
 
     /// Writes a checkpoint of `step` and commits it: each `(name, write)` writes the file
@@ -421,6 +432,11 @@ impl RunLock {
         if old_layout {
             // An old-layout checkpoint is superseded by the first commit record.
             self.retire_old_layout();
+        }
+        if self.replacing.replace(false) {
+            for plot in PLOTS {
+                let _ = remove_path(&self.dir.join(plot));
+            }
         }
         crash_point("removed an older checkpoint", step);
         Ok(committed)
@@ -511,7 +527,8 @@ const LEGACY: [&str; 3] = ["model.safetensors", "optimizer.safetensors", "loss.c
 
 /// Entries of a run directory that this tool writes (besides step directories).
 fn is_ours(name: &str) -> bool {
-    [LOCK, COMMIT_RECORD, "loss.png", "attention.png"].contains(&name)
+    [LOCK, COMMIT_RECORD].contains(&name)
+        || PLOTS.contains(&name)
         || name.starts_with(STAGING_PREFIX)
         || super::is_temporary_name(name)
 }

@@ -120,6 +120,8 @@ where
         Err(e) => warnings.push(format!("no plot: {e}")),
     };
     if let Some(lock) = &lock {
+        // A task run always starts afresh: no plot of an earlier run survives its commit.
+        lock.start_new_run();
         let metadata = HashMap::from([
             ("format".to_string(), "typeformer".to_string()),
             ("model".to_string(), run.model_name.clone()),
