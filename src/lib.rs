@@ -14,17 +14,21 @@
 //! - `V` vocabulary (`SV` source, `TV` target), `P` positions, `L` layers
 //!
 //! ## Layout
-//! - [`nn`] holds the building blocks, one per file;
-//! - [`models`] holds whole architectures;
-//! - [`train`] holds the loss, schedule, optimizer and training loop;
-//! - [`generate`] holds decoding;
-//! - [`data`] holds the built-in tasks;
-//! - [`device`] opens a CUDA GPU (with the `cuda` feature) without panicking when there is none;
-//! - [`io`] holds checkpoints and loss curves;
-//! - `kernels` (private) holds the fast CPU kernels and the threads they run on; with `os`
-//!   (the C library's allocator thresholds and file-size signal), the only modules with
-//!   `unsafe` (the matrix product's raw pointers, the helper threads' borrowed closures, the two
-//!   C calls).
+//! Each layer uses only the ones listed before it (tests aside), so a module can be read without
+//! those after it:
+//! - [`error`], [`shape`], [`memory`], [`device`] — errors, shapes of batches, memory checks, and
+//!   opening a CUDA GPU (with the `cuda` feature) without panicking when there is none;
+//! - `kernels` (private): the fast CPU kernels and the threads they run on; with `os` (the C
+//!   library's allocator thresholds and file-size signal), the only modules with `unsafe` (the
+//!   matrix product's raw pointers, the helper threads' borrowed closures, the two C calls);
+//! - [`nn`] — the building blocks, one per file;
+//! - [`models`] — whole architectures;
+//! - [`io`] — checkpoints, run directories, pictures and the importers of others' weights;
+//! - [`data`] — the built-in tasks, text data and tokenizers;
+//! - [`generate`] — decoding;
+//! - [`train`] — the loss, schedule, optimizer, training loops and loss curves;
+//! - [`pipelines`] — applications assembled from the rest (sentence embeddings from a model
+//!   directory).
 
 #![deny(unsafe_code)]
 
@@ -49,6 +53,7 @@ mod os;
 pub use os::{report_oversized_writes, reuse_freed_memory};
 pub mod models;
 pub mod nn;
+pub mod pipelines;
 pub mod shape;
 pub mod train;
 
@@ -220,6 +225,7 @@ pub mod prelude {
 
     pub use crate::models::*;
     pub use crate::nn::*;
+    pub use crate::pipelines::*;
     pub use crate::shape::*;
     pub use crate::{Error, FloatDtype, Result};
 }

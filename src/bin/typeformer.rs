@@ -20,10 +20,10 @@ use typeformer::models::{
     TaskSmallSpec,
 };
 use typeformer::models::{
-    BertBase, BertConfig, LanguageModel, LmSmall, MiniLmL6, NoPooler, SentenceEncoder, Seq2Seq, TaskMedium, TaskSmall,
-    TASK_VOCAB,
+    BertBase, BertConfig, LanguageModel, LmSmall, MiniLmL6, NoPooler, Seq2Seq, TaskMedium, TaskSmall, TASK_VOCAB,
 };
 use typeformer::nn::PackedWeights;
+use typeformer::pipelines::SentenceEncoder;
 use typeformer::train::{
     addition_accuracy, evaluate_checkpoint, label_smoothing_floor, load_lm_checkpoint, load_lm_model, plot_attention,
     run_task, train_language_model, validation_loss, AdamConfig, AttentionKind, AttentionSelection, LmRun, LmStop,
@@ -1172,7 +1172,7 @@ fn train_lm_on<Dev: Device<f32>>(dev: &Dev, args: &TrainLmArgs) -> typeformer::R
     // The plot is a view of the run: a failure to draw it is reported, not fatal.
     if !run.logs.is_empty() {
         let png = lock.dir().join("loss.png");
-        if let Err(e) = typeformer::io::write_curve_png(&png, &run.logs, "language model: training loss") {
+        if let Err(e) = typeformer::train::write_curve_png(&png, &run.logs, "language model: training loss") {
             note!("warning: no plot: {e}");
         }
     }

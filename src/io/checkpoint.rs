@@ -7,6 +7,7 @@
 
 use super::write_atomic;
 use crate::error::{Error, Result};
+use crate::nn::check_scalar;
 use crate::FloatDtype;
 use ::safetensors::tensor::{Dtype as SafeDtype, SafeTensorError, SafeTensors, TensorView};
 use dfdx::nn::tensor_collection::{
@@ -413,18 +414,6 @@ impl<E: FloatDtype, Dev: Device<E>> TensorVisitor<E, Dev> for Restore<'_> {
             }
         }
         Ok(None)
-    }
-}
-
-/// Whether a hyperparameter read from a file can be meant: a layer norm's `eps` in (0, 1), a
-/// dropout probability in [0, 1). Returns the valid range otherwise.
-pub fn check_scalar(name: &str, value: f64) -> std::result::Result<(), &'static str> {
-    let last = name.rsplit('.').next().unwrap_or(name);
-    match last {
-        "eps" if !(value > 0.0 && value < 1.0) => Err("a number in (0, 1)"),
-        "dropout" if !(0.0..1.0).contains(&value) => Err("a probability in [0, 1)"),
-        _ if !value.is_finite() => Err("a finite number"),
-        _ => Ok(()),
     }
 }
 

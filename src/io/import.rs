@@ -8,10 +8,12 @@
 //! then checks every name, shape and dtype and reports all problems at once.
 
 use super::{import_weights, parameter_shapes, tensor_names, Source, Transpose};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::models::BertConfig;
 use crate::FloatDtype;
 use dfdx::nn::tensor_collection::TensorCollection;
 use dfdx::prelude::*;
+use serde_json::Value;
 use std::collections::HashSet;
 use std::path::Path;
 
@@ -209,6 +211,58 @@ pub fn load_hf_gpt2<M: TensorCollection<E, Dev> + Clone, E: FloatDtype, Dev: Dev
         |name: &str| name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias") || name == "lm_head.weight";
     import_weights(model, path, &|ours| hf_gpt2_source(ours, prefix), &ignore)?;
     Ok(HfImport::default())
+}
+
+impl BertConfig {
+    /// Reads `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let json = read_json(path)?;
+        let bad = |reason: String| Error::BadFile { path: path.into(), reason };
+        let int = |key: &str| {
+            json.get(key).and_then(Value::as_u64).map(|v| v as usize).ok_or_else(|| bad(format!("no integer `{key}`")))
+        };
+        let text = |key: &str| -> Result<Option<&str>> {
+            match json.get(key) {
+                None => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s)),
+                Some(other) => Err(bad(format!("`{key}` is {other}, not a name"))),
+            }
+        };
+        if let Some(kind) = text("position_embedding_type")? {
+            if kind != "absolute" {
+                return Err(bad(format!("position_embedding_type `{kind}` is not supported (only `absolute`)")));
+            }
+        }
+        if let Some(kind) = text("model_type")? {
+            if kind != "bert" {
+                return Err(bad(format!("model_type is `{kind}`: this loads BERT models")));
+            }
+        }
+        let activation = text("hidden_act")?.unwrap_or("gelu").to_string();
+        Ok(Self {
+            vocab: int("vocab_size")?,
+            d_model: int("hidden_size")?,
+            heads: int("num_attention_heads")?,
+            d_ff: int("intermediate_size")?,
+            layers: int("num_hidden_layers")?,
+            positions: int("max_position_embeddings")?,
+            token_types: int("type_vocab_size")?,
+            activation,
+            layer_norm_eps: match json.get("layer_norm_eps") {
+                None => 1e-12,
+                Some(v) => v
+                    .as_f64()
+                    .filter(|&eps| crate::nn::check_scalar("eps", eps).is_ok())
+                    .ok_or_else(|| bad(format!("`layer_norm_eps` is {v}; it must be a number in (0, 1)")))?,
+            },
+        })
+    }
+}
+
+/// Reads a JSON file of a model directory.
+pub(crate) fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+    serde_json::from_str(&text).map_err(|e| Error::BadFile { path: path.into(), reason: format!("not JSON ({e})") })
 }
 
 #[cfg(test)]

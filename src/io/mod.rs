@@ -1,17 +1,20 @@
-//! Files: checkpoints (safetensors), weights from PyTorch and Hugging Face, and training curves;
-//! writes are always atomic.
+//! Files: checkpoints (safetensors), run directories, weights from PyTorch and Hugging Face, and
+//! pictures; writes are always atomic.
 
 mod atomic;
+#[cfg(feature = "plots")]
 mod canvas;
 mod checkpoint;
-mod curve;
+#[cfg(feature = "plots")]
 mod heatmap;
 mod import;
 mod run_dir;
 
 pub use atomic::*;
+#[cfg(feature = "plots")]
+pub(crate) use canvas::Canvas;
 pub use checkpoint::*;
-pub use curve::*;
+#[cfg(feature = "plots")]
 pub use heatmap::*;
 pub use import::*;
 pub use run_dir::*;

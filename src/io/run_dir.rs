@@ -434,8 +434,11 @@ impl RunLock {
             self.retire_old_layout();
         }
         if self.replacing.replace(false) {
-            for plot in PLOTS {
-                let _ = remove_path(&self.dir.join(plot));
+            for plot in PLOTS.map(|p| self.dir.join(p)) {
+                // Only a picture of ours: a directory or a link of that name is not.
+                if std::fs::symlink_metadata(&plot).is_ok_and(|m| m.is_file()) {
+                    let _ = std::fs::remove_file(&plot);
+                }
             }
         }
         crash_point("removed an older checkpoint", step);

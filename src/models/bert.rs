@@ -2,14 +2,14 @@
 //! stream, with token-type (segment) embeddings and a norm on the embeddings.
 
 use super::summary::{block_kind, stack_layers};
-use super::{BertConfig, Layer};
+use super::Layer;
 use crate::error::{Error, Result};
+use crate::nn::training_tape;
 use crate::nn::{
     dropout_when_training, layer_params, norm_params, Activation, BiasKind, Encoder, LayerNorm, MaskSpec,
     NormPlacement, OptionalLinear, PositionKind, PositionalEncoding, Presence, TokenEmbedding,
 };
 use crate::shape::{Hidden, Tokens, TrainHidden};
-use crate::train::training_tape;
 use crate::FloatDtype;
 use dfdx::prelude::*;
 
@@ -351,4 +351,27 @@ pub fn l2_normalize<const D: usize, E: FloatDtype, Dev: Device<E>>(
     let shape = *x.shape();
     let norms = x.clone().square().sum::<_, Axis<1>>().sqrt().clamp(1e-12, f64::MAX);
     x / norms.broadcast_like(&shape)
+}
+
+/// The architecture a Hugging Face BERT `config.json` describes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BertConfig {
+    /// `vocab_size`.
+    pub vocab: usize,
+    /// `hidden_size`.
+    pub d_model: usize,
+    /// `num_attention_heads`.
+    pub heads: usize,
+    /// `intermediate_size`.
+    pub d_ff: usize,
+    /// `num_hidden_layers`.
+    pub layers: usize,
+    /// `max_position_embeddings`.
+    pub positions: usize,
+    /// `type_vocab_size`.
+    pub token_types: usize,
+    /// `hidden_act` (`gelu`, `gelu_new`, `relu`).
+    pub activation: String,
+    /// `layer_norm_eps`.
+    pub layer_norm_eps: f64,
 }

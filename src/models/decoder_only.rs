@@ -3,12 +3,12 @@
 use super::summary::{block_kind, stack_layers};
 use super::{Generator, Layer, LayoutFlags};
 use crate::error::{Error, Result};
+use crate::nn::training_tape;
 use crate::nn::{
     dropout_when_training, layer_params, norm_params, Activation, BiasKind, EncoderLayer, FinalNorm, KvCache, MaskSpec,
     NormPlacement, PositionKind, PositionalEncoding, TokenEmbedding,
 };
 use crate::shape::{Logits, Tokens, TrainLogits};
-use crate::train::training_tape;
 use crate::FloatDtype;
 use dfdx::prelude::*;
 

@@ -4,12 +4,12 @@ use super::summary::{block_kind, stack_layers};
 use super::Layer;
 use super::{EmbeddingLayout, Generator, TargetEmbedding};
 use crate::error::{Error, Result};
+use crate::nn::training_tape;
 use crate::nn::{
     dropout_when_training, layer_params, norm_params, Activation, BiasKind, Decoder, DecoderLayerCache, DecoderMasks,
     Encoder, LayerAttention, MaskSpec, NormPlacement, PositionKind, PositionalEncoding, TokenEmbedding,
 };
 use crate::shape::{Hidden, Logits, Tokens, TrainLogits};
-use crate::train::training_tape;
 use crate::FloatDtype;
 use dfdx::prelude::*;
 

@@ -19,5 +19,3 @@ mod presets;
 pub use presets::*;
 mod summary;
 pub use summary::*;
-mod sentence_encoder;
-pub use sentence_encoder::*;

@@ -53,7 +53,7 @@ crate::transformer! {
     }
 
     /// all-MiniLM-L6-v2 of sentence-transformers (22,713,216 parameters with the pooler); see
-    /// [`SentenceEncoder`](super::SentenceEncoder).
+    /// [`SentenceEncoder`](crate::pipelines::SentenceEncoder).
     pub MiniLmL6: EncoderOnly {
         vocab: 30_522, d_model: 384, heads: 12, d_ff: 1536, layers: 6, max_len: 512, token_types: 2,
         positional: learned, norm: post, final_norm: false, activation: gelu, layer_norm_eps: 1e-12,

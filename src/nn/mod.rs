@@ -24,6 +24,7 @@ mod positional;
 mod residual;
 mod scalars;
 mod stack;
+mod training;
 
 pub use attention::*;
 pub use bias::*;
@@ -38,5 +39,7 @@ pub use optional_linear::*;
 pub use packed::PackedWeights;
 pub use positional::*;
 pub use residual::*;
+pub use scalars::check_scalar;
 pub(crate) use scalars::set_scalar;
 pub use stack::*;
+pub use training::training_tape;

@@ -70,7 +70,7 @@ pub fn set_layer_norm_eps<M: TensorCollection<E, Dev>, E: Dtype, Dev: Device<E>>
     model: &mut M,
     eps: f64,
 ) -> crate::Result<()> {
-    if let Err(range) = crate::io::check_scalar("eps", eps) {
+    if let Err(range) = super::check_scalar("eps", eps) {
         return Err(crate::Error::InvalidConfig(format!("layer-norm epsilon must be {range}, got {eps}")));
     }
     super::set_scalar(model, "eps", eps)

@@ -8,13 +8,11 @@
 //! batches the uninterrupted run would have seen.
 
 use super::{label_smoothed_cross_entropy, Adam, AdamConfig, StepLog, WarmupSchedule};
+use super::{read_curve_csv, write_curve_csv};
 use crate::data::{AdditionTask, LmSource, BYTE_VOCAB};
 use crate::error::{Error, Result};
 use crate::generate::{generate, GenerateConfig, Sampler, SamplingConfig};
-use crate::io::{
-    load_checkpoint, parameter_shapes, read_curve_csv, read_latest, read_metadata, save_checkpoint, write_curve_csv,
-    Checkpoint, RunLock,
-};
+use crate::io::{load_checkpoint, parameter_shapes, read_latest, read_metadata, save_checkpoint, Checkpoint, RunLock};
 use crate::memory::check_memory;
 use crate::models::LanguageModel;
 use crate::FloatDtype;

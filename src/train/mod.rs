@@ -1,11 +1,17 @@
 //! Training: label-smoothed cross-entropy, the paper's warmup schedule, Adam with gradient
 //! clipping, and the sequence-to-sequence training loop.
 
+#[cfg(feature = "plots")]
+mod attention_plot;
+mod curve;
 mod loss;
 mod optimizer;
 mod schedule;
 mod seq2seq;
 
+#[cfg(feature = "plots")]
+pub use attention_plot::*;
+pub use curve::*;
 pub use loss::*;
 pub use optimizer::*;
 pub use schedule::*;

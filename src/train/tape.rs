@@ -3,12 +3,7 @@
 use crate::error::{Error, Result};
 use dfdx::prelude::*;
 
-/// A tape that records into `grads` (from `model.alloc_grads()`), to pass to a model's
-/// `forward_with_tape`. Passes on a tape track gradients and have dropout on.
-pub fn training_tape<E: Dtype, Dev: Device<E>>(dev: &Dev, grads: Gradients<E, Dev>) -> OwnedTape<E, Dev> {
-    let anchor: Tensor<Rank0, E, Dev> = dev.zeros();
-    anchor.traced(grads).split_tape().1
-}
+pub use crate::nn::training_tape;
 
 /// The backward pass from `loss`, like dfdx's `loss.backward()`, but each of typeformer's fused
 /// kernels frees the gradient of its intermediate result as soon as it has used it, where dfdx

@@ -1,18 +1,16 @@
 //! One complete run on a built-in task: train, save, evaluate. The command-line tool's `train`
 //! is a thin layer over [`run_task`].
 
-use super::{exact_match, train_seq2seq_until, Decoding, StepLog, TrainConfig, CURVE_FILE, MODEL_FILE};
-use crate::data::{symbol_text, token_text, Example, TaskData, TaskSpec, BOS, EOS};
-use crate::error::{Error, Result};
-use crate::generate::{check_beam_config, greedy_decode, BeamConfig};
-use crate::io::{
-    load_checkpoint, read_latest, save_checkpoint, write_curve_csv, write_curve_png, write_heatmaps_png, Checkpoint,
-    Heatmap, Occupants, RunLock,
+use super::{
+    exact_match, train_seq2seq_until, write_curve_csv, Decoding, StepLog, TrainConfig, CURVE_FILE, MODEL_FILE,
 };
+use crate::data::{Example, TaskData, TaskSpec};
+use crate::error::{Error, Result};
+use crate::generate::{check_beam_config, BeamConfig};
+use crate::io::{load_checkpoint, read_latest, save_checkpoint, Checkpoint, Occupants, RunLock};
 use crate::memory::check_memory;
 use crate::models::Seq2Seq;
 use crate::nn::set_dropout;
-use crate::shape::Tokens;
 use crate::FloatDtype;
 use dfdx::prelude::*;
 use std::collections::HashMap;
@@ -113,8 +111,10 @@ where
     let logs = train_seq2seq_until::<M, V, V, E, Dev>(&mut model, &mut data, &run.train, stop, on_step)?;
     let train_seconds = start.elapsed().as_secs_f64();
 
+    #[cfg_attr(not(feature = "plots"), allow(unused_mut))]
     let (mut files, mut warnings) = (Vec::new(), Vec::new());
     // Plots are views of the run: one that cannot be written is reported, not fatal.
+    #[cfg(feature = "plots")]
     let plot = |files: &mut Vec<PathBuf>, warnings: &mut Vec<String>, png: PathBuf, result: Result<()>| match result {
         Ok(()) => files.push(png),
         Err(e) => warnings.push(format!("no plot: {e}")),
@@ -142,140 +142,32 @@ where
             ],
         )?;
         files.extend([checkpoint.path(MODEL_FILE), checkpoint.path(CURVE_FILE)]);
-        let png = lock.dir().join("loss.png");
-        let title = format!("{} task, {}: training loss", run.spec.task, run.model_name);
-        plot(&mut files, &mut warnings, png.clone(), write_curve_png(&png, &logs, &title));
+        #[cfg(feature = "plots")]
+        {
+            let png = lock.dir().join("loss.png");
+            let title = format!("{} task, {}: training loss", run.spec.task, run.model_name);
+            plot(&mut files, &mut warnings, png.clone(), super::write_curve_png(&png, &logs, &title));
+        }
     }
 
     let evaluation = evaluate_task::<M, V, E, Dev>(&model, data.held_out(), run.beam)?;
+    #[cfg(feature = "plots")]
     if let Some(lock) = &lock {
         // The longest held-out source shows the most of what the model learned.
         if let Some(example) = data.held_out().iter().max_by_key(|e| e.source.len()) {
             let png = lock.dir().join("attention.png");
             let title = format!("{} task, held-out example: cross-attention", run.spec.task);
-            let drawn =
-                plot_attention::<M, V, E, Dev>(&model, &example.source, &AttentionSelection::cross(), &png, &title);
+            let drawn = super::plot_attention::<M, V, E, Dev>(
+                &model,
+                &example.source,
+                &super::AttentionSelection::cross(),
+                &png,
+                &title,
+            );
             plot(&mut files, &mut warnings, png, drawn.map(|_| ()));
         }
     }
     Ok((model, TaskReport { logs, evaluation, train_seconds, files, warnings }))
-}
-
-/// Which attention sub-layers a plot shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttentionKind {
-    /// The encoder's self-attention over the source.
-    EncoderSelf,
-    /// The decoder's masked self-attention over its own inputs.
-    DecoderSelf,
-    /// The decoder's attention over the encoded source.
-    Cross,
-}
-
-impl AttentionKind {
-    fn name(self) -> &'static str {
-        match self {
-            AttentionKind::EncoderSelf => "encoder self-attention",
-            AttentionKind::DecoderSelf => "decoder self-attention",
-            AttentionKind::Cross => "cross-attention",
-        }
-    }
-}
-
-/// The maps an attention plot draws: kinds, and optionally one layer and one head (all
-/// otherwise). Layers and heads count from 0, as in the parameter names.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AttentionSelection {
-    /// The kinds of attention, drawn in this order.
-    pub kinds: Vec<AttentionKind>,
-    /// One layer of each stack, or all.
-    pub layer: Option<usize>,
-    /// One head of each layer, or all.
-    pub head: Option<usize>,
-}
-
-impl AttentionSelection {
-    /// Every head of every decoder layer's cross-attention.
-    pub fn cross() -> Self {
-        Self { kinds: vec![AttentionKind::Cross], layer: None, head: None }
-    }
-}
-
-/// Decodes `source` greedily with `model`, then draws the selected attention maps of a pass
-/// over that source and the model's own output to a PNG at `path`: one row of maps per layer,
-/// one map per head, tokens on the axes (queries down, keys across). Returns the decoded output.
-pub fn plot_attention<M, const V: usize, E, Dev>(
-    model: &M,
-    source: &[usize],
-    selection: &AttentionSelection,
-    path: &std::path::Path,
-    title: &str,
-) -> Result<Vec<usize>>
-where
-    M: Seq2Seq<V, V, E, Dev>,
-    E: FloatDtype,
-    Dev: Device<E>,
-{
-    if selection.kinds.is_empty() {
-        return Err(Error::InvalidConfig("choose at least one kind of attention to plot".into()));
-    }
-    let src = Tokens::<V>::from_sequences(&[source.to_vec()])?;
-    let max_len = (source.len() + 1).min(M::MAX_LEN - 1);
-    let decoded = greedy_decode::<M, V, V, E, Dev>(model, &src, BOS, EOS, max_len)?.remove(0);
-    let tgt_in: Vec<usize> = std::iter::once(BOS).chain(decoded.iter().copied()).collect();
-    let maps = model.attention(&src, &Tokens::<V>::from_sequences(std::slice::from_ref(&tgt_in))?)?;
-    let labels = |ids: &[usize]| ids.iter().map(|&t| token_text(t)).collect::<Vec<_>>();
-    let (src_labels, tgt_labels) = (labels(source), labels(&tgt_in));
-    let mut heatmaps = Vec::new();
-    let mut heads = 0;
-    for &kind in &selection.kinds {
-        let layers = match kind {
-            AttentionKind::EncoderSelf => &maps.encoder,
-            AttentionKind::DecoderSelf | AttentionKind::Cross => &maps.decoder,
-        };
-        let chosen = pick("layer", selection.layer, layers.len(), kind)?;
-        for l in chosen {
-            let (weights, rows, cols) = match kind {
-                AttentionKind::EncoderSelf => (&layers[l].self_attn, &src_labels, &src_labels),
-                AttentionKind::DecoderSelf => (&layers[l].self_attn, &tgt_labels, &tgt_labels),
-                AttentionKind::Cross => {
-                    let cross = layers[l]
-                        .cross_attn
-                        .as_ref()
-                        .ok_or_else(|| Error::InvalidConfig("the decoder recorded no cross-attention".into()))?;
-                    (cross, &tgt_labels, &src_labels)
-                }
-            };
-            let chosen_heads = pick("head", selection.head, weights.heads(), kind)?;
-            heads = heads.max(chosen_heads.len());
-            for h in chosen_heads {
-                let map = weights.map(0, h).ok_or_else(|| Error::InvalidConfig(format!("no head {h}")))?;
-                heatmaps.push(Heatmap {
-                    title: format!("{}, layer {l}, head {h}", kind.name()),
-                    rows: rows.clone(),
-                    cols: cols.clone(),
-                    weights: map.into_iter().map(<[f32]>::to_vec).collect(),
-                });
-            }
-        }
-    }
-    let heading = format!("{title}: {} -> {}", symbol_text(source), symbol_text(&decoded));
-    let caption = "rows: queries (the decoder reads <s> then its output), columns: keys";
-    write_heatmaps_png(path, &heading, caption, &heatmaps, heads)?;
-    Ok(decoded)
-}
-
-/// The indices `0..count`, or the one asked for, checked against `count`.
-fn pick(what: &str, asked: Option<usize>, count: usize, kind: AttentionKind) -> Result<Vec<usize>> {
-    match asked {
-        None => Ok((0..count).collect()),
-        Some(i) if i < count => Ok(vec![i]),
-        Some(i) => Err(Error::InvalidConfig(format!(
-            "--{what} {i} does not exist: the model's {} has {what}s 0 to {}",
-            kind.name(),
-            count.saturating_sub(1)
-        ))),
-    }
 }
 
 /// Exact match of a task model on held-out examples.

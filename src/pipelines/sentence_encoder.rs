@@ -3,10 +3,10 @@
 //! save it (`config.json`, `model.safetensors`, `tokenizer.json`, `sentence_bert_config.json`,
 //! `modules.json`).
 
-use super::{l2_normalize, mean_pool, Bert};
 use crate::data::TextTokenizer;
 use crate::error::{Error, Result};
-use crate::io::load_hf_bert;
+use crate::io::{load_hf_bert, read_json};
+use crate::models::{l2_normalize, mean_pool, Bert, BertConfig};
 use crate::nn::{set_dropout, set_layer_norm_eps, Activation, NormPlacement, PositionKind, Presence};
 use crate::shape::Tokens;
 use crate::FloatDtype;
@@ -92,83 +92,8 @@ fn check_mean_pooling(path: &Path, d: usize) -> Result<()> {
     Ok(())
 }
 
-/// Reads a JSON file of a model directory.
-fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
-    serde_json::from_str(&text).map_err(|e| Error::BadFile { path: path.into(), reason: format!("not JSON ({e})") })
-}
-
-/// The architecture a Hugging Face BERT `config.json` describes.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BertConfig {
-    /// `vocab_size`.
-    pub vocab: usize,
-    /// `hidden_size`.
-    pub d_model: usize,
-    /// `num_attention_heads`.
-    pub heads: usize,
-    /// `intermediate_size`.
-    pub d_ff: usize,
-    /// `num_hidden_layers`.
-    pub layers: usize,
-    /// `max_position_embeddings`.
-    pub positions: usize,
-    /// `type_vocab_size`.
-    pub token_types: usize,
-    /// `hidden_act` (`gelu`, `gelu_new`, `relu`).
-    pub activation: String,
-    /// `layer_norm_eps`.
-    pub layer_norm_eps: f64,
-}
-
-impl BertConfig {
-    /// Reads `config.json`.
-    pub fn from_file(path: &Path) -> Result<Self> {
-        let json = read_json(path)?;
-        let bad = |reason: String| Error::BadFile { path: path.into(), reason };
-        let int = |key: &str| {
-            json.get(key).and_then(Value::as_u64).map(|v| v as usize).ok_or_else(|| bad(format!("no integer `{key}`")))
-        };
-        let text = |key: &str| -> Result<Option<&str>> {
-            match json.get(key) {
-                None => Ok(None),
-                Some(Value::String(s)) => Ok(Some(s)),
-                Some(other) => Err(bad(format!("`{key}` is {other}, not a name"))),
-            }
-        };
-        if let Some(kind) = text("position_embedding_type")? {
-            if kind != "absolute" {
-                return Err(bad(format!("position_embedding_type `{kind}` is not supported (only `absolute`)")));
-            }
-        }
-        if let Some(kind) = text("model_type")? {
-            if kind != "bert" {
-                return Err(bad(format!("model_type is `{kind}`: this loads BERT models")));
-            }
-        }
-        let activation = text("hidden_act")?.unwrap_or("gelu").to_string();
-        Ok(Self {
-            vocab: int("vocab_size")?,
-            d_model: int("hidden_size")?,
-            heads: int("num_attention_heads")?,
-            d_ff: int("intermediate_size")?,
-            layers: int("num_hidden_layers")?,
-            positions: int("max_position_embeddings")?,
-            token_types: int("type_vocab_size")?,
-            activation,
-            layer_norm_eps: match json.get("layer_norm_eps") {
-                None => 1e-12,
-                Some(v) => v
-                    .as_f64()
-                    .filter(|&eps| crate::io::check_scalar("eps", eps).is_ok())
-                    .ok_or_else(|| bad(format!("`layer_norm_eps` is {v}; it must be a number in (0, 1)")))?,
-            },
-        })
-    }
-}
-
 /// A sentence-transformers model: texts in, one unit-length (when the model normalises) vector
-/// of width `D` per text out. `M` is a [`Bert`] type, such as [`MiniLmL6`](super::MiniLmL6).
+/// of width `D` per text out. `M` is a [`Bert`] type, such as [`MiniLmL6`](crate::models::MiniLmL6).
 #[derive(Debug, Clone)]
 pub struct SentenceEncoder<M> {
     /// The encoder.

@@ -1,14 +1,21 @@
 //! The loss curve of a training run, as CSV and as a PNG plot.
 
-use super::canvas::Canvas;
-use super::write_atomic;
+use super::StepLog;
 use crate::error::{Error, Result};
-use crate::train::StepLog;
+use crate::io::write_atomic;
+#[cfg(feature = "plots")]
+use crate::io::Canvas;
+#[cfg(feature = "plots")]
 use embedded_graphics::mono_font::ascii::FONT_6X10;
+#[cfg(feature = "plots")]
 use embedded_graphics::mono_font::MonoTextStyle;
+#[cfg(feature = "plots")]
 use embedded_graphics::pixelcolor::Rgb888;
+#[cfg(feature = "plots")]
 use embedded_graphics::prelude::*;
+#[cfg(feature = "plots")]
 use embedded_graphics::primitives::{Line, Polyline, PrimitiveStyle};
+#[cfg(feature = "plots")]
 use embedded_graphics::text::{Alignment, Text};
 use std::path::Path;
 
@@ -55,6 +62,7 @@ pub fn read_curve_csv(path: &Path) -> Result<Vec<StepLog>> {
 }
 
 /// Plots loss against step (a light line per step, a dark moving average) to a PNG at `path`.
+#[cfg(feature = "plots")]
 pub fn write_curve_png(path: &Path, logs: &[StepLog], title: &str) -> Result<()> {
     if logs.is_empty() {
         return Err(Error::InvalidConfig("no training steps to plot".into()));
