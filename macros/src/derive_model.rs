@@ -113,13 +113,25 @@ pub fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
     let mut visits = Vec::new();
     let mut bindings = Vec::new();
     let mut rebuild = Vec::new();
+    // Every misused `#[model(..)]` is reported, not only the first.
+    let mut errors: Option<syn::Error> = None;
     for (i, (member, field)) in fields.iter().enumerate() {
         let label = match member {
             Member::Named(id) => id.to_string(),
             Member::Unnamed(idx) => idx.index.to_string(),
         };
         let binding = format_ident!("field_{}", i);
-        match role(field)? {
+        let role = match role(field) {
+            Ok(role) => role,
+            Err(e) => {
+                match &mut errors {
+                    Some(all) => all.combine(e),
+                    None => errors = Some(e),
+                }
+                continue;
+            }
+        };
+        match role {
             Role::Module => {
                 visits.push(quote!(Self::module(#label, |s| &s.#member, |s| &mut s.#member)));
                 bindings.push(quote!(#binding));
@@ -138,9 +150,13 @@ pub fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
             Role::Skip => rebuild.push(quote!(#member: ::core::default::Default::default())),
         }
     }
+    if let Some(e) = errors {
+        return Err(e);
+    }
     let visits = nest(visits);
     let bindings = nest(bindings);
     Ok(quote! {
+        #[automatically_derived]
         impl #impl_generics #dfdx::nn::tensor_collection::TensorCollection<#dtype, #device> for #name #ty_generics #where_clause {
             type To<E2__: #dfdx::prelude::Dtype, D2__: #dfdx::prelude::Device<E2__>> = #name<#(#to_args),*>;
 
@@ -151,6 +167,7 @@ pub fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
             }
         }
 
+        #[automatically_derived]
         impl #impl_generics #dfdx::nn::BuildOnDevice<#device, #dtype> for #name #ty_generics #where_clause {
             type Built = Self;
         }

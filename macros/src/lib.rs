@@ -10,10 +10,8 @@ mod derive_model;
 /// Declares Transformer architectures; documented in `typeformer::transformer`.
 #[proc_macro]
 pub fn transformer(input: TokenStream) -> TokenStream {
-    match syn::parse::<architecture::Declarations>(input) {
-        Ok(declarations) => declarations.expand().into(),
-        Err(e) => e.to_compile_error().into(),
-    }
+    let declarations = syn::parse_macro_input!(input as architecture::Declarations);
+    architecture::expand(declarations).into()
 }
 
 /// Parameter traversal, building and summaries for a hand-written model struct; documented in
