@@ -107,6 +107,12 @@ fn checkpoints_round_trip_exactly_and_are_written_atomically() {
 /// A checkpoint as typeformer wrote it before projection weights were stored `(in, out)`:
 /// `[out, in]` with the old axis order, and no layout entry in the metadata.
 fn write_old_layout_checkpoint(from: &std::path::Path, to: &std::path::Path) {
+    rewrite_layout(from, to, None, true);
+}
+
+/// `from` rewritten as an older typeformer wrote it: the output head, generator and pooler
+/// `[out, in]`, and with `blocks` the blocks' projections too; `layout` the metadata entry.
+fn rewrite_layout(from: &std::path::Path, to: &std::path::Path, layout: Option<&str>, blocks: bool) {
     let bytes = std::fs::read(from).unwrap();
     let file = ::safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
@@ -115,9 +121,10 @@ fn write_old_layout_checkpoint(from: &std::path::Path, to: &std::path::Path) {
         let shape = view.shape().to_vec();
         // Ours (rows = the input axes) -> old (the output axes first).
         let (rows, old_shape) = match (name.rsplit('.').nth(1).unwrap(), name.ends_with(".weight"), &shape[..]) {
-            ("w_q" | "w_k" | "w_v", true, &[d, h, hd]) => (Some(d), vec![h, hd, d]),
-            ("w_o", true, &[h, hd, d]) => (Some(h * hd), vec![d, h, hd]),
-            ("linear1" | "linear2", true, &[i, o]) => (Some(i), vec![o, i]),
+            ("w_q" | "w_k" | "w_v", true, &[d, h, hd]) if blocks => (Some(d), vec![h, hd, d]),
+            ("w_o", true, &[h, hd, d]) if blocks => (Some(h * hd), vec![d, h, hd]),
+            ("linear1" | "linear2", true, &[i, o]) if blocks => (Some(i), vec![o, i]),
+            ("head" | "generator" | "pooler", true, &[i, o]) => (Some(i), vec![o, i]),
             _ => (None, shape.clone()),
         };
         let values = match rows {
@@ -135,8 +142,11 @@ fn write_old_layout_checkpoint(from: &std::path::Path, to: &std::path::Path) {
             (n.as_str(), ::safetensors::tensor::TensorView::new(::safetensors::Dtype::F32, s.clone(), b).unwrap())
         })
         .collect();
-    let metadata: HashMap<String, String> =
+    let mut metadata: HashMap<String, String> =
         file_metadata(&bytes).into_iter().filter(|(k, _)| !k.starts_with("typeformer.")).collect();
+    if let Some(layout) = layout {
+        metadata.insert("typeformer.projection_weights".into(), layout.into());
+    }
     std::fs::write(to, ::safetensors::serialize(views, &Some(metadata)).unwrap()).unwrap();
 }
 
@@ -162,6 +172,22 @@ fn checkpoints_from_before_the_in_out_layout_load_transposed() {
         model.encoder.layers[0].self_attn.w_q.weight.as_vec(),
         other.encoder.layers[0].self_attn.w_q.weight.as_vec()
     );
+    // Untied output heads were stored [out, in] longer than the blocks' projections, in both
+    // earlier layouts.
+    type Untied = DecoderOnly<30, 16, 2, 8, 32, 1, 8, PreNorm, GeluTanh, Learned, UntiedOutput, f32, Cpu>;
+    let gpt = Cpu::seed_from_u64(10).build_module::<Untied, f32>();
+    save_checkpoint(&gpt, &path, HashMap::new()).unwrap();
+    let tokens = Tokens::<30>::from_sequences(&[vec![1, 2, 3]]).unwrap();
+    for (layout, blocks) in [(Some("in,out"), false), (None, true)] {
+        rewrite_layout(&path, &old, layout, blocks);
+        let mut other = Cpu::seed_from_u64(11).build_module::<Untied, f32>();
+        load_checkpoint(&mut other, &old).unwrap();
+        assert_eq!(
+            gpt.head.linear.as_ref().unwrap().weight.as_vec(),
+            other.head.linear.as_ref().unwrap().weight.as_vec()
+        );
+        assert_eq!(gpt.forward(&tokens).unwrap().as_vec(), other.forward(&tokens).unwrap().as_vec(), "{layout:?}");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -420,7 +446,7 @@ fn a_resumed_language_model_run_continues_exactly() {
     let err = load_lm_checkpoint::<ByteLm, f32, Cpu>(&dir, &Cpu::default(), "byte-lm", AdamConfig::default())
         .unwrap_err()
         .to_string();
-    assert!(err.contains("stored as `out,in`") && err.contains("wrong weights"), "{err}");
+    assert!(err.contains("before projection weights were stored (in, out)") && err.contains("wrong weights"), "{err}");
     std::fs::remove_dir_all(&base).unwrap();
 }
 
@@ -487,4 +513,39 @@ fn incremental_decoding_refuses_padded_target_chunks() {
     assert!(err.contains("unpadded target tokens"), "{err}");
     let full = Tokens::<TASK_VOCAB>::from_sequences(&[vec![1, 3], vec![1, 4]]).unwrap();
     assert!(model.decode_step(&mut state, &full).is_ok());
+}
+
+#[test]
+fn optimizer_state_from_before_heads_were_in_out_resumes_with_its_moments_transposed() {
+    use typeformer::train::{backward, Adam};
+    type Untied = DecoderOnly<30, 16, 2, 8, 32, 1, 8, PreNorm, GeluTanh, Learned, UntiedOutput, f32, Cpu>;
+    let dir = std::env::temp_dir().join(format!("typeformer-old-adam-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dev = Cpu::seed_from_u64(12);
+    let mut model = dev.build_module::<Untied, f32>();
+    let mut adam = Adam::new(AdamConfig::default()).unwrap();
+    let tokens = Tokens::<30>::from_sequences(&[vec![1, 2, 3, 4]]).unwrap();
+    let loss = model.forward_traced(&tokens, model.alloc_grads()).unwrap().square().mean();
+    adam.update(&mut model, &backward(loss).unwrap(), 1e-3).unwrap();
+    let (path, old, again) = (dir.join("adam.safetensors"), dir.join("old.safetensors"), dir.join("again.safetensors"));
+    adam.save(&path).unwrap();
+    // As the previous layout stored it: the head's moments [out, in].
+    let shapes = parameter_shapes(&model).unwrap();
+    let head = shapes.iter().position(|(n, _)| n == "head.weight").expect("an untied head");
+    let (i, o) = (shapes[head].1[0], shapes[head].1[1]);
+    let (mut vectors, mut metadata) = typeformer::io::load_vectors::<f32>(&path).unwrap();
+    for key in [format!("m.{head}"), format!("v.{head}")] {
+        let v = &vectors[&key];
+        let transposed: Vec<f32> =
+            (0..o).flat_map(|c| (0..i).map(move |r| (r, c))).map(|(r, c)| v[r * o + c]).collect();
+        vectors.insert(key, transposed);
+    }
+    metadata.insert("typeformer.projection_weights".into(), "in,out".into());
+    let vectors: Vec<(String, Vec<f32>)> = vectors.into_iter().collect();
+    typeformer::io::save_vectors(&old, &vectors, metadata).unwrap();
+    Adam::<f32, Cpu>::load(AdamConfig::default(), &old, &dev, &shapes).unwrap().save(&again).unwrap();
+    let (want, _) = typeformer::io::load_vectors::<f32>(&path).unwrap();
+    let (got, _) = typeformer::io::load_vectors::<f32>(&again).unwrap();
+    assert_eq!(want, got, "the moments are those of the current layout again");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -134,12 +134,50 @@ fn write_tensors(
 /// Metadata key under which a scalar hyperparameter (`eps`, `dropout`) is stored.
 const SCALAR_PREFIX: &str = "scalar:";
 
-/// The metadata entry that says how a checkpoint stores projection weights. Checkpoints without
-/// it were written before typeformer stored them `(in, out)`: they hold PyTorch's `[out, in]`
-/// and are transposed on loading.
+/// The metadata entry that says how a checkpoint stores projection weights (see [`WeightLayout`]).
 pub(crate) const WEIGHT_LAYOUT_KEY: &str = "typeformer.projection_weights";
-/// [`WEIGHT_LAYOUT_KEY`]'s value: `(in, out)`, the layout the matrix products read in place.
-pub(crate) const WEIGHT_LAYOUT: &str = "in,out";
+/// [`WEIGHT_LAYOUT_KEY`]'s value for [`WeightLayout::InOut`], the layout written today.
+pub(crate) const WEIGHT_LAYOUT: &str = "in,out;heads";
+/// The value of checkpoints whose block projections are `(in, out)` but whose output head and
+/// pooler are not yet.
+const PROJECTIONS_IN_OUT: &str = "in,out";
+
+/// How a checkpoint file stores its projection weights, from its metadata. Loading maps each
+/// to today's layout, so checkpoints of every earlier typeformer load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WeightLayout {
+    /// No layout entry: every projection `[out, in]`, PyTorch's `nn.Linear` layout.
+    OutIn,
+    /// `in,out`: the blocks' projections `(in, out)`; the output head, generator and pooler
+    /// `[out, in]`.
+    ProjectionsInOut,
+    /// `in,out;heads`: every projection `(in, out)`, the layout the matrix products read in place.
+    InOut,
+}
+
+impl WeightLayout {
+    /// The layout `metadata` (of the file at `path`) names.
+    pub(crate) fn of(metadata: &HashMap<String, String>, path: &Path) -> Result<Self> {
+        match metadata.get(WEIGHT_LAYOUT_KEY).map(String::as_str) {
+            None => Ok(Self::OutIn),
+            Some(PROJECTIONS_IN_OUT) => Ok(Self::ProjectionsInOut),
+            Some(WEIGHT_LAYOUT) => Ok(Self::InOut),
+            Some(other) => Err(Error::BadFile {
+                path: path.into(),
+                reason: format!("projection weights stored as `{other}`; this typeformer reads `{WEIGHT_LAYOUT}`"),
+            }),
+        }
+    }
+
+    /// Where our parameter `ours` is in a file of this layout.
+    pub(crate) fn source(self, ours: &str) -> Source {
+        match self {
+            Self::OutIn => super::import::out_in_source(ours),
+            Self::ProjectionsInOut if super::import::is_head_weight(ours) => Source::new(ours).transposed(),
+            Self::ProjectionsInOut | Self::InOut => Source::new(ours),
+        }
+    }
+}
 
 /// A tensor's shape and little-endian bytes.
 type ShapedBytes = (Vec<usize>, Vec<u8>);
@@ -456,20 +494,14 @@ pub fn tensor_names(path: &Path) -> Result<Vec<String>> {
 /// Loads a checkpoint written by [`save_checkpoint`] into `model`. On any problem (a missing,
 /// unexpected or mis-shaped tensor, a wrong dtype, a truncated or corrupt file) returns an error
 /// that lists all of them, and leaves `model` unchanged. Checkpoints written before typeformer
-/// stored projection weights `(in, out)` (no layout entry in the metadata) are transposed as
-/// they load.
+/// stored projection weights `(in, out)` (the blocks' projections first, the output heads and
+/// BERT's pooler later) are transposed as they load.
 pub fn load_checkpoint<M: TensorCollection<E, Dev> + Clone, E: FloatDtype, Dev: Device<E>>(
     model: &mut M,
     path: &Path,
 ) -> Result<HashMap<String, String>> {
-    match read_metadata(path)?.get(WEIGHT_LAYOUT_KEY).map(String::as_str) {
-        Some(WEIGHT_LAYOUT) => import_weights(model, path, &|name| Some(Source::new(name)), &|_| false),
-        None => import_weights(model, path, &|name| Some(super::import::out_in_source(name)), &|_| false),
-        Some(other) => Err(Error::BadFile {
-            path: path.into(),
-            reason: format!("projection weights stored as `{other}`; this typeformer reads `{WEIGHT_LAYOUT}`"),
-        }),
-    }
+    let layout = WeightLayout::of(&read_metadata(path)?, path)?;
+    import_weights(model, path, &|name| Some(layout.source(name)), &|_| false)
 }
 
 /// Saves named flat vectors (optimizer state and the like) to `path` atomically.

@@ -40,6 +40,16 @@ pub(crate) fn out_in_source(ours: &str) -> Source {
     }
 }
 
+/// The modules that project out of the blocks: an untied output head (`head` of a
+/// decoder-only model, `generator` of an encoder-decoder) and BERT's `pooler`.
+const HEADS: [&str; 3] = ["head", "generator", "pooler"];
+
+/// Whether `ours` is the weight of an output head or pooler (see [`HEADS`]), the projections
+/// typeformer stored `[out, in]` longest.
+pub(crate) fn is_head_weight(ours: &str) -> bool {
+    split_tail(ours).is_some_and(|(_, module, param)| param == "weight" && HEADS.contains(&module))
+}
+
 /// `source`, transposed when it is the weight of a projection stored `(in, out)` here and
 /// `[out, in]` in a PyTorch `nn.Linear`.
 /// Head projections, once stored `(H, HD, D)`, read as `[H * HD, D]`; the others as `[out, ...in]`.
@@ -47,6 +57,7 @@ fn linear(source: Source, module: &str, param: &str) -> Source {
     match (module, param) {
         (m, "weight") if qkv_index(m).is_some() => source.transposed_as(Transpose::LastAxisColumns),
         ("w_o" | "linear1" | "linear2", "weight") => source.transposed(),
+        (m, "weight") if HEADS.contains(&m) => source.transposed(),
         _ => source,
     }
 }
@@ -113,7 +124,8 @@ pub fn hf_gpt2_source(ours: &str, prefix: &str) -> Option<Source> {
         ["embed", "weight"] => Source::new(format!("{prefix}wte.weight")),
         ["pos", "weight"] => Source::new(format!("{prefix}wpe.weight")),
         ["norm", param] => Source::new(format!("{prefix}ln_f.{param}")),
-        ["head", "weight"] => Source::new("lm_head.weight"),
+        // `lm_head` is an `nn.Linear`: `[vocab, width]`.
+        ["head", "weight"] => Source::new("lm_head.weight").transposed(),
         ["blocks", i, ref inner @ ..] => match inner {
             ["norm1", param] => Source::new(format!("{prefix}h.{i}.ln_1.{param}")),
             ["norm2", param] => Source::new(format!("{prefix}h.{i}.ln_2.{param}")),

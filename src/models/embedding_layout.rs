@@ -165,18 +165,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_untied_generator_is_x_w_transposed_plus_b() {
+    fn an_untied_generator_is_x_w_plus_b() {
         let dev = Cpu::seed_from_u64(3);
         let generator = Generator::<8, 5, Separate, f64, Cpu>::build(&dev);
         let tied = dev.build_module::<TokenEmbedding<5, 8, f64, Cpu>, f64>();
         let h: Tensor<(usize, usize, Const<8>), f64, Cpu> = dev.sample_normal_like(&(2, 3, Const));
         let got = generator.logits(h.clone(), &tied).as_vec();
         let linear = generator.linear.as_ref().expect("untied");
-        let (w, b) = (linear.weight.as_vec(), linear.bias.as_vec()); // w: (5, 8)
+        let (w, b) = (linear.weight.as_vec(), linear.bias.as_vec()); // w: (8, 5), (in, out)
         let hs = h.as_vec();
         for (row, x) in hs.chunks_exact(8).enumerate() {
             for v in 0..5 {
-                let want = b[v] + (0..8).map(|k| x[k] * w[v * 8 + k]).sum::<f64>();
+                let want = b[v] + (0..8).map(|k| x[k] * w[k * 5 + v]).sum::<f64>();
                 assert!((got[row * 5 + v] - want).abs() < 1e-12, "row {row}, vocab {v}");
             }
         }

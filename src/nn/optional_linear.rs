@@ -3,8 +3,8 @@
 //! has a bias, is part of the type, so parameter counts and checkpoints follow from the type.
 
 use super::init::uniform_fan_in;
+use super::Linear;
 use crate::FloatDtype;
-use dfdx::nn::modules::Linear;
 use dfdx::prelude::*;
 use std::marker::PhantomData;
 
@@ -16,7 +16,8 @@ pub trait Presence: 'static + Copy + Default + std::fmt::Debug + Send + Sync {
     const BIAS: bool;
 }
 
-/// `Linear<I, O>` (dfdx's, weight `(O, I)`) when `P::PRESENT`, nothing otherwise.
+/// A [`Linear<I, O>`](Linear) (weight `(I, O)`, as every projection of the crate) when
+/// `P::PRESENT`, nothing otherwise.
 #[derive(Debug, Clone)]
 pub struct OptionalLinear<const I: usize, const O: usize, P, E: Dtype, Dev: Storage<E>> {
     /// The projection, `None` when the type has none.
@@ -83,12 +84,10 @@ impl<const I: usize, const O: usize, P: Presence, E: FloatDtype, Dev: Device<E>>
         x: crate::shape::Hidden<B, S, I, E, Dev, T>,
     ) -> Option<crate::shape::Hidden<B, S, O, E, Dev, T>> {
         let linear = self.linear.as_ref()?;
-        // dfdx's layout `(O, I)`, read transposed in place by the fast product.
-        let weight = linear.weight.retaped::<T>().permute::<_, Axes2<1, 0>>(); // (I, O)
         Some(if P::BIAS {
-            super::project::<super::WithBias, _, _, _, _, _, _, _>(x, weight, Some(linear.bias.retaped()))
+            linear.forward::<super::WithBias, _, _, _>(x)
         } else {
-            super::project::<super::NoBias, _, _, _, _, _, _, _>(x, weight, None)
+            linear.forward::<super::NoBias, _, _, _>(x)
         })
     }
 }

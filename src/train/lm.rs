@@ -225,8 +225,7 @@ where
     Dev: Device<E>,
 {
     let (model, metadata, checkpoint) = load_lm_model::<M, E, Dev>(dir, dev, model_name)?;
-    let sizes: Vec<usize> = parameter_shapes(&model)?.into_iter().map(|(_, s)| s.iter().product()).collect();
-    let opt = Adam::load(adam, &checkpoint.file(OPTIMIZER_FILE)?, dev, &sizes)?;
+    let opt = Adam::load(adam, &checkpoint.file(OPTIMIZER_FILE)?, dev, &parameter_shapes(&model)?)?;
     let model_path = checkpoint.path(MODEL_FILE);
     let step: usize = metadata.get("step").and_then(|s| s.parse().ok()).ok_or_else(|| Error::BadFile {
         path: model_path.clone(),

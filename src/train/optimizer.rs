@@ -5,6 +5,7 @@
 //! which dfdx keeps private.
 
 use crate::error::{Error, Result};
+use crate::io::{is_head_weight, WeightLayout};
 use crate::{scalar, FloatDtype};
 use dfdx::nn::tensor_collection::{
     RecursiveWalker, TensorCollection, TensorOptions, TensorVisitor, ViewTensorMut, ViewTensorRef,
@@ -109,9 +110,9 @@ impl<E: FloatDtype, Dev: Device<E>> Adam<E, Dev> {
         crate::io::save_vectors(path, &tensors, metadata)
     }
 
-    /// Restores what [`Adam::save`] wrote onto `dev`, for a model with `num_tensors` trainable
-    /// tensors of `sizes` elements each (in visiting order).
-    pub fn load(cfg: AdamConfig, path: &std::path::Path, dev: &Dev, sizes: &[usize]) -> Result<Self> {
+    /// Restores what [`Adam::save`] wrote onto `dev`, for a model whose trainable tensors have
+    /// these names and `shapes` (in visiting order; [`parameter_shapes`](crate::io::parameter_shapes)).
+    pub fn load(cfg: AdamConfig, path: &std::path::Path, dev: &Dev, shapes: &[(String, Vec<usize>)]) -> Result<Self> {
         let mut adam = Self::new(cfg)?;
         let (vectors, metadata) = crate::io::load_vectors::<E>(path)?;
         let bad = |reason: String| Error::BadFile { path: path.into(), reason };
@@ -119,18 +120,18 @@ impl<E: FloatDtype, Dev: Device<E>> Adam<E, Dev> {
             .get("step")
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| bad("no step count in the optimizer state".into()))?;
-        let layout = metadata.get(crate::io::WEIGHT_LAYOUT_KEY).map(String::as_str);
-        if adam.step > 0 && layout != Some(crate::io::WEIGHT_LAYOUT) {
-            return Err(bad(format!(
-                "the moments of projection weights are stored as `{}`, this typeformer keeps `{}`: the state \
-                 was written before projection weights were stored (in, out); resuming from it would pair \
-                 moments with the wrong weights (the model checkpoint itself still loads)",
-                layout.unwrap_or("out,in"),
-                crate::io::WEIGHT_LAYOUT
-            )));
+        let layout = WeightLayout::of(&metadata, path)?;
+        if adam.step > 0 && layout == WeightLayout::OutIn {
+            return Err(bad("the state was written before projection weights were stored (in, out): resuming \
+                 from it would pair moments with the wrong weights (the model checkpoint itself still loads)"
+                .into()));
         }
         if adam.step > 0 {
-            for (i, &n) in sizes.iter().enumerate() {
+            for (i, (name, shape)) in shapes.iter().enumerate() {
+                let n = shape.iter().product::<usize>();
+                // Moments lie like their weights: a head's were stored [out, in] until heads were
+                // (in, out) too.
+                let stored_transposed = layout == WeightLayout::ProjectionsInOut && is_head_weight(name);
                 let get = |name: String| -> Result<Tensor<(usize,), E, Dev>> {
                     let values = vectors
                         .get(&name)
@@ -146,16 +147,25 @@ impl<E: FloatDtype, Dev: Device<E>> Adam<E, Dev> {
                             values[at].to_f64().unwrap_or(f64::NAN)
                         )));
                     }
-                    Ok(dev.tensor_from_vec(values.clone(), (n,)))
+                    let values = match shape[..] {
+                        [rows, cols] if stored_transposed => transpose(values, cols, rows),
+                        _ => values.clone(),
+                    };
+                    Ok(dev.tensor_from_vec(values, (n,)))
                 };
                 adam.moments.push((get(format!("m.{i}"))?, get(format!("v.{i}"))?));
             }
-            if vectors.len() != 2 * sizes.len() {
-                return Err(bad(format!("{} moment tensors for a model of {} tensors", vectors.len(), sizes.len())));
+            if vectors.len() != 2 * shapes.len() {
+                return Err(bad(format!("{} moment tensors for a model of {} tensors", vectors.len(), shapes.len())));
             }
         }
         Ok(adam)
     }
+}
+
+/// `values`, a row-major `(rows, cols)` matrix, as its `(cols, rows)` transpose.
+fn transpose<E: Copy>(values: &[E], rows: usize, cols: usize) -> Vec<E> {
+    (0..cols).flat_map(|c| (0..rows).map(move |r| values[r * cols + c])).collect()
 }
 
 fn device<X: std::fmt::Debug>(e: X) -> Error {
