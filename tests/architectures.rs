@@ -81,7 +81,7 @@ fn build_applies_the_declared_hyperparameters() {
     assert_eq!(TranslatorSpec::HEADS, 2);
     assert_eq!(model.dropout, 0.25);
     assert_eq!(model.encoder.layers.modules[0].self_attn.dropout, 0.25);
-    assert_eq!(model.decoder.layers.modules[1].norm3.eps, 1e-6);
+    assert_eq!(model.decoder.layers.modules[1].norm3.norm.eps, 1e-6);
     assert!(model.encoder.norm.norm.is_some(), "pre-norm stacks end with a norm by default");
     assert_eq!(model.num_trainable_params(), TranslatorSpec::NUM_PARAMS);
     let src = Tokens::<30>::from_sequences(&[vec![3, 29, 4]]).unwrap();
@@ -186,7 +186,7 @@ fn models_without_biases_train_and_save_no_bias_tensors() {
     opt.update(&mut model, &grads, 1e-2).unwrap();
     assert_ne!(model.blocks.modules[0].ffn.linear1.weight.as_vec(), before, "weights train");
     let block = &model.blocks.modules[1];
-    for bias in [block.self_attn.w_q.bias.as_vec(), block.ffn.linear2.bias.as_vec(), block.norm2.bias.as_vec()] {
+    for bias in [block.self_attn.w_q.bias.as_vec(), block.ffn.linear2.bias.as_vec(), block.norm2.norm.bias.as_vec()] {
         assert!(bias.iter().all(|&b| b == 0.0), "biases stay absent (zero)");
     }
 }

@@ -99,12 +99,12 @@ fn encoder_layer_matches<N: NormPlacement, A: Activation>(file: &str) {
     assert_close(&grads.get(&layer.self_attn.w_o.weight).as_vec(), &w_o, "grad of W_o");
     let linear1 = transposed(&t["grad.linear1.weight"], 32);
     assert_close(&grads.get(&layer.ffn.linear1.weight).as_vec(), &linear1, "grad of linear1");
-    assert_close(&grads.get(&layer.norm1.weight).as_vec(), &t["grad.norm1.weight"], "grad of norm1");
+    assert_close(&grads.get(&layer.norm1.norm.weight).as_vec(), &t["grad.norm1.weight"], "grad of norm1");
     if <N::Bias as BiasKind>::ON {
         let in_bias = &t["grad.self_attn.in_proj_bias"];
         assert_close(&grads.get(&layer.self_attn.w_k.bias).as_vec(), block(in_bias, 1, 3), "grad of b_k");
         assert_close(&grads.get(&layer.ffn.linear2.bias).as_vec(), &t["grad.linear2.bias"], "grad of linear2.bias");
-        assert_close(&grads.get(&layer.norm2.bias).as_vec(), &t["grad.norm2.bias"], "grad of norm2.bias");
+        assert_close(&grads.get(&layer.norm2.norm.bias).as_vec(), &t["grad.norm2.bias"], "grad of norm2.bias");
     }
 }
 
@@ -282,7 +282,7 @@ fn import_problems_are_reported_by_name() {
         "{msg}"
     );
     let mut layer = dev.build_module::<EncoderLayer<16, 4, 4, 32, PostNorm, Relu, f32, Cpu>, f32>();
-    let before = layer.norm1.weight.as_vec();
+    let before = layer.norm1.norm.weight.as_vec();
     let msg = load_torch(&mut layer, &fixture("mha.safetensors")).unwrap_err().to_string();
     assert!(
         msg.contains("missing: self_attn.in_proj_weight (block 1 of 3) (transposed), for self_attn.w_q.weight"),
@@ -291,7 +291,7 @@ fn import_problems_are_reported_by_name() {
     assert!(msg.contains("missing: linear1.weight (transposed), for ffn.linear1.weight [16, 32]"), "{msg}");
     assert!(msg.contains("unexpected: in_proj_weight"), "{msg}");
     assert!(msg.contains("unexpected: output.self_causal"), "{msg}");
-    assert_eq!(layer.norm1.weight.as_vec(), before, "a failed import leaves the model unchanged");
+    assert_eq!(layer.norm1.norm.weight.as_vec(), before, "a failed import leaves the model unchanged");
 }
 
 #[test]

@@ -549,3 +549,32 @@ fn optimizer_state_from_before_heads_were_in_out_resumes_with_its_moments_transp
     assert_eq!(want, got, "the moments are those of the current layout again");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_layer_dropout_of_an_earlier_checkpoint_applies_to_each_residual_connection() {
+    let dir = std::env::temp_dir().join(format!("typeformer-old-dropout-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (path, old) = (dir.join("model.safetensors"), dir.join("old.safetensors"));
+    let mut model = Cpu::seed_from_u64(8).build_module::<TaskSmall<f32, Cpu>, f32>();
+    typeformer::nn::set_dropout(&mut model, 0.3).unwrap();
+    save_checkpoint(&model, &path, HashMap::new()).unwrap();
+    // As before residual connections were modules: one `dropout` per layer, none per norm.
+    let bytes = std::fs::read(&path).unwrap();
+    let file = ::safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut metadata = file_metadata(&bytes);
+    let per_norm: Vec<String> =
+        metadata.keys().filter(|k| k.contains(".norm") && k.ends_with(".dropout")).cloned().collect();
+    assert!(!per_norm.is_empty(), "{metadata:?}");
+    for key in per_norm {
+        metadata.remove(&key);
+        let (layer, _) = key.strip_suffix(".dropout").unwrap().rsplit_once('.').unwrap();
+        metadata.insert(format!("{layer}.dropout"), "0.3".into());
+    }
+    let views: Vec<_> = file.tensors();
+    std::fs::write(&old, ::safetensors::serialize(views, &Some(metadata)).unwrap()).unwrap();
+    let mut other = Cpu::seed_from_u64(9).build_module::<TaskSmall<f32, Cpu>, f32>();
+    load_checkpoint(&mut other, &old).unwrap();
+    let layer = &other.decoder.layers.modules[0];
+    assert_eq!([layer.norm1.dropout, layer.norm2.dropout, layer.norm3.dropout], [0.3; 3]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -439,7 +439,13 @@ impl<E: FloatDtype, Dev: Device<E>> TensorVisitor<E, Dev> for Restore<'_> {
         (value, name): (&mut N, String),
     ) -> Result<Option<N>, Self::Err> {
         // Checkpoints from elsewhere carry no scalars: the model keeps its own then.
-        if let Some(saved) = self.metadata.get(&format!("{SCALAR_PREFIX}{name}")) {
+        let saved = self.metadata.get(&format!("{SCALAR_PREFIX}{name}")).or_else(|| {
+            // Layers kept one residual dropout beside their norms (`layers.0.dropout`) before
+            // each sub-layer's residual connection had its own (`layers.0.norm1.dropout`).
+            let (layer, norm) = name.strip_suffix(".dropout")?.rsplit_once('.')?;
+            norm.starts_with("norm").then(|| self.metadata.get(&format!("{SCALAR_PREFIX}{layer}.dropout")))?
+        });
+        if let Some(saved) = saved {
             match saved.parse::<f64>().ok().map(|v| (v, check_scalar(&name, v))) {
                 Some((v, Ok(()))) => match N::from(v) {
                     Some(v) => *value = v,

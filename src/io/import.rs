@@ -305,7 +305,7 @@ mod tests {
         );
         let s = hf_bert_source("encoder.layers.0.ffn.linear2.weight", "").unwrap();
         assert_eq!(s, Source::new("encoder.layer.0.output.dense.weight").transposed());
-        assert_eq!(hf_bert_source("pooler.weight", "").unwrap(), Source::new("pooler.dense.weight"));
+        assert_eq!(hf_bert_source("pooler.weight", "").unwrap(), Source::new("pooler.dense.weight").transposed());
         assert!(hf_bert_source("encoder.layers.0.cross_attn.w_q.weight", "").is_none());
     }
 }

@@ -1,7 +1,7 @@
 //! The decoder (section 3.1): masked self-attention, cross-attention over the encoder's output,
 //! and the feed-forward network, `L` times.
 
-use super::{residual, Activation, LayerNorm, MaskSpec, MultiHeadAttention, NormPlacement, PositionWiseFeedForward};
+use super::{Activation, MaskSpec, MultiHeadAttention, NormPlacement, PositionWiseFeedForward, Residual};
 use super::{AttentionWeights, KvCache, LayerAttention, Stack};
 use crate::error::Result;
 use crate::shape::Hidden;
@@ -34,14 +34,11 @@ pub struct DecoderLayer<
     /// Position-wise feed-forward network.
     pub ffn: PositionWiseFeedForward<D, F, A, E, Dev, N::Bias>,
     /// Norm of the self-attention sub-layer.
-    pub norm1: LayerNorm<D, E, Dev, N::Bias>,
+    pub norm1: Residual<D, N, E, Dev>,
     /// Norm of the cross-attention sub-layer.
-    pub norm2: LayerNorm<D, E, Dev, N::Bias>,
+    pub norm2: Residual<D, N, E, Dev>,
     /// Norm of the feed-forward sub-layer.
-    pub norm3: LayerNorm<D, E, Dev, N::Bias>,
-    /// Residual dropout when training.
-    pub dropout: f64,
-    placement: std::marker::PhantomData<N>,
+    pub norm3: Residual<D, N, E, Dev>,
 }
 
 impl<
@@ -69,18 +66,15 @@ impl<
                     Self::module("norm1", |s| &s.norm1, |s| &mut s.norm1),
                     Self::module("norm2", |s| &s.norm2, |s| &mut s.norm2),
                     Self::module("norm3", |s| &s.norm3, |s| &mut s.norm3),
-                    Self::scalar("dropout", |s| &s.dropout, |s| &mut s.dropout, ScalarOptions::from_default(0.1)),
                 ),
             ),
-            |((self_attn, cross_attn, ffn), (norm1, norm2, norm3, dropout))| DecoderLayer {
+            |((self_attn, cross_attn, ffn), (norm1, norm2, norm3))| DecoderLayer {
                 self_attn,
                 cross_attn,
                 ffn,
                 norm1,
                 norm2,
                 norm3,
-                dropout,
-                placement: Default::default(),
             },
         )
     }
@@ -127,14 +121,14 @@ impl<
     ) -> Result<Hidden<B, St, D, E, Dev, T>> {
         let recording = record.is_some();
         let (mut self_weights, mut cross_weights) = (None, None);
-        let x = residual::<N, _, _, D, _, _, _, _>(x, &self.norm1, self.dropout, |x| {
+        let x = self.norm1.around(x, |x| {
             if recording {
                 let input = x.retaped::<NoneTape>();
                 self_weights = Some(AttentionWeights::of(&self.self_attn.weights(&input, &input, &masks.self_mask)?));
             }
             self.self_attn.self_attention(x, &masks.self_mask)
         })?;
-        let x = residual::<N, _, _, D, _, _, _, _>(x, &self.norm2, self.dropout, |x| {
+        let x = self.norm2.around(x, |x| {
             if recording {
                 let weights = self.cross_attn.weights(&x.retaped::<NoneTape>(), memory, &masks.memory_mask)?;
                 cross_weights = Some(AttentionWeights::of(&weights));
@@ -144,7 +138,7 @@ impl<
         if let (Some(record), Some(self_attn)) = (record, self_weights) {
             record.push(LayerAttention { self_attn, cross_attn: cross_weights });
         }
-        residual::<N, _, _, D, _, _, _, _>(x, &self.norm3, self.dropout, |x| Ok(self.ffn.forward(x)))
+        self.norm3.around(x, |x| Ok(self.ffn.forward(x)))
     }
 }
 
@@ -182,14 +176,10 @@ impl<
         src_lengths: &[usize],
     ) -> Result<Hidden<usize, usize, D, E, Dev>> {
         let DecoderLayerCache { self_kv, memory_kv } = cache;
-        let x = residual::<N, _, _, D, _, _, _, _>(x, &self.norm1, self.dropout, |x| {
-            self.self_attn.self_attention_cached(x, self_kv, None)
-        })?;
+        let x = self.norm1.around(x, |x| self.self_attn.self_attention_cached(x, self_kv, None))?;
         let memory_mask = MaskSpec::padding(src_lengths);
-        let x = residual::<N, _, _, D, _, _, _, _>(x, &self.norm2, self.dropout, |x| {
-            self.cross_attn.cross_attention_cached(x, memory_kv, &memory_mask)
-        })?;
-        residual::<N, _, _, D, _, _, _, _>(x, &self.norm3, self.dropout, |x| Ok(self.ffn.forward(x)))
+        let x = self.norm2.around(x, |x| self.cross_attn.cross_attention_cached(x, memory_kv, &memory_mask))?;
+        self.norm3.around(x, |x| Ok(self.ffn.forward(x)))
     }
 }
 

@@ -1,6 +1,6 @@
 //! The encoder (section 3.1): a stack of `L` identical layers of self-attention and feed-forward.
 
-use super::{residual, Activation, LayerNorm, MaskSpec, MultiHeadAttention, NormPlacement, PositionWiseFeedForward};
+use super::{Activation, MaskSpec, MultiHeadAttention, NormPlacement, PositionWiseFeedForward, Residual};
 use super::{AttentionWeights, KvCache, LayerAttention, Stack};
 use crate::error::Result;
 use crate::shape::Hidden;
@@ -32,13 +32,10 @@ pub struct EncoderLayer<
     pub self_attn: MultiHeadAttention<D, H, HD, E, Dev, N::Bias>,
     /// Position-wise feed-forward network.
     pub ffn: PositionWiseFeedForward<D, F, A, E, Dev, N::Bias>,
-    /// Norm of the attention sub-layer.
-    pub norm1: LayerNorm<D, E, Dev, N::Bias>,
-    /// Norm of the feed-forward sub-layer.
-    pub norm2: LayerNorm<D, E, Dev, N::Bias>,
-    /// Residual dropout on each sub-layer's output when training (0.1 in the paper).
-    pub dropout: f64,
-    placement: std::marker::PhantomData<N>,
+    /// The residual connection (norm and dropout) of the attention sub-layer.
+    pub norm1: Residual<D, N, E, Dev>,
+    /// The residual connection of the feed-forward sub-layer.
+    pub norm2: Residual<D, N, E, Dev>,
 }
 
 impl<
@@ -61,16 +58,8 @@ impl<
                 Self::module("ffn", |s| &s.ffn, |s| &mut s.ffn),
                 Self::module("norm1", |s| &s.norm1, |s| &mut s.norm1),
                 Self::module("norm2", |s| &s.norm2, |s| &mut s.norm2),
-                Self::scalar("dropout", |s| &s.dropout, |s| &mut s.dropout, ScalarOptions::from_default(0.1)),
             ),
-            |(self_attn, ffn, norm1, norm2, dropout)| EncoderLayer {
-                self_attn,
-                ffn,
-                norm1,
-                norm2,
-                dropout,
-                placement: Default::default(),
-            },
+            |(self_attn, ffn, norm1, norm2)| EncoderLayer { self_attn, ffn, norm1, norm2 },
         )
     }
 }
@@ -103,7 +92,7 @@ impl<
         record: Option<&mut Vec<LayerAttention>>,
     ) -> Result<Hidden<B, S, D, E, Dev, T>> {
         let mut weights = None;
-        let x = residual::<N, _, _, D, _, _, _, _>(x, &self.norm1, self.dropout, |x| {
+        let x = self.norm1.around(x, |x| {
             if record.is_some() {
                 let input = x.retaped::<NoneTape>();
                 weights = Some(AttentionWeights::of(&self.self_attn.weights(&input, &input, mask)?));
@@ -113,7 +102,7 @@ impl<
         if let (Some(record), Some(self_attn)) = (record, weights) {
             record.push(LayerAttention { self_attn, cross_attn: None });
         }
-        residual::<N, _, _, D, _, _, _, _>(x, &self.norm2, self.dropout, |x| Ok(self.ffn.forward(x)))
+        self.norm2.around(x, |x| Ok(self.ffn.forward(x)))
     }
 }
 
@@ -135,10 +124,8 @@ impl<
         x: Hidden<usize, usize, D, E, Dev>,
         cache: &mut Option<KvCache<D, H, HD, E, Dev>>,
     ) -> Result<Hidden<usize, usize, D, E, Dev>> {
-        let x = residual::<N, _, _, D, _, _, _, _>(x, &self.norm1, self.dropout, |x| {
-            self.self_attn.self_attention_cached(x, cache, None)
-        })?;
-        residual::<N, _, _, D, _, _, _, _>(x, &self.norm2, self.dropout, |x| Ok(self.ffn.forward(x)))
+        let x = self.norm1.around(x, |x| self.self_attn.self_attention_cached(x, cache, None))?;
+        self.norm2.around(x, |x| Ok(self.ffn.forward(x)))
     }
 }
 

@@ -17,6 +17,7 @@ mod linear;
 pub use linear::Linear;
 pub(crate) use linear::{project, project_shared};
 mod mask;
+#[macro_use]
 mod norm;
 mod optional_linear;
 mod packed;

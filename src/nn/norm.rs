@@ -1,9 +1,53 @@
 //! Layer normalization (Ba et al., 2016), over the model width.
 
-use super::{bias_options, BiasKind, WithBias};
+use super::{BiasKind, WithBias};
 use crate::shape::Hidden;
 use crate::FloatDtype;
 use dfdx::prelude::*;
+
+/// The visited fields of a layer norm (`weight`, `bias`, `eps`, with their initialisation),
+/// for a `TensorCollection` impl: the norm's own (`layer_norm_fields!(Bias)`), or one whose
+/// norm is its field `$field` and whose parameters take the norm's names in place
+/// (`layer_norm_fields!(N::Bias, norm)`; `norm?` for an `Option` that the type says is `Some`).
+macro_rules! layer_norm_fields {
+    ($bias:ty) => {
+        layer_norm_fields!(@ $bias, |s| s, |s| s)
+    };
+    ($bias:ty, $field:ident) => {
+        layer_norm_fields!(@ $bias, |s| &s.$field, |s| &mut s.$field)
+    };
+    ($bias:ty, $field:ident?) => {
+        layer_norm_fields!(
+            @ $bias,
+            |s| s.$field.as_ref().expect("the type says the norm exists"),
+            |s| s.$field.as_mut().expect("the type says the norm exists")
+        )
+    };
+    (@ $bias:ty, |$s:ident| $get:expr, |$m:ident| $get_mut:expr) => {
+        (
+            Self::tensor(
+                "weight",
+                |$s| &$get.weight,
+                |$m| &mut $get_mut.weight,
+                ::dfdx::nn::tensor_collection::TensorOptions::reset_to_ones(),
+            ),
+            Self::tensor(
+                "bias",
+                |$s| &$get.bias,
+                |$m| &mut $get_mut.bias,
+                $crate::nn::bias_options::<$bias, _, _, _>(
+                    ::dfdx::nn::tensor_collection::TensorOptions::reset_to_zeros(),
+                ),
+            ),
+            Self::scalar(
+                "eps",
+                |$s| &$get.eps,
+                |$m| &mut $get_mut.eps,
+                ::dfdx::nn::tensor_collection::ScalarOptions::from_default(1e-5),
+            ),
+        )
+    };
+}
 
 /// `y = (x - mean) / sqrt(var + eps) * weight + bias`, over the last axis of width `D`.
 ///
@@ -28,19 +72,7 @@ impl<const D: usize, E: FloatDtype, Dev: Device<E>, Bias: BiasKind> TensorCollec
     type To<E2: Dtype, D2: Device<E2>> = LayerNorm<D, E2, D2, Bias>;
 
     fn iter_tensors<V: ModuleVisitor<Self, E, Dev>>(visitor: &mut V) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
-        visitor.visit_fields(
-            (
-                Self::tensor("weight", |s| &s.weight, |s| &mut s.weight, TensorOptions::reset_to_ones()),
-                Self::tensor(
-                    "bias",
-                    |s| &s.bias,
-                    |s| &mut s.bias,
-                    bias_options::<Bias, _, _, _>(TensorOptions::reset_to_zeros()),
-                ),
-                Self::scalar("eps", |s| &s.eps, |s| &mut s.eps, ScalarOptions::from_default(1e-5)),
-            ),
-            |(weight, bias, eps)| LayerNorm::from_parts(weight, bias, eps),
-        )
+        visitor.visit_fields(layer_norm_fields!(Bias), |(weight, bias, eps)| LayerNorm::from_parts(weight, bias, eps))
     }
 }
 

@@ -1,7 +1,7 @@
 //! Residual connections around a sub-layer, with layer norm after (the paper) or before
 //! (pre-LN, as in GPT-2 and most modern LLMs). The placement is chosen by type.
 
-use super::{bias_options, dropout_when_training, BiasKind, Biases, LayerNorm};
+use super::{dropout_when_training, BiasKind, Biases, LayerNorm};
 use crate::error::Result;
 use crate::shape::Hidden;
 use crate::FloatDtype;
@@ -44,32 +44,67 @@ impl<const FINAL: bool, const BIAS: bool> NormPlacement for PreNorm<FINAL, BIAS>
     type Bias = Biases<BIAS>;
 }
 
-/// One residual sub-layer: applies `sublayer` to `x` with the norm placed as `N` says, and
-/// dropout on the sub-layer's output when training.
-pub fn residual<N, B, S, const D: usize, E, Dev, T, F>(
-    x: Hidden<B, S, D, E, Dev, T>,
-    norm: &LayerNorm<D, E, Dev, N::Bias>,
-    dropout_p: f64,
-    sublayer: F,
-) -> Result<Hidden<B, S, D, E, Dev, T>>
-where
-    N: NormPlacement,
-    B: Dim,
-    S: Dim,
-    E: FloatDtype,
-    Dev: Device<E>,
-    T: Tape<E, Dev>,
-    F: FnOnce(Hidden<B, S, D, E, Dev, T>) -> Result<Hidden<B, S, D, E, Dev, T>>,
+/// The residual connection around one sub-layer (section 5.4): the sub-layer's layer norm,
+/// before or after it as `N` places it, and dropout on the sub-layer's output when training.
+///
+/// A block's forward pass reads like its equations, one line per sub-layer:
+/// `x = self.norm1.around(x, |x| self.self_attn.self_attention(x, mask))?` is
+/// `LayerNorm(x + Dropout(SelfAttention(x)))` under [`PostNorm`] and
+/// `x + Dropout(SelfAttention(LayerNorm(x)))` under [`PreNorm`].
+///
+/// Its parameters are the norm's, named as the field that holds it (`norm1.weight`,
+/// `norm1.bias`, `norm1.eps`), with its dropout beside them (`norm1.dropout`).
+#[derive(Debug, Clone)]
+pub struct Residual<const D: usize, N: NormPlacement, E: Dtype, Dev: Storage<E>> {
+    /// The sub-layer's norm.
+    pub norm: LayerNorm<D, E, Dev, N::Bias>,
+    /// Dropout on the sub-layer's output when training (0.1 in the paper).
+    pub dropout: f64,
+    placement: std::marker::PhantomData<N>,
+}
+
+impl<const D: usize, N: NormPlacement, E: FloatDtype, Dev: Device<E>> TensorCollection<E, Dev>
+    for Residual<D, N, E, Dev>
 {
-    let (x, tape) = x.split_tape();
-    if N::PRE {
-        let y = sublayer(norm.forward(x.clone().put_tape(tape)))?;
-        Ok(crate::kernels::add(dropout_when_training(y, dropout_p), x))
-    } else {
-        let y = sublayer(x.clone().put_tape(tape))?;
-        Ok(norm.forward(crate::kernels::add(dropout_when_training(y, dropout_p), x)))
+    type To<E2: Dtype, D2: Device<E2>> = Residual<D, N, E2, D2>;
+
+    fn iter_tensors<V: ModuleVisitor<Self, E, Dev>>(visitor: &mut V) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        visitor.visit_fields(
+            (
+                layer_norm_fields!(N::Bias, norm),
+                Self::scalar("dropout", |s| &s.dropout, |s| &mut s.dropout, ScalarOptions::from_default(0.1)),
+            ),
+            |((weight, bias, eps), dropout)| Residual {
+                norm: LayerNorm::from_parts(weight, bias, eps),
+                dropout,
+                placement: Default::default(),
+            },
+        )
     }
 }
+
+impl<const D: usize, N: NormPlacement, E: FloatDtype, Dev: Device<E>> Residual<D, N, E, Dev> {
+    /// `x` through `sublayer` and back onto itself, with the norm where `N` places it. Widths
+    /// are checked by type: `sublayer` maps `(B, S, D)` to `(B, S, D)`.
+    pub fn around<B, S, T, F>(&self, x: Hidden<B, S, D, E, Dev, T>, sublayer: F) -> Result<Hidden<B, S, D, E, Dev, T>>
+    where
+        B: Dim,
+        S: Dim,
+        T: Tape<E, Dev>,
+        F: FnOnce(Hidden<B, S, D, E, Dev, T>) -> Result<Hidden<B, S, D, E, Dev, T>>,
+    {
+        let (x, tape) = x.split_tape();
+        if N::PRE {
+            let y = sublayer(self.norm.forward(x.clone().put_tape(tape)))?;
+            Ok(crate::kernels::add(dropout_when_training(y, self.dropout), x))
+        } else {
+            let y = sublayer(x.clone().put_tape(tape))?;
+            Ok(self.norm.forward(crate::kernels::add(dropout_when_training(y, self.dropout), x)))
+        }
+    }
+}
+
+build_on_device!([const D: usize, N: NormPlacement] Residual<D, N, E, Dev>);
 
 /// The layer norm after a stack, present only when `N::FINAL_NORM`.
 #[derive(Debug, Clone)]
@@ -85,35 +120,12 @@ impl<const D: usize, N: NormPlacement, E: FloatDtype, Dev: Device<E>> TensorColl
     type To<E2: Dtype, D2: Device<E2>> = FinalNorm<D, N, E2, D2>;
 
     fn iter_tensors<V: ModuleVisitor<Self, E, Dev>>(visitor: &mut V) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
-        const PRESENT: &str = "a final norm exists whenever the placement has one";
         if N::FINAL_NORM {
             // Visited in place, so its tensors are named like the stack's `norm` itself.
-            visitor.visit_fields(
-                (
-                    Self::tensor(
-                        "weight",
-                        |s| &s.norm.as_ref().expect(PRESENT).weight,
-                        |s| &mut s.norm.as_mut().expect(PRESENT).weight,
-                        TensorOptions::reset_to_ones(),
-                    ),
-                    Self::tensor(
-                        "bias",
-                        |s| &s.norm.as_ref().expect(PRESENT).bias,
-                        |s| &mut s.norm.as_mut().expect(PRESENT).bias,
-                        bias_options::<N::Bias, _, _, _>(TensorOptions::reset_to_zeros()),
-                    ),
-                    Self::scalar(
-                        "eps",
-                        |s| &s.norm.as_ref().expect(PRESENT).eps,
-                        |s| &mut s.norm.as_mut().expect(PRESENT).eps,
-                        ScalarOptions::from_default(1e-5),
-                    ),
-                ),
-                |(weight, bias, eps)| FinalNorm {
-                    norm: Some(LayerNorm::from_parts(weight, bias, eps)),
-                    placement: Default::default(),
-                },
-            )
+            visitor.visit_fields(layer_norm_fields!(N::Bias, norm?), |(weight, bias, eps)| FinalNorm {
+                norm: Some(LayerNorm::from_parts(weight, bias, eps)),
+                placement: Default::default(),
+            })
         } else {
             visitor.visit_fields((), |()| FinalNorm { norm: None, placement: Default::default() })
         }

@@ -3,8 +3,8 @@ use typeformer::prelude::*;
 
 fn main() {
     let dev = Cpu::default();
-    let norm = dev.build_module::<LayerNorm<64, f32, Cpu>, f32>();
+    let residual = dev.build_module::<Residual<64, PostNorm, f32, Cpu>, f32>();
     let ffn = dev.build_module::<PositionWiseFeedForward<32, 128, Relu, f32, Cpu>, f32>();
     let x: Tensor<(usize, usize, Const<64>), f32, Cpu> = dev.zeros_like(&(2, 5, Const));
-    let _ = residual::<PostNorm, _, _, 64, _, _, _, _>(x, &norm, 0.1, |x| Ok(ffn.forward(x)));
+    let _ = residual.around(x, |x| Ok(ffn.forward(x)));
 }
