@@ -107,10 +107,12 @@ pub use dfdx;
 /// target table otherwise ([`SeparateTied`](models::SeparateTied)); `false` gives
 /// [`Separate`](models::Separate).
 ///
-/// Every mistake is a compile error at the offending token, at `cargo check`: an unknown or
-/// missing field, a duplicated one, a field of another kind, a zero size, `heads` that do not
+/// Every mistake is one compile error at the offending token, at `cargo check`: an unknown or
+/// missing field (a misspelt one is reported once, with the field it is near), a duplicated
+/// one, a field of another kind, a zero or negative size (naming the field), `heads` that do not
 /// divide `d_model`, an odd `d_model` with sinusoidal positions, an unknown kind or activation,
-/// a dropout outside [0, 1).
+/// a dropout outside [0, 1), a name declared twice or clashing with another model's `NameSpec`.
+/// The declared items are emitted even then, so later uses of the names add no errors.
 ///
 /// With `bias: false` the layers' Q/K/V, output and feed-forward projections and their layer
 /// norms have no biases (they are fixed zeros that are never trained, saved or counted); the
@@ -161,10 +163,14 @@ pub use typeformer_macros::transformer;
 /// in checkpoints, optimizers and [`Summary`](models::Summary)) and `BuildOnDevice` (so
 /// `dev.build_module::<M, E>()` builds it).
 ///
-/// The struct's last two type parameters are its dtype and device. Every field is a module
+/// The struct's dtype and device are the type parameter bounded by `Storage<E>` (or
+/// `Device<E>`) and its `E` (otherwise its last two type parameters). Every field is a module
 /// (anything with parameters, including typeformer's blocks and dfdx's), unless marked:
 /// `#[model(scalar)]` / `#[model(scalar, default = 0.1)]` for an `f64` hyperparameter saved in
-/// checkpoints, `#[model(skip)]` for a field rebuilt with `Default::default()` (`PhantomData`).
+/// checkpoints, `#[model(skip)]` for a field rebuilt with `Default::default()` (`PhantomData`);
+/// `#[model(rename = "name")]` visits a field under another name. What the traversal needs of
+/// type parameters that the struct leaves unbounded goes on the struct:
+/// `#[model(bound = "A: Activation")]`. typeformer's own blocks and models are derived so.
 ///
 /// ```
 /// use typeformer::prelude::*;

@@ -158,6 +158,31 @@ fn derived_models_have_dotted_names_build_and_round_trip_through_checkpoints() {
     std::fs::remove_file(path).unwrap();
 }
 
+/// A block generic over its activation, with a renamed field and the dtype and device not last.
+#[derive(Debug, Clone, typeformer::Model)]
+#[model(bound = "A: Activation")]
+struct Tagged<A, E: Dtype, Dev: Storage<E>, const W: usize> {
+    #[model(rename = "mlp")]
+    ffn: PositionWiseFeedForward<W, 32, A, E, Dev>,
+    #[model(scalar, default = 0.25)]
+    temperature: f64,
+}
+
+#[test]
+fn derived_models_take_bounds_renames_and_any_parameter_order() {
+    let dev = Cpu::seed_from_u64(3);
+    let model = dev.build_module::<Tagged<Gelu, f32, Cpu, 16>, f32>();
+    assert_eq!(model.temperature, 0.25);
+    let names: Vec<String> =
+        Summary::of::<Tagged<Gelu, f32, Cpu, 16>, f32, Cpu>().params.into_iter().map(|p| p.name).collect();
+    assert!(
+        names.contains(&"mlp.linear1.weight".to_string()) && !names.iter().any(|n| n.starts_with("ffn.")),
+        "{names:?}"
+    );
+    let x: Tensor<(usize, usize, Const<16>), f32, Cpu> = dev.sample_normal_like(&(1, 2, Const));
+    assert_eq!(model.ffn.forward(x).shape(), &(1, 2, Const::<16>));
+}
+
 typeformer::transformer! {
     /// nanoGPT's `bias=False`.
     NoBiasGpt: DecoderOnly { vocab: 40, d_model: 16, heads: 2, d_ff: 32, layers: 2, max_len: 12, bias: false, dropout: 0.0 }

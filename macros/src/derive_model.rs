@@ -16,8 +16,10 @@ enum Role {
     Skip,
 }
 
-fn role(field: &syn::Field) -> syn::Result<Role> {
+/// A field's role and the name it is visited under (its own, or `#[model(rename = "...")]`).
+fn role(field: &syn::Field, label: String) -> syn::Result<(Role, String)> {
     let mut role = Role::Module;
+    let mut name = label;
     for attr in field.attrs.iter().filter(|a| a.path().is_ident("model")) {
         attr.parse_nested_meta(|meta| {
             if meta.path.is_ident("skip") {
@@ -30,12 +32,64 @@ fn role(field: &syn::Field) -> syn::Result<Role> {
                 let value: syn::Expr = meta.value()?.parse()?;
                 role = Role::Scalar(quote!(#value));
                 Ok(())
+            } else if meta.path.is_ident("rename") {
+                name = meta.value()?.parse::<syn::LitStr>()?.value();
+                Ok(())
             } else {
-                Err(meta.error("expected `#[model(skip)]`, `#[model(scalar)]` or `#[model(scalar, default = 0.1)]`"))
+                Err(meta.error(
+                    "expected `#[model(skip)]`, `#[model(scalar)]`, `#[model(scalar, default = 0.1)]` or \
+                     `#[model(rename = \"name\")]`",
+                ))
             }
         })?;
     }
-    Ok(role)
+    Ok((role, name))
+}
+
+/// The where-clause predicates of `#[model(bound = "A: Activation, K: PositionKind")]` on the
+/// struct: what the traversal needs of type parameters that the struct itself leaves unbounded.
+fn bounds(input: &DeriveInput) -> syn::Result<Vec<syn::WherePredicate>> {
+    let mut out = Vec::new();
+    for attr in input.attrs.iter().filter(|a| a.path().is_ident("model")) {
+        attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("bound") {
+                let text = meta.value()?.parse::<syn::LitStr>()?;
+                let parsed = text
+                    .parse_with(syn::punctuated::Punctuated::<syn::WherePredicate, syn::Token![,]>::parse_terminated)?;
+                out.extend(parsed);
+                Ok(())
+            } else {
+                Err(meta.error("expected `#[model(bound = \"T: Trait, ...\")]` on the struct"))
+            }
+        })?;
+    }
+    Ok(out)
+}
+
+/// The dtype and device parameters: the parameter bounded by `Storage<X>` or `Device<X>` is the
+/// device and `X` the dtype; without such a bound, the last two type parameters.
+fn dtype_and_device(generics: &syn::Generics) -> Option<(Ident, Ident)> {
+    let types: Vec<&syn::TypeParam> = generics.type_params().collect();
+    for t in &types {
+        for bound in &t.bounds {
+            let syn::TypeParamBound::Trait(tb) = bound else { continue };
+            let Some(last) = tb.path.segments.last() else { continue };
+            if last.ident != "Storage" && last.ident != "Device" {
+                continue;
+            }
+            if let syn::PathArguments::AngleBracketed(args) = &last.arguments {
+                if let Some(syn::GenericArgument::Type(syn::Type::Path(arg))) = args.args.first() {
+                    if let Some(dtype) = arg.path.get_ident() {
+                        return Some((dtype.clone(), t.ident.clone()));
+                    }
+                }
+            }
+        }
+    }
+    match types[..] {
+        [.., e, d] => Some((e.ident.clone(), d.ident.clone())),
+        _ => None,
+    }
 }
 
 /// Groups items into nested tuples of at most 6 (the most dfdx's `visit_fields` takes at once).
@@ -55,22 +109,14 @@ pub fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
             "#[derive(Model)] needs a struct whose fields are the model's parts",
         ));
     };
-    let type_params: Vec<&Ident> = input
-        .generics
-        .params
-        .iter()
-        .filter_map(|p| match p {
-            GenericParam::Type(t) => Some(&t.ident),
-            _ => None,
-        })
-        .collect();
-    let [.., dtype, device] = type_params[..] else {
-        return Err(syn::Error::new(
+    let (dtype, device) = dtype_and_device(&input.generics).ok_or_else(|| {
+        syn::Error::new(
             input.generics.span(),
-            "#[derive(Model)] needs the struct's last two type parameters to be the dtype and the device, \
+            "#[derive(Model)] needs a dtype and a device type parameter, the device bounded by the dtype, \
              as in `struct MyModel<E: Dtype, Dev: Storage<E>>`",
-        ));
-    };
+        )
+    })?;
+    let (dtype, device) = (&dtype, &device);
     let tf = quote!(::typeformer);
     let dfdx = quote!(#tf::dfdx);
 
@@ -84,6 +130,10 @@ pub fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
                 t.bounds = syn::parse_quote!(#dfdx::prelude::Device<#dtype>);
             }
         }
+    }
+    let extra = bounds(&input)?;
+    if !extra.is_empty() {
+        impl_generics.make_where_clause().predicates.extend(extra);
     }
     let (impl_generics, _, where_clause) = impl_generics.split_for_impl();
     let (_, ty_generics, _) = input.generics.split_for_impl();
@@ -121,7 +171,7 @@ pub fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
             Member::Unnamed(idx) => idx.index.to_string(),
         };
         let binding = format_ident!("field_{}", i);
-        let role = match role(field) {
+        let (role, label) = match role(field, label) {
             Ok(role) => role,
             Err(e) => {
                 match &mut errors {

@@ -62,7 +62,8 @@ pub type Pooler<const D: usize, Pool, E, Dev> = OptionalLinear<D, D, Pool, E, De
 /// assert_eq!(sentences.shape(), &(2, Const::<16>));
 /// assert_eq!(Tiny::NUM_PARAMS, model.num_trainable_params());
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, crate::Model)]
+#[model(bound = "A: Activation, K: PositionKind, Pool: Presence")]
 pub struct Bert<
     const V: usize,
     const D: usize,
@@ -92,57 +93,9 @@ pub struct Bert<
     /// The pooler: `tanh(W h_0 + b)`, unless `Pool` is [`NoPooler`].
     pub pooler: Pooler<D, Pool, E, Dev>,
     /// Dropout on the normalised embeddings when training.
+    #[model(scalar, default = 0.1)]
     pub dropout: f64,
 }
-
-impl<
-        const V: usize,
-        const D: usize,
-        const H: usize,
-        const HD: usize,
-        const F: usize,
-        const L: usize,
-        const P: usize,
-        const TT: usize,
-        N: NormPlacement,
-        A: Activation,
-        K: PositionKind,
-        E: FloatDtype,
-        Dev: Device<E>,
-        Pool: Presence,
-    > TensorCollection<E, Dev> for Bert<V, D, H, HD, F, L, P, TT, N, A, K, E, Dev, Pool>
-{
-    type To<E2: Dtype, D2: Device<E2>> = Bert<V, D, H, HD, F, L, P, TT, N, A, K, E2, D2, Pool>;
-
-    fn iter_tensors<Vis: ModuleVisitor<Self, E, Dev>>(
-        visitor: &mut Vis,
-    ) -> Result<Option<Self::To<Vis::E2, Vis::D2>>, Vis::Err> {
-        visitor.visit_fields(
-            (
-                (
-                    Self::module("embed", |s| &s.embed, |s| &mut s.embed),
-                    Self::module("pos", |s| &s.pos, |s| &mut s.pos),
-                    Self::module("token_type", |s| &s.token_type, |s| &mut s.token_type),
-                    Self::module("embed_norm", |s| &s.embed_norm, |s| &mut s.embed_norm),
-                ),
-                Self::module("encoder", |s| &s.encoder, |s| &mut s.encoder),
-                Self::module("pooler", |s| &s.pooler, |s| &mut s.pooler),
-                Self::scalar("dropout", |s| &s.dropout, |s| &mut s.dropout, ScalarOptions::from_default(0.1)),
-            ),
-            |((embed, pos, token_type, embed_norm), encoder, pooler, dropout)| Bert {
-                embed,
-                pos,
-                token_type,
-                embed_norm,
-                encoder,
-                pooler,
-                dropout,
-            },
-        )
-    }
-}
-
-build_on_device!([const V: usize, const D: usize, const H: usize, const HD: usize, const F: usize, const L: usize, const P: usize, const TT: usize, N: NormPlacement, A: Activation, K: PositionKind, Pool: Presence] Bert<V, D, H, HD, F, L, P, TT, N, A, K, E, Dev, Pool>);
 
 impl<
         const V: usize,
@@ -186,7 +139,7 @@ impl<
             Layer::new("embed_norm", "LayerNorm", &hidden),
         ];
         let block = block_kind("EncoderLayer", H, HD, F, A::NAME, N::NAME);
-        out.extend(stack_layers("encoder", L, N::FINAL_NORM, &block, &hidden, None));
+        out.extend(stack_layers("encoder.layers", L, N::FINAL_NORM.then_some("encoder.norm"), &block, &hidden, None));
         if Pool::PRESENT {
             out.push(Layer::new("pooler", format!("Linear({D}, {D}) + tanh of [CLS]"), format!("(B, {D})")));
         }

@@ -34,7 +34,8 @@ use dfdx::prelude::*;
 /// assert_eq!(model.forward(&tokens).unwrap().shape(), &(2, 3, Const::<20>));
 /// assert_eq!(Tiny::NUM_PARAMS, model.num_trainable_params());
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, crate::Model)]
+#[model(bound = "A: Activation, K: PositionKind, O: LayoutFlags")]
 pub struct DecoderOnly<
     const V: usize,
     const D: usize,
@@ -61,75 +62,8 @@ pub struct DecoderOnly<
     /// Output projection, unless tied.
     pub head: Generator<D, V, O, E, Dev>,
     /// Dropout on embeddings plus positions when training.
+    #[model(scalar, default = 0.1)]
     pub dropout: f64,
-}
-
-impl<
-        const V: usize,
-        const D: usize,
-        const H: usize,
-        const HD: usize,
-        const F: usize,
-        const L: usize,
-        const P: usize,
-        N,
-        A,
-        K,
-        O,
-        E,
-        Dev,
-    > TensorCollection<E, Dev> for DecoderOnly<V, D, H, HD, F, L, P, N, A, K, O, E, Dev>
-where
-    N: NormPlacement,
-    A: Activation,
-    K: PositionKind,
-    O: LayoutFlags,
-    E: FloatDtype,
-    Dev: Device<E>,
-{
-    type To<E2: Dtype, D2: Device<E2>> = DecoderOnly<V, D, H, HD, F, L, P, N, A, K, O, E2, D2>;
-
-    fn iter_tensors<Vis: ModuleVisitor<Self, E, Dev>>(
-        visitor: &mut Vis,
-    ) -> Result<Option<Self::To<Vis::E2, Vis::D2>>, Vis::Err> {
-        visitor.visit_fields(
-            (
-                Self::module("embed", |s| &s.embed, |s| &mut s.embed),
-                Self::module("pos", |s| &s.pos, |s| &mut s.pos),
-                Self::module("blocks", |s| &s.blocks, |s| &mut s.blocks),
-                Self::module("norm", |s| &s.norm, |s| &mut s.norm),
-                Self::module("head", |s| &s.head, |s| &mut s.head),
-                Self::scalar("dropout", |s| &s.dropout, |s| &mut s.dropout, ScalarOptions::from_default(0.1)),
-            ),
-            |(embed, pos, blocks, norm, head, dropout)| DecoderOnly { embed, pos, blocks, norm, head, dropout },
-        )
-    }
-}
-
-impl<
-        const V: usize,
-        const D: usize,
-        const H: usize,
-        const HD: usize,
-        const F: usize,
-        const L: usize,
-        const P: usize,
-        N,
-        A,
-        K,
-        O,
-        E,
-        Dev,
-    > BuildOnDevice<Dev, E> for DecoderOnly<V, D, H, HD, F, L, P, N, A, K, O, E, Dev>
-where
-    N: NormPlacement,
-    A: Activation,
-    K: PositionKind,
-    O: LayoutFlags,
-    E: FloatDtype,
-    Dev: Device<E>,
-{
-    type Built = Self;
 }
 
 /// What a language model of width `D` with `L` blocks keeps between generation steps: each
@@ -183,11 +117,7 @@ where
             Layer::new("pos", format!("{} positions({P})", K::NAME), &hidden),
         ];
         let block = block_kind("CausalBlock", H, HD, F, A::NAME, N::NAME);
-        let mut blocks = stack_layers("blocks", L, false, &block, &hidden, None);
-        for layer in &mut blocks {
-            layer.path = layer.path.replacen("blocks.layers.", "blocks.", 1);
-        }
-        out.extend(blocks);
+        out.extend(stack_layers("blocks", L, None, &block, &hidden, None));
         if N::FINAL_NORM {
             out.push(Layer::new("norm", "LayerNorm", &hidden));
         }

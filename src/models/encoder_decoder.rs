@@ -39,7 +39,8 @@ use dfdx::prelude::*;
 /// assert_eq!(logits.shape(), &(2, 3, Const::<12>));
 /// assert_eq!(Tiny::NUM_PARAMS, model.num_trainable_params());
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, crate::Model)]
+#[model(bound = "A: Activation, K: PositionKind")]
 pub struct EncoderDecoder<
     const SV: usize,
     const TV: usize,
@@ -74,92 +75,8 @@ pub struct EncoderDecoder<
     /// Output projection, unless tied.
     pub generator: Generator<D, TV, L, E, Dev>,
     /// Dropout on embeddings plus positions when training (0.1 in the paper).
+    #[model(scalar, default = 0.1)]
     pub dropout: f64,
-}
-
-impl<
-        const SV: usize,
-        const TV: usize,
-        const D: usize,
-        const H: usize,
-        const HD: usize,
-        const F: usize,
-        const LE: usize,
-        const LD: usize,
-        const P: usize,
-        N,
-        A,
-        K,
-        L,
-        E,
-        Dev,
-    > TensorCollection<E, Dev> for EncoderDecoder<SV, TV, D, H, HD, F, LE, LD, P, N, A, K, L, E, Dev>
-where
-    N: NormPlacement,
-    A: Activation,
-    K: PositionKind,
-    L: EmbeddingLayout<SV, TV, D>,
-    E: FloatDtype,
-    Dev: Device<E>,
-{
-    type To<E2: Dtype, D2: Device<E2>> = EncoderDecoder<SV, TV, D, H, HD, F, LE, LD, P, N, A, K, L, E2, D2>;
-
-    fn iter_tensors<V: ModuleVisitor<Self, E, Dev>>(visitor: &mut V) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
-        visitor.visit_fields(
-            (
-                (
-                    Self::module("src_embed", |s| &s.src_embed, |s| &mut s.src_embed),
-                    Self::module("tgt_embed", |s| &s.tgt_embed, |s| &mut s.tgt_embed),
-                    Self::module("src_pos", |s| &s.src_pos, |s| &mut s.src_pos),
-                    Self::module("tgt_pos", |s| &s.tgt_pos, |s| &mut s.tgt_pos),
-                ),
-                (
-                    Self::module("encoder", |s| &s.encoder, |s| &mut s.encoder),
-                    Self::module("decoder", |s| &s.decoder, |s| &mut s.decoder),
-                    Self::module("generator", |s| &s.generator, |s| &mut s.generator),
-                    Self::scalar("dropout", |s| &s.dropout, |s| &mut s.dropout, ScalarOptions::from_default(0.1)),
-                ),
-            ),
-            |((src_embed, tgt_embed, src_pos, tgt_pos), (encoder, decoder, generator, dropout))| EncoderDecoder {
-                src_embed,
-                tgt_embed,
-                src_pos,
-                tgt_pos,
-                encoder,
-                decoder,
-                generator,
-                dropout,
-            },
-        )
-    }
-}
-
-impl<
-        const SV: usize,
-        const TV: usize,
-        const D: usize,
-        const H: usize,
-        const HD: usize,
-        const F: usize,
-        const LE: usize,
-        const LD: usize,
-        const P: usize,
-        N,
-        A,
-        K,
-        L,
-        E,
-        Dev,
-    > BuildOnDevice<Dev, E> for EncoderDecoder<SV, TV, D, H, HD, F, LE, LD, P, N, A, K, L, E, Dev>
-where
-    N: NormPlacement,
-    A: Activation,
-    K: PositionKind,
-    L: EmbeddingLayout<SV, TV, D>,
-    E: FloatDtype,
-    Dev: Device<E>,
-{
-    type Built = Self;
 }
 
 impl<
@@ -209,7 +126,7 @@ where
             Layer::new("src_pos", format!("{} positions({P})", K::NAME), &src),
         ];
         let block = block_kind("EncoderLayer", H, HD, F, A::NAME, N::NAME);
-        out.extend(stack_layers("encoder", LE, N::FINAL_NORM, &block, &src, None));
+        out.extend(stack_layers("encoder.layers", LE, N::FINAL_NORM.then_some("encoder.norm"), &block, &src, None));
         let memory = out.last().map(|l| l.path.clone()).unwrap_or_default();
         let tgt_embed = if L::SHARED {
             "TokenEmbedding(shared with src_embed)".into()
@@ -219,7 +136,8 @@ where
         out.push(Layer::new("tgt_embed", tgt_embed, &tgt).reading(&["input"]));
         out.push(Layer::new("tgt_pos", format!("{} positions({P})", K::NAME), &tgt));
         let block = block_kind("DecoderLayer", H, HD, F, A::NAME, N::NAME);
-        let mut decoder = stack_layers("decoder", LD, N::FINAL_NORM, &block, &tgt, Some(&memory));
+        let mut decoder =
+            stack_layers("decoder.layers", LD, N::FINAL_NORM.then_some("decoder.norm"), &block, &tgt, Some(&memory));
         if let Some(first) = decoder.first_mut() {
             first.inputs[0] = "tgt_pos".into();
         }

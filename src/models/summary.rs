@@ -173,28 +173,28 @@ fn human_bytes(bytes: usize) -> String {
     }
 }
 
-/// The layers of a stack `path` (`path.layers.0` .. `path.layers.{count-1}`, then `path.norm`
-/// when `final_norm`), each of `kind` with `output`; the first reads `first_inputs`, each reads
-/// `memory` too when given (cross-attention).
+/// The layers of a stack, `{layers}.0` .. `{layers}.{count-1}` (`encoder.layers.0`, or a GPT's
+/// `blocks.0`), then the final norm at its path if there is one, each of `kind` with `output`;
+/// each layer reads `memory` too when given (cross-attention).
 pub(crate) fn stack_layers(
-    path: &str,
+    layers: &str,
     count: usize,
-    final_norm: bool,
+    final_norm: Option<&str>,
     kind: &str,
     output: &str,
     memory: Option<&str>,
 ) -> Vec<Layer> {
     let mut out: Vec<Layer> = Vec::new();
     for i in 0..count {
-        let mut layer = Layer::new(format!("{path}.layers.{i}"), kind, output);
+        let mut layer = Layer::new(format!("{layers}.{i}"), kind, output);
         if let Some(memory) = memory {
             let previous = out.last().map_or(String::new(), |l: &Layer| l.path.clone());
             layer.inputs = vec![previous, memory.to_string()];
         }
         out.push(layer);
     }
-    if final_norm {
-        out.push(Layer::new(format!("{path}.norm"), "LayerNorm", output));
+    if let Some(norm) = final_norm {
+        out.push(Layer::new(norm, "LayerNorm", output));
     }
     out
 }

@@ -16,7 +16,8 @@ use dfdx::prelude::*;
 /// # Generics
 /// - `D`: model width, which is also the width of the encoder memory it attends to.
 /// - `H` heads of width `HD`; `F`: feed-forward width; `N`: norm placement; `A`: activation.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, crate::Model)]
+#[model(bound = "A: Activation")]
 pub struct DecoderLayer<
     const D: usize,
     const H: usize,
@@ -39,45 +40,6 @@ pub struct DecoderLayer<
     pub norm2: Residual<D, N, E, Dev>,
     /// Norm of the feed-forward sub-layer.
     pub norm3: Residual<D, N, E, Dev>,
-}
-
-impl<
-        const D: usize,
-        const H: usize,
-        const HD: usize,
-        const F: usize,
-        N: NormPlacement,
-        A: Activation,
-        E: FloatDtype,
-        Dev: Device<E>,
-    > TensorCollection<E, Dev> for DecoderLayer<D, H, HD, F, N, A, E, Dev>
-{
-    type To<E2: Dtype, D2: Device<E2>> = DecoderLayer<D, H, HD, F, N, A, E2, D2>;
-
-    fn iter_tensors<V: ModuleVisitor<Self, E, Dev>>(visitor: &mut V) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
-        visitor.visit_fields(
-            (
-                (
-                    Self::module("self_attn", |s| &s.self_attn, |s| &mut s.self_attn),
-                    Self::module("cross_attn", |s| &s.cross_attn, |s| &mut s.cross_attn),
-                    Self::module("ffn", |s| &s.ffn, |s| &mut s.ffn),
-                ),
-                (
-                    Self::module("norm1", |s| &s.norm1, |s| &mut s.norm1),
-                    Self::module("norm2", |s| &s.norm2, |s| &mut s.norm2),
-                    Self::module("norm3", |s| &s.norm3, |s| &mut s.norm3),
-                ),
-            ),
-            |((self_attn, cross_attn, ffn), (norm1, norm2, norm3))| DecoderLayer {
-                self_attn,
-                cross_attn,
-                ffn,
-                norm1,
-                norm2,
-                norm3,
-            },
-        )
-    }
 }
 
 /// The masks of one decoder pass.
@@ -226,5 +188,3 @@ impl<
         Ok(self.norm.forward(x))
     }
 }
-
-build_on_device!([const D: usize, const H: usize, const HD: usize, const F: usize, N: NormPlacement, A: Activation] DecoderLayer<D, H, HD, F, N, A, E, Dev>);

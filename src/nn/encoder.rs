@@ -17,7 +17,8 @@ use dfdx::prelude::*;
 /// - `D`: model width; `H` heads of width `HD`; `F`: feed-forward width.
 /// - `N`: [`PostNorm`](super::PostNorm) or [`PreNorm`](super::PreNorm).
 /// - `A`: the feed-forward [`Activation`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, crate::Model)]
+#[model(bound = "A: Activation")]
 pub struct EncoderLayer<
     const D: usize,
     const H: usize,
@@ -36,32 +37,6 @@ pub struct EncoderLayer<
     pub norm1: Residual<D, N, E, Dev>,
     /// The residual connection of the feed-forward sub-layer.
     pub norm2: Residual<D, N, E, Dev>,
-}
-
-impl<
-        const D: usize,
-        const H: usize,
-        const HD: usize,
-        const F: usize,
-        N: NormPlacement,
-        A: Activation,
-        E: FloatDtype,
-        Dev: Device<E>,
-    > TensorCollection<E, Dev> for EncoderLayer<D, H, HD, F, N, A, E, Dev>
-{
-    type To<E2: Dtype, D2: Device<E2>> = EncoderLayer<D, H, HD, F, N, A, E2, D2>;
-
-    fn iter_tensors<V: ModuleVisitor<Self, E, Dev>>(visitor: &mut V) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
-        visitor.visit_fields(
-            (
-                Self::module("self_attn", |s| &s.self_attn, |s| &mut s.self_attn),
-                Self::module("ffn", |s| &s.ffn, |s| &mut s.ffn),
-                Self::module("norm1", |s| &s.norm1, |s| &mut s.norm1),
-                Self::module("norm2", |s| &s.norm2, |s| &mut s.norm2),
-            ),
-            |(self_attn, ffn, norm1, norm2)| EncoderLayer { self_attn, ffn, norm1, norm2 },
-        )
-    }
 }
 
 impl<
@@ -169,5 +144,3 @@ impl<
         Ok(self.norm.forward(x))
     }
 }
-
-build_on_device!([const D: usize, const H: usize, const HD: usize, const F: usize, N: NormPlacement, A: Activation] EncoderLayer<D, H, HD, F, N, A, E, Dev>);
