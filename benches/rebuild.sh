@@ -6,11 +6,15 @@
 #
 #   bash benches/rebuild.sh            # prints one line per measurement, in seconds
 #
-# The crate and its target directory live in a temporary directory, removed at the end.
+# The crate, a clone of this checkout's HEAD (so that edits made meanwhile change nothing) and
+# the target directory live in a temporary directory, removed at the end. A build that fails
+# prints its error instead of a time.
 set -euo pipefail
-repo=$(cd "$(dirname "$0")/.." && pwd)
+checkout=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d /tmp/typeformer-rebuild.XXXXXX)
 trap 'rm -rf "$work"' EXIT
+git clone -q "$checkout" "$work/typeformer"
+repo="$work/typeformer"
 mkdir -p "$work/src"
 cp "$repo/rust-toolchain.toml" "$work/"
 cat > "$work/Cargo.toml" <<EOF
@@ -57,11 +61,15 @@ timed() {
   shift
   local start end
   start=$(date +%s.%N)
-  (cd "$work" && "$@" >/dev/null 2>&1)
+  if ! (cd "$work" && "$@" >"$work/build.log" 2>&1); then
+    echo "$what: failed" >&2
+    tail -20 "$work/build.log" >&2
+    exit 1
+  fi
   end=$(date +%s.%N)
   printf '%s: %.1f s\n' "$what" "$(echo "$end - $start" | bc)"
 }
-echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(git -C "$repo" rev-parse --short HEAD)$(git -C "$repo" diff --quiet || echo +changes), $(nproc) cores"
+echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(git -C "$repo" rev-parse --short HEAD)$(git -C "$checkout" diff --quiet || echo ' (uncommitted changes not measured)'), $(nproc) cores"
 write_main 3072
 timed "first cargo check (everything)" cargo check
 timed "first debug build (everything)" cargo build

@@ -100,6 +100,13 @@ where
             f(item);
         }
     };
+    run_team(team, helpers, &work);
+}
+
+/// Runs `work` on the calling thread and on `helpers` threads of `team`. Not generic, so that
+/// the hand-off to the threads is compiled once, here, rather than again for every loop in
+/// every crate that runs a model.
+fn run_team(team: Team, helpers: usize, work: &(dyn Fn() + Sync)) {
     match team {
         Team::Pool => rayon::in_place_scope(|scope| {
             for _ in 0..helpers {
@@ -107,7 +114,7 @@ where
             }
             work();
         }),
-        Team::Helpers(helpers) => helpers.run(&work),
+        Team::Helpers(team) => team.run(work),
         Team::Alone => unreachable!("a thread alone has no helpers"),
     }
 }
