@@ -1,10 +1,11 @@
-//! Files: checkpoints (safetensors), run directories, weights from PyTorch and Hugging Face, and
-//! pictures; writes are always atomic.
+//! Files: checkpoints (safetensors), run directories, weights from PyTorch and Hugging Face,
+//! llama.cpp's GGUF files, and pictures; writes are always atomic.
 
 mod atomic;
 #[cfg(feature = "plots")]
 mod canvas;
 mod checkpoint;
+mod gguf;
 #[cfg(feature = "plots")]
 mod heatmap;
 mod import;
@@ -14,6 +15,7 @@ pub use atomic::*;
 #[cfg(feature = "plots")]
 pub(crate) use canvas::Canvas;
 pub use checkpoint::*;
+pub use gguf::*;
 #[cfg(feature = "plots")]
 pub use heatmap::*;
 pub use import::*;
