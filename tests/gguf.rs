@@ -84,6 +84,8 @@ fn damaged_files_are_errors_that_say_what_is_wrong() {
     }
     let file = Gguf::open(&fixture()).unwrap();
     assert!(file.read_f32("nothing").unwrap_err().to_string().contains("no tensor `nothing`"));
+    let err = typeformer::data::TextTokenizer::from_gguf(&file).unwrap_err().to_string();
+    assert!(err.contains("no tokenizer.ggml.model"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -133,4 +135,36 @@ fn smollm2_has_the_architecture_and_tensors_its_model_card_states() {
             assert!((g - w).abs() <= 1e-6 * w.abs().max(1.0), "{name}[{i}]: {g} against {w}");
         }
     }
+}
+
+/// Ids as Hugging Face transformers gives them for the tokenizer it builds from the same file
+/// (`AutoTokenizer.from_pretrained(dir, gguf_file=...)`, `add_special_tokens=False`).
+#[test]
+fn smollm2s_tokenizer_gives_the_reference_ids_and_decodes_them_back() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !path.exists() {
+        eprintln!("skipped: run scripts/fetch-smollm2.sh to fetch {}", path.display());
+        return;
+    }
+    let tokenizer = typeformer::data::TextTokenizer::from_gguf(&Gguf::open(&path).unwrap()).unwrap();
+    assert_eq!(tokenizer.vocab_size(), 49152);
+    let cases: [(&str, &[usize]); 4] = [
+        ("The capital of France is", &[504, 3575, 282, 4649, 314]),
+        (
+            "In 2024, 12345 apples cost $3.50!",
+            &[788, 216, 34, 32, 34, 36, 28, 216, 33, 34, 35, 36, 37, 13855, 1708, 1885, 35, 30, 37, 32, 17],
+        ),
+        (
+            "héllo wörld  multiple   spaces\n\nnew",
+            &[88, 2756, 31394, 267, 29989, 400, 216, 2701, 256, 5600, 198, 198, 2241],
+        ),
+        ("<|im_start|>user\nHi<|im_end|>", &[1, 4093, 198, 26843, 2]),
+    ];
+    let texts: Vec<&str> = cases.iter().map(|(t, _)| *t).collect();
+    let ids = tokenizer.encode_batch(&texts).unwrap();
+    for ((text, want), got) in cases.iter().zip(&ids) {
+        assert_eq!(got.as_slice(), *want, "{text:?}");
+        assert_eq!(tokenizer.decode(got).unwrap(), *text);
+    }
+    assert!(tokenizer.decode(&[49152]).is_err());
 }

@@ -38,12 +38,99 @@ impl TextTokenizer {
         Ok(Self { inner, max_len })
     }
 
+    /// The byte-level BPE tokenizer (GPT-2's kind, `tokenizer.ggml.model = "gpt2"`) that a GGUF
+    /// file carries in its metadata: the vocabulary (`tokenizer.ggml.tokens`), the merges
+    /// (`tokenizer.ggml.merges`) and which tokens are control tokens (`<|im_start|>`), which
+    /// are matched whole in the text. Texts are not truncated. An error names what the file
+    /// lacks or holds instead (a SentencePiece `llama` vocabulary is not read yet).
+    pub fn from_gguf(file: &crate::io::Gguf) -> Result<Self> {
+        use crate::io::GgufValue;
+        use serde_json::{json, Map, Value};
+        let bad = |reason: String| Error::BadFile { path: file.path.clone(), reason };
+        let strings = |key: &str| -> Result<Vec<&str>> {
+            let array = file.get(key).and_then(GgufValue::as_array).ok_or_else(|| bad(format!("no `{key}` array")))?;
+            array.iter().map(|v| v.as_str().ok_or_else(|| bad(format!("`{key}` holds {v:?}, not a string")))).collect()
+        };
+        match file.get("tokenizer.ggml.model").and_then(GgufValue::as_str) {
+            Some("gpt2") => {}
+            Some(other) => {
+                return Err(bad(format!(
+                    "tokenizer.ggml.model is `{other}`; this typeformer reads byte-level BPE (`gpt2`) vocabularies"
+                )))
+            }
+            None => return Err(bad("no tokenizer.ggml.model: the file carries no tokenizer".into())),
+        }
+        let tokens = strings("tokenizer.ggml.tokens")?;
+        let merges = strings("tokenizer.ggml.merges")?;
+        // 3 is a control token, 4 a user-defined one (ggml's token types): both are matched
+        // whole in the text, never split by the byte-level rules.
+        let types = match file.get("tokenizer.ggml.token_type").and_then(GgufValue::as_array) {
+            Some(types) if types.len() == tokens.len() => types.iter().map(|t| t.as_u64().unwrap_or(1)).collect(),
+            Some(types) => {
+                return Err(bad(format!("{} token types for {} tokens", types.len(), tokens.len())));
+            }
+            None => vec![1; tokens.len()],
+        };
+        let mut vocab = Map::new();
+        let mut added = Vec::new();
+        for (id, (&token, &kind)) in tokens.iter().zip(&types).enumerate() {
+            if vocab.insert(token.to_string(), json!(id)).is_some() {
+                return Err(bad(format!("token `{token}` appears twice in tokenizer.ggml.tokens")));
+            }
+            if kind == 3 || kind == 4 {
+                added.push(json!({
+                    "id": id, "content": token, "single_word": false, "lstrip": false, "rstrip": false,
+                    "normalized": false, "special": kind == 3,
+                }));
+            }
+        }
+        let merges: Vec<Value> = merges
+            .iter()
+            .map(|m| match m.split_once(' ') {
+                Some((a, b)) if !a.is_empty() && !b.is_empty() => Ok(json!([a, b])),
+                _ => Err(bad(format!("merge `{m}` is not two tokens separated by a space"))),
+            })
+            .collect::<Result<_>>()?;
+        let byte_level =
+            json!({ "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true });
+        let spec = json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+            "normalizer": null, "pre_tokenizer": byte_level, "post_processor": null, "decoder": byte_level,
+            "model": {
+                "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                "vocab": vocab, "merges": merges,
+            },
+        });
+        let inner: Tokenizer =
+            spec.to_string().parse().map_err(|e| bad(format!("its tokenizer does not build ({e})")))?;
+        Ok(Self { inner, max_len: usize::MAX })
+    }
+
+    /// The text of `ids` (control tokens included as written).
+    pub fn decode(&self, ids: &[usize]) -> Result<String> {
+        let vocab = self.vocab_size();
+        let ids: Vec<u32> = ids
+            .iter()
+            .enumerate()
+            .map(|(position, &token)| {
+                u32::try_from(token).ok().filter(|_| token < vocab).ok_or(Error::TokenOutOfRange {
+                    token,
+                    item: 0,
+                    position,
+                    vocab,
+                })
+            })
+            .collect::<Result<_>>()?;
+        self.inner.decode(&ids, false).map_err(|e| Error::InvalidConfig(format!("tokenizer failed: {e}")))
+    }
+
     /// Number of ids, added tokens included.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
 
-    /// The most ids one text becomes.
+    /// The most ids one text becomes (`usize::MAX`: no limit).
     pub fn max_len(&self) -> usize {
         self.max_len
     }
@@ -58,8 +145,8 @@ impl TextTokenizer {
     /// thousands of letters, pages of blank space) is read up to there.
     pub fn encode_batch(&self, texts: &[&str]) -> Result<Vec<Vec<usize>>> {
         // Subword tokens are rarely longer than a few characters; 16 bytes per id is generous.
-        let mut budget = 16 * self.max_len + 64;
-        let most = 1024 * self.max_len + 65536;
+        let mut budget = self.max_len.saturating_mul(16).saturating_add(64);
+        let most = self.max_len.saturating_mul(1024).saturating_add(65536);
         let mut ids = vec![Vec::new(); texts.len()];
         let mut pending: Vec<usize> = (0..texts.len()).collect();
         while !pending.is_empty() {
