@@ -443,3 +443,57 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(cases())]
+
+    /// With its weight at ones, every position comes out with a root mean square of 1 (up to
+    /// eps), and scaling a position by any c > 0 does not change it.
+    #[test]
+    fn rms_norm_gives_unit_rms_and_ignores_scale(seed in any::<u64>(), b in 1usize..3, s in 1usize..5, c in 0.01f64..100.0) {
+        let dev = Cpu::seed_from_u64(seed);
+        let mut norm = dev.build_module::<RmsNorm<D, f64, Cpu>, f64>();
+        norm.eps = 1e-12;
+        let x = normal(&dev, (b, s, 0));
+        let y = norm.forward(x.clone()).as_vec();
+        for row in y.chunks(D) {
+            let rms = (row.iter().map(|v| v * v).sum::<f64>() / D as f64).sqrt();
+            prop_assert!((rms - 1.0).abs() < 1e-9, "rms {rms}");
+        }
+        let scaled = norm.forward(x * c).as_vec();
+        prop_assert!(max_abs_diff(&y, &scaled) < 1e-9);
+    }
+
+    /// The weight scales each feature after normalising.
+    #[test]
+    fn rms_norm_weight_scales_each_feature(seed in any::<u64>()) {
+        let dev = Cpu::seed_from_u64(seed);
+        let mut norm = dev.build_module::<RmsNorm<D, f64, Cpu>, f64>();
+        let x = normal(&dev, (1, 3, 0));
+        let plain = norm.forward(x.clone()).as_vec();
+        let w: Vec<f64> = (0..D).map(|i| i as f64 - 2.5).collect();
+        norm.weight = dev.tensor_from_vec(w.clone(), (Const::<D>,));
+        let weighted = norm.forward(x).as_vec();
+        for (i, (p, q)) in plain.iter().zip(&weighted).enumerate() {
+            prop_assert!((p * w[i % D] - q).abs() < 1e-12);
+        }
+    }
+}
+
+#[test]
+fn rms_norm_gradients_match_finite_differences() {
+    let dev = Cpu::seed_from_u64(5);
+    let norm = dev.build_module::<RmsNorm<D, f64, Cpu>, f64>();
+    let x = normal(&dev, (2, 3, 0));
+    let probe = normal(&dev, (2, 3, 0));
+    let y = norm.forward(x.leaky_trace());
+    let grads = (y * probe.clone()).sum::<Rank0, _>().backward();
+    let (xs, dx) = (x.as_vec(), grads.get(&x).as_vec());
+    let loss = |v: Vec<f64>| {
+        let x: Tensor<(usize, usize, Const<D>), f64, Cpu> = dev.tensor_from_vec(v, (2, 3, Const));
+        (norm.forward(x) * probe.clone()).sum::<Rank0, _>().as_vec()[0]
+    };
+    for (i, &analytic) in dx.iter().enumerate() {
+        assert_close(analytic, numeric_grad(&xs, i, loss), &format!("dx[{i}]"));
+    }
+}
