@@ -497,3 +497,89 @@ fn rms_norm_gradients_match_finite_differences() {
         assert_close(analytic, numeric_grad(&xs, i, loss), &format!("dx[{i}]"));
     }
 }
+
+type Rope = RotaryEmbedding<HD, f64, Cpu>;
+
+fn heads(dev: &Cpu, b: usize, s: usize) -> Tensor<(usize, Const<H>, usize, Const<HD>), f64, Cpu> {
+    dev.sample_normal_like(&(b, Const, s, Const))
+}
+
+/// Dot products of matching (b, h, s) vectors of two `(B, H, S, HD)` tensors.
+fn dots(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.chunks(HD).zip(b.chunks(HD)).map(|(x, y)| x.iter().zip(y).map(|(p, q)| p * q).sum()).collect()
+}
+
+proptest! {
+    #![proptest_config(cases())]
+
+    /// A rotation: every head vector keeps its length, and position 0 is not moved.
+    #[test]
+    fn rotary_embeddings_rotate(seed in any::<u64>(), s in 1usize..6, offset in 0usize..10, base in 2.0f64..1e6) {
+        let dev = Cpu::seed_from_u64(seed);
+        let rope = Rope::new(&dev, 16, base).unwrap();
+        let x = heads(&dev, 2, s);
+        let y = rope.apply(x.clone(), offset).unwrap().as_vec();
+        let xs = x.as_vec();
+        let (nx, ny) = (dots(&xs, &xs), dots(&y, &y));
+        prop_assert!(max_abs_diff(&nx, &ny) < 1e-9);
+        let at0 = Rope::new(&dev, 1, base).unwrap().apply(x.clone().slice((.., .., 0..1, ..)).reshape_like(&(2, Const::<H>, 1, Const::<HD>)), 0).unwrap().as_vec();
+        let x0 = x.slice((.., .., 0..1, ..)).reshape_like(&(2, Const::<H>, 1, Const::<HD>)).as_vec();
+        prop_assert!(max_abs_diff(&at0, &x0) < 1e-12);
+    }
+
+    /// The score of a query at position m and a key at position n depends on m - n alone.
+    #[test]
+    fn rotary_scores_depend_on_the_distance_only(seed in any::<u64>(), m in 0usize..8, n in 0usize..8, shift in 0usize..8) {
+        let dev = Cpu::seed_from_u64(seed);
+        let rope = Rope::new(&dev, 24, 10_000.0).unwrap();
+        let (q, k) = (heads(&dev, 1, 1), heads(&dev, 1, 1));
+        let score = |m: usize, n: usize| dots(&rope.apply(q.clone(), m).unwrap().as_vec(), &rope.apply(k.clone(), n).unwrap().as_vec());
+        prop_assert!(max_abs_diff(&score(m, n), &score(m + shift, n + shift)) < 1e-9);
+    }
+
+    /// Rotating the last positions of a sequence at their offset equals rotating the whole
+    /// sequence: what a KV-cached step computes is what the full pass computes.
+    #[test]
+    fn rotary_offsets_match_the_full_sequence(seed in any::<u64>(), s in 2usize..7, cut in 1usize..6) {
+        let cut = cut % s;
+        let dev = Cpu::seed_from_u64(seed);
+        let rope = Rope::new(&dev, 8, 500_000.0).unwrap();
+        let x = heads(&dev, 2, s);
+        let full = rope.apply(x.clone(), 0).unwrap().slice((.., .., cut.., ..)).as_vec();
+        let tail = x.slice((.., .., cut.., ..)).reshape_like(&(2, Const::<H>, s - cut, Const::<HD>));
+        prop_assert!(max_abs_diff(&full, &rope.apply(tail, cut).unwrap().as_vec()) < 1e-12);
+    }
+}
+
+#[test]
+fn rotary_embeddings_follow_the_rotate_half_layout_and_refuse_what_they_cannot_do() {
+    let dev = Cpu::default();
+    // One pair (features 0 and HD/2) rotated by p * base^0 = p radians at position p.
+    let rope = Rope::new(&dev, 4, 10_000.0).unwrap();
+    let mut v = vec![0.0; H * HD];
+    v[0] = 1.0;
+    let x: Tensor<(usize, Const<H>, usize, Const<HD>), f64, Cpu> = dev.tensor_from_vec(v, (1, Const, 1, Const));
+    let y = rope.apply(x.clone(), 3).unwrap().as_vec();
+    assert!((y[0] - 3f64.cos()).abs() < 1e-12 && (y[HD / 2] - 3f64.sin()).abs() < 1e-12, "{y:?}");
+    let err = rope.apply(x, 4).unwrap_err().to_string();
+    assert!(err.contains("starting at offset 4") && err.contains("table of 4 positions"), "{err}");
+    assert!(RotaryEmbedding::<5, f64, Cpu>::new(&dev, 4, 10_000.0).is_err());
+    assert!(Rope::new(&dev, 4, f64::NAN).is_err() && Rope::new(&dev, 0, 10_000.0).is_err());
+}
+
+#[test]
+fn rotary_gradients_match_finite_differences() {
+    let dev = Cpu::seed_from_u64(6);
+    let rope = Rope::new(&dev, 8, 10_000.0).unwrap();
+    let x = heads(&dev, 1, 3);
+    let probe = heads(&dev, 1, 3);
+    let grads = (rope.apply(x.leaky_trace(), 2).unwrap() * probe.clone()).sum::<Rank0, _>().backward();
+    let (xs, dx) = (x.as_vec(), grads.get(&x).as_vec());
+    let loss = |v: Vec<f64>| {
+        let x: Tensor<(usize, Const<H>, usize, Const<HD>), f64, Cpu> = dev.tensor_from_vec(v, (1, Const, 3, Const));
+        (rope.apply(x, 2).unwrap() * probe.clone()).sum::<Rank0, _>().as_vec()[0]
+    };
+    for (i, &analytic) in dx.iter().enumerate() {
+        assert_close(analytic, numeric_grad(&xs, i, loss), &format!("dx[{i}]"));
+    }
+}

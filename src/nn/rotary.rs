@@ -1,0 +1,102 @@
+//! Rotary position embedding (Su et al., 2021, "RoFormer"), as Llama uses it: queries and keys
+//! are rotated by an angle proportional to their position, in pairs of features, so that the
+//! score of a query at position m and a key at position n depends on m - n alone.
+
+use crate::error::{Error, Result};
+use crate::shape::Heads;
+use crate::FloatDtype;
+use dfdx::prelude::*;
+
+/// The cos/sin tables of rotary embeddings for heads of width `HD` over `positions` positions,
+/// built once, in Hugging Face's rotate-half layout: feature `i` of the first half and feature
+/// `i` of the second half form a pair, rotated by `p * base^(-2i/HD)` at position `p`.
+///
+/// **PyTorch equivalent**: `LlamaRotaryEmbedding` with `apply_rotary_pos_emb` in Hugging
+/// Face transformers (`rope_theta` is `base`).
+#[derive(Debug, Clone)]
+pub struct RotaryEmbedding<const HD: usize, E: Dtype, Dev: Storage<E>> {
+    /// `cos(p * theta_i)` for each position `p`, the `HD / 2` angles repeated for both halves.
+    cos: Tensor<(usize, Const<HD>), E, Dev>,
+    /// `sin(p * theta_i)`, likewise.
+    sin: Tensor<(usize, Const<HD>), E, Dev>,
+    /// `x -> rotate_half(x) = [-x2, x1]` as a matrix, so that the rotation is one product.
+    rotate_half: Tensor<Rank2<HD, HD>, E, Dev>,
+    base: f64,
+}
+
+impl<const HD: usize, E: FloatDtype, Dev: Device<E>> RotaryEmbedding<HD, E, Dev> {
+    /// The tables for `positions` positions and angle base `base` (10,000 in RoFormer and
+    /// Llama 2, 100,000 in SmolLM2, 500,000 in Llama 3). An error unless `HD` is even, `base`
+    /// is finite and above 1, and `positions` is at least 1.
+    pub fn new(dev: &Dev, positions: usize, base: f64) -> Result<Self> {
+        if !HD.is_multiple_of(2) || HD == 0 {
+            return Err(Error::InvalidConfig(format!(
+                "rotary embeddings rotate pairs of features: head width {HD} is odd"
+            )));
+        }
+        if !(base.is_finite() && base > 1.0) || positions == 0 {
+            return Err(Error::InvalidConfig(format!(
+                "rotary embeddings need a finite base above 1 and at least one position, got base {base} and {positions} positions"
+            )));
+        }
+        crate::memory::check_memory("rotary positions", positions, 2 * (HD * std::mem::size_of::<E>()) as u64)?;
+        let half = HD / 2;
+        let mut cos = Vec::with_capacity(positions * HD);
+        let mut sin = Vec::with_capacity(positions * HD);
+        for p in 0..positions {
+            for j in 0..HD {
+                let theta = base.powf(-2.0 * (j % half) as f64 / HD as f64);
+                let angle = p as f64 * theta;
+                cos.push(crate::scalar::<E>(angle.cos()));
+                sin.push(crate::scalar::<E>(angle.sin()));
+            }
+        }
+        let mut rotate = vec![E::zero(); HD * HD];
+        for j in 0..half {
+            // out[j] = -x[j + half], out[j + half] = x[j]: row = input feature, column = output.
+            rotate[(j + half) * HD + j] = crate::scalar::<E>(-1.0);
+            rotate[j * HD + j + half] = E::one();
+        }
+        Ok(Self {
+            cos: dev.tensor_from_vec(cos, (positions, Const)),
+            sin: dev.tensor_from_vec(sin, (positions, Const)),
+            rotate_half: dev.tensor_from_vec(rotate, (Const, Const)),
+            base,
+        })
+    }
+
+    /// The number of positions the tables cover.
+    pub fn positions(&self) -> usize {
+        self.cos.shape().0
+    }
+
+    /// The angle base.
+    pub fn base(&self) -> f64 {
+        self.base
+    }
+
+    /// `x: (B, H, S, HD)`, queries or keys of positions `offset .. offset + S`, rotated:
+    /// `x * cos + rotate_half(x) * sin`. An error when those positions pass the tables' end.
+    pub fn apply<B: Dim, const H: usize, S: Dim, T: Tape<E, Dev>>(
+        &self,
+        x: Heads<B, H, S, HD, E, Dev, T>,
+        offset: usize,
+    ) -> Result<Heads<B, H, S, HD, E, Dev, T>> {
+        let shape = *x.shape();
+        let len = shape.2.size();
+        if offset + len > self.positions() {
+            return Err(Error::SequenceTooLong { len, offset, max: self.positions() });
+        }
+        let rows = |table: &Tensor<(usize, Const<HD>), E, Dev>| {
+            let part = table.clone().slice((offset..offset + len, ..)); // (S, HD)
+            part.reshape_like(&(shape.2, Const::<HD>)).broadcast_like(&shape)
+        };
+        let (b, h, s) = (shape.0.size(), H, len);
+        let rotated = x
+            .retaped::<T>()
+            .reshape_like(&(b * h * s, Const::<HD>))
+            .matmul(self.rotate_half.clone().retaped::<T>())
+            .reshape_like(&shape);
+        Ok(x * rows(&self.cos) + rotated * rows(&self.sin))
+    }
+}
