@@ -583,3 +583,55 @@ fn rotary_gradients_match_finite_differences() {
         assert_close(analytic, numeric_grad(&xs, i, loss), &format!("dx[{i}]"));
     }
 }
+
+/// `down(silu(gate(x)) * up(x))`, from the weights, one position at a time.
+fn swiglu_by_hand(mlp: &SwiGlu<D, 16, f64, Cpu>, x: &[f64]) -> Vec<f64> {
+    let (g, u, d) = (mlp.gate.weight.as_vec(), mlp.up.weight.as_vec(), mlp.down.weight.as_vec());
+    x.chunks(D)
+        .flat_map(|x| {
+            let h: Vec<f64> = (0..16)
+                .map(|f| {
+                    let gate: f64 = (0..D).map(|i| x[i] * g[i * 16 + f]).sum();
+                    let up: f64 = (0..D).map(|i| x[i] * u[i * 16 + f]).sum();
+                    gate / (1.0 + (-gate).exp()) * up
+                })
+                .collect();
+            let d = &d;
+            (0..D).map(move |o| (0..16).map(|f| h[f] * d[f * D + o]).sum::<f64>()).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(cases())]
+
+    #[test]
+    fn swiglu_is_down_of_silu_gate_times_up(seed in any::<u64>(), b in 1usize..3, s in 1usize..5) {
+        let dev = Cpu::seed_from_u64(seed);
+        let mlp = dev.build_module::<SwiGlu<D, 16, f64, Cpu>, f64>();
+        let x = normal(&dev, (b, s, 0));
+        let want = swiglu_by_hand(&mlp, &x.as_vec());
+        prop_assert!(max_abs_diff(&mlp.forward(x).as_vec(), &want) < 1e-12);
+    }
+}
+
+#[test]
+fn swiglu_gradients_match_finite_differences_and_it_has_no_biases() {
+    let dev = Cpu::seed_from_u64(7);
+    let mlp = dev.build_module::<SwiGlu<D, 16, f64, Cpu>, f64>();
+    // What a checkpoint holds and Adam trains: the three weights.
+    let names: Vec<String> = typeformer::io::parameter_shapes(&mlp).unwrap().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["gate.weight", "up.weight", "down.weight"]);
+    assert_eq!(mlp.num_trainable_params(), 3 * D * 16);
+    let x = normal(&dev, (2, 2, 0));
+    let probe = normal(&dev, (2, 2, 0));
+    let grads = (mlp.forward(x.leaky_trace()) * probe.clone()).sum::<Rank0, _>().backward();
+    let (xs, dx) = (x.as_vec(), grads.get(&x).as_vec());
+    let loss = |v: Vec<f64>| {
+        let x: Tensor<(usize, usize, Const<D>), f64, Cpu> = dev.tensor_from_vec(v, (2, 2, Const));
+        (mlp.forward(x) * probe.clone()).sum::<Rank0, _>().as_vec()[0]
+    };
+    for (i, &analytic) in dx.iter().enumerate() {
+        assert_close(analytic, numeric_grad(&xs, i, loss), &format!("dx[{i}]"));
+    }
+}

@@ -27,6 +27,7 @@ mod rms_norm;
 mod rotary;
 mod scalars;
 mod stack;
+mod swiglu;
 mod training;
 
 pub use attention::*;
@@ -47,4 +48,5 @@ pub use rotary::RotaryEmbedding;
 pub use scalars::check_scalar;
 pub(crate) use scalars::set_scalar;
 pub use stack::*;
+pub use swiglu::SwiGlu;
 pub use training::training_tape;
