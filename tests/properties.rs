@@ -635,3 +635,80 @@ fn swiglu_gradients_match_finite_differences_and_it_has_no_biases() {
         assert_close(analytic, numeric_grad(&xs, i, loss), &format!("dx[{i}]"));
     }
 }
+
+type Gqa<const KVH: usize> = GroupedQueryAttention<D, H, KVH, HD, f64, Cpu>;
+
+/// `model` with its key and value heads repeated so that each query head has its own: the
+/// multi-head attention that grouped-query attention stands for.
+fn ungrouped(dev: &Cpu, model: &Gqa<1>) -> Gqa<H> {
+    let mut full = dev.build_module::<Gqa<H>, f64>();
+    full.w_q.weight = model.w_q.weight.clone();
+    full.w_o.weight = model.w_o.weight.clone();
+    let repeat = |w: &Tensor<Rank3<D, 1, HD>, f64, Cpu>| {
+        let v = w.as_vec(); // (D, 1, HD)
+        let out: Vec<f64> = (0..D)
+            .flat_map(|d| (0..H).flat_map(move |_| (0..HD).map(move |j| (d, j))))
+            .map(|(d, j)| v[d * HD + j])
+            .collect();
+        dev.tensor_from_vec(out, (Const::<D>, Const::<H>, Const::<HD>))
+    };
+    full.w_k.weight = repeat(&model.w_k.weight);
+    full.w_v.weight = repeat(&model.w_v.weight);
+    full
+}
+
+proptest! {
+    #![proptest_config(cases())]
+
+    /// Query heads that share one key/value head compute what heads with copies of it compute.
+    #[test]
+    fn grouped_query_attention_is_attention_with_shared_keys_and_values(seed in any::<u64>(), s in 1usize..6, offset in 0usize..4) {
+        let dev = Cpu::seed_from_u64(seed);
+        let rope = Rope::new(&dev, 16, 10_000.0).unwrap();
+        let shared = dev.build_module::<Gqa<1>, f64>();
+        let full = ungrouped(&dev, &shared);
+        let x = normal(&dev, (2, s, 0));
+        let lens = [s, 1.max(s / 2)];
+        let mask = MaskSpec { causal: true, query_offset: 0, key_lengths: Some(&lens) };
+        let a = shared.forward(x.clone(), &rope, offset, &mask).unwrap().as_vec();
+        let b = full.forward(x, &rope, offset, &mask).unwrap().as_vec();
+        prop_assert!(max_abs_diff(&a, &b) < 1e-12);
+    }
+
+    #[test]
+    fn grouped_query_attention_is_causal(seed in any::<u64>(), s in 2usize..7, cut in 0usize..6) {
+        let cut = cut % (s - 1);
+        let dev = Cpu::seed_from_u64(seed);
+        let rope = Rope::new(&dev, 8, 10_000.0).unwrap();
+        let attn = dev.build_module::<Gqa<1>, f64>();
+        let x = normal(&dev, (1, s, 0));
+        let mut changed = x.as_vec();
+        for v in &mut changed[(cut + 1) * D..] {
+            *v += 1.0;
+        }
+        let changed: Tensor<(usize, usize, Const<D>), f64, Cpu> = dev.tensor_from_vec(changed, (1, s, Const));
+        let mask = MaskSpec::causal(None);
+        let a = attn.forward(x, &rope, 0, &mask).unwrap().as_vec();
+        let b = attn.forward(changed, &rope, 0, &mask).unwrap().as_vec();
+        prop_assert!(max_abs_diff(&a[..(cut + 1) * D], &b[..(cut + 1) * D]) < 1e-12);
+    }
+}
+
+#[test]
+fn grouped_query_attention_gradients_match_finite_differences() {
+    let dev = Cpu::seed_from_u64(8);
+    let rope = Rope::new(&dev, 8, 10_000.0).unwrap();
+    let attn = dev.build_module::<Gqa<1>, f64>();
+    let x = normal(&dev, (1, 3, 0));
+    let probe = normal(&dev, (1, 3, 0));
+    let mask = MaskSpec::causal(None);
+    let grads = (attn.forward(x.leaky_trace(), &rope, 1, &mask).unwrap() * probe.clone()).sum::<Rank0, _>().backward();
+    let (xs, dx) = (x.as_vec(), grads.get(&x).as_vec());
+    let loss = |v: Vec<f64>| {
+        let x: Tensor<(usize, usize, Const<D>), f64, Cpu> = dev.tensor_from_vec(v, (1, 3, Const));
+        (attn.forward(x, &rope, 1, &mask).unwrap() * probe.clone()).sum::<Rank0, _>().as_vec()[0]
+    };
+    for (i, &analytic) in dx.iter().enumerate() {
+        assert_close(analytic, numeric_grad(&xs, i, loss), &format!("dx[{i}]"));
+    }
+}

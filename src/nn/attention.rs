@@ -401,7 +401,7 @@ type OptionalBias<B, Sq, Sk, E, Dev> = Option<MaskBias<B, Sq, Sk, E, Dev>>;
 
 /// The additive mask `(B, Sq, Sk)` for queries `q` over keys `k`, after checking that the mask
 /// has one key length per batch item.
-fn mask_bias<B: Dim, const H: usize, Sq: Dim, Sk: Dim, const HD: usize, E, Dev, T>(
+pub(super) fn mask_bias<B: Dim, const H: usize, Sq: Dim, Sk: Dim, const HD: usize, E, Dev, T>(
     q: &Heads<B, H, Sq, HD, E, Dev, T>,
     k: &Heads<B, H, Sk, HD, E, Dev, T>,
     mask: &MaskSpec,

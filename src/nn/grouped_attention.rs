@@ -1,0 +1,88 @@
+//! Grouped-query attention (Ainslie et al., 2023), as Llama 2 and 3 use it: `H` query heads
+//! share `KVH` key/value heads, `H / KVH` queries per group, which shrinks the projections of
+//! keys and values and the cache that holds them by that factor. Multi-query attention (PaLM)
+//! is `KVH = 1`; `KVH = H` is multi-head attention.
+
+use super::attention::mask_bias;
+use super::{scaled_dot_product_attention, HeadMerge, HeadProjection, MaskSpec, NoBias, RotaryEmbedding};
+use crate::error::{Error, Result};
+use crate::shape::{Heads, Hidden};
+use crate::FloatDtype;
+use dfdx::prelude::*;
+
+/// Causal self-attention of width `D` with `H` query heads and `KVH` key/value heads of width
+/// `HD`, rotary positions on queries and keys, and no biases (Llama's attention).
+///
+/// Query head `h` reads key/value head `h / (H / KVH)`, as Hugging Face's `repeat_kv` arranges
+/// them. `H` must be a multiple of `KVH`: otherwise the model does not build (a constant
+/// evaluation error at `cargo build`; `cargo check` does not evaluate it).
+///
+/// **PyTorch equivalent**: Hugging Face's `LlamaAttention` (`q_proj`, `k_proj`, `v_proj`,
+/// `o_proj`).
+#[derive(Debug, Clone, crate::Model)]
+pub struct GroupedQueryAttention<
+    const D: usize,
+    const H: usize,
+    const KVH: usize,
+    const HD: usize,
+    E: Dtype,
+    Dev: Storage<E>,
+> {
+    /// Queries: `(B, S, D) -> (B, H, S, HD)`.
+    pub w_q: HeadProjection<D, H, HD, E, Dev, NoBias>,
+    /// Keys: `(B, S, D) -> (B, KVH, S, HD)`.
+    pub w_k: HeadProjection<D, KVH, HD, E, Dev, NoBias>,
+    /// Values: `(B, S, D) -> (B, KVH, S, HD)`.
+    pub w_v: HeadProjection<D, KVH, HD, E, Dev, NoBias>,
+    /// The heads' merge: `(B, H, S, HD) -> (B, S, D)`.
+    pub w_o: HeadMerge<H, HD, D, E, Dev, NoBias>,
+}
+
+impl<const D: usize, const H: usize, const KVH: usize, const HD: usize, E: FloatDtype, Dev: Device<E>>
+    GroupedQueryAttention<D, H, KVH, HD, E, Dev>
+{
+    /// Queries per key/value head.
+    pub const GROUP: usize = {
+        assert!(KVH > 0 && H.is_multiple_of(KVH), "grouped-query attention needs H to be a multiple of KVH");
+        H / KVH
+    };
+
+    /// Self-attention over `x: (B, S, D)` at positions `offset .. offset + S` (rotated by `rope`),
+    /// under `mask` (causal for a language model, with padding lengths). Returns `(B, S, D)`.
+    pub fn forward<B: Dim, S: Dim, T: Tape<E, Dev>>(
+        &self,
+        x: Hidden<B, S, D, E, Dev, T>,
+        rope: &RotaryEmbedding<HD, E, Dev>,
+        offset: usize,
+        mask: &MaskSpec,
+    ) -> Result<Hidden<B, S, D, E, Dev, T>> {
+        // Evaluated when the type is built: heads that do not group evenly do not compile.
+        let _ = Self::GROUP;
+        let q = rope.apply(self.w_q.forward(x.retaped::<T>()), offset)?; // (B, H, S, HD)
+        let k = rope.apply(self.w_k.forward(x.retaped::<T>()), offset)?; // (B, KVH, S, HD)
+        let v = self.w_v.forward(x); // (B, KVH, S, HD)
+        let (k, v) = (repeat_kv::<_, KVH, H, _, HD, _, _, _>(k)?, repeat_kv::<_, KVH, H, _, HD, _, _, _>(v)?);
+        let bias = mask_bias(&q, &k, mask)?;
+        // Each of q, k and v carries the operations recorded on its branch; the products merge them.
+        let heads = scaled_dot_product_attention(q, k, v, bias.as_ref(), 0.0);
+        Ok(self.w_o.forward(heads))
+    }
+}
+
+/// `(B, KVH, S, HD) -> (B, H, S, HD)`: each key/value head repeated for the `H / KVH` query
+/// heads of its group, in order (head `h` gets head `h / (H / KVH)`).
+fn repeat_kv<B: Dim, const KVH: usize, const H: usize, S: Dim, const HD: usize, E, Dev, T>(
+    x: Heads<B, KVH, S, HD, E, Dev, T>,
+) -> Result<Heads<B, H, S, HD, E, Dev, T>>
+where
+    E: FloatDtype,
+    Dev: Device<E>,
+    T: Tape<E, Dev>,
+{
+    if KVH == 0 || !H.is_multiple_of(KVH) {
+        return Err(Error::InvalidConfig(format!("{H} query heads cannot share {KVH} key/value heads evenly")));
+    }
+    let (b, _, s, _) = *x.shape();
+    let grouped = x.broadcast_like::<_, Axis<2>>(&(b, Const::<KVH>, H / KVH, s, Const::<HD>)); // (B, KVH, G, S, HD)
+    Ok(grouped.reshape_like(&(b, Const::<H>, s, Const::<HD>)))
+}
