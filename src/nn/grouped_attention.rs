@@ -5,7 +5,7 @@
 
 use super::attention::mask_bias;
 use super::{scaled_dot_product_attention, HeadMerge, HeadProjection, MaskSpec, NoBias, RotaryEmbedding};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::shape::{Heads, Hidden};
 use crate::FloatDtype;
 use dfdx::prelude::*;
@@ -61,7 +61,7 @@ impl<const D: usize, const H: usize, const KVH: usize, const HD: usize, E: Float
         let q = rope.apply(self.w_q.forward(x.retaped::<T>()), offset)?; // (B, H, S, HD)
         let k = rope.apply(self.w_k.forward(x.retaped::<T>()), offset)?; // (B, KVH, S, HD)
         let v = self.w_v.forward(x); // (B, KVH, S, HD)
-        let (k, v) = (repeat_kv::<_, KVH, H, _, HD, _, _, _>(k)?, repeat_kv::<_, KVH, H, _, HD, _, _, _>(v)?);
+        let (k, v) = (repeat_kv::<_, KVH, H, _, HD, _, _, _>(k), repeat_kv::<_, KVH, H, _, HD, _, _, _>(v));
         let bias = mask_bias(&q, &k, mask)?;
         // Each of q, k and v carries the operations recorded on its branch; the products merge them.
         let heads = scaled_dot_product_attention(q, k, v, bias.as_ref(), 0.0);
@@ -70,19 +70,17 @@ impl<const D: usize, const H: usize, const KVH: usize, const HD: usize, E: Float
 }
 
 /// `(B, KVH, S, HD) -> (B, H, S, HD)`: each key/value head repeated for the `H / KVH` query
-/// heads of its group, in order (head `h` gets head `h / (H / KVH)`).
+/// heads of its group, in order (head `h` gets head `h / (H / KVH)`). `H` is a multiple of
+/// `KVH`: [`GroupedQueryAttention::GROUP`] checks it before this runs.
 fn repeat_kv<B: Dim, const KVH: usize, const H: usize, S: Dim, const HD: usize, E, Dev, T>(
     x: Heads<B, KVH, S, HD, E, Dev, T>,
-) -> Result<Heads<B, H, S, HD, E, Dev, T>>
+) -> Heads<B, H, S, HD, E, Dev, T>
 where
     E: FloatDtype,
     Dev: Device<E>,
     T: Tape<E, Dev>,
 {
-    if KVH == 0 || !H.is_multiple_of(KVH) {
-        return Err(Error::InvalidConfig(format!("{H} query heads cannot share {KVH} key/value heads evenly")));
-    }
     let (b, _, s, _) = *x.shape();
     let grouped = x.broadcast_like::<_, Axis<2>>(&(b, Const::<KVH>, H / KVH, s, Const::<HD>)); // (B, KVH, G, S, HD)
-    Ok(grouped.reshape_like(&(b, Const::<H>, s, Const::<HD>)))
+    grouped.reshape_like(&(b, Const::<H>, s, Const::<HD>))
 }
