@@ -18,6 +18,17 @@ pub enum Error {
         /// Number of rows in the positional table (`P`).
         max: usize,
     },
+    /// A conversation that has filled the model's context: the turn was not taken.
+    #[error(
+        "the context is full: the conversation so far and this turn need {needed} positions, the model's context \
+         is {context}; start over (/reset in `typeformer chat`) to go on"
+    )]
+    ContextFull {
+        /// Positions the conversation would need.
+        needed: usize,
+        /// The model's context.
+        context: usize,
+    },
     /// A token id outside the vocabulary.
     #[error("token id {token} at batch item {item}, position {position} is outside the vocabulary of {vocab} tokens")]
     TokenOutOfRange {

@@ -17,7 +17,9 @@ fn every_subcommand_has_help() {
     let (ok, out, _) = typeformer(&["train-lm", "--help"]);
     assert!(ok && out.contains("--data") && out.contains("--resume"), "{out}");
     let (ok, out, _) = typeformer(&["generate", "--help"]);
-    assert!(ok && out.contains("--top-p") && out.contains("--checkpoint"), "{out}");
+    assert!(ok && out.contains("--top-p") && out.contains("--checkpoint") && out.contains("--model"), "{out}");
+    let (ok, out, _) = typeformer(&["chat", "--help"]);
+    assert!(ok && out.contains("--system") && out.contains("/reset"), "{out}");
     let (ok, out, _) = typeformer(&["attention", "--help"]);
     assert!(ok && out.contains("--text") && out.contains("--head"), "{out}");
 }
@@ -488,4 +490,52 @@ fn embed_writes_one_json_array_per_line_and_refuses_bad_models() {
     assert!(!ok && err.contains("--batch-size 1000000000000 would need about"), "{err}");
     let (ok, _, err) = typeformer(&["embed", "--model", "/nonexistent-model"]);
     assert!(!ok && err.contains("/nonexistent-model/config.json"), "{err}");
+}
+
+/// SmolLM2-135M-Instruct's GGUF file, where `scripts/fetch-smollm2.sh` put it (CI does).
+fn smollm2() -> Option<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !path.exists() {
+        eprintln!("skipped: run scripts/fetch-smollm2.sh to fetch {}", path.display());
+        return None;
+    }
+    Some(path.to_string_lossy().into())
+}
+
+#[test]
+fn generate_continues_a_prompt_with_a_gguf_model() {
+    let Some(model) = smollm2() else { return };
+    let args = ["generate", "--model", &model, "--prompt", "The capital of France is", "--temperature", "0"];
+    let (ok, out, err) = typeformer(&[&args[..], &["--max-new-tokens", "3"]].concat());
+    assert!(ok, "{err}");
+    assert_eq!(out, "The capital of France is Paris.\n\n", "{err}");
+    assert!(err.contains("3 tokens in") && err.contains("tokens/s"), "{err}");
+    let (ok, _, err) = typeformer(&["generate", "--model", "Cargo.toml", "--prompt", "x"]);
+    assert!(!ok && err.contains("not a GGUF file"), "{err}");
+}
+
+#[test]
+fn chat_answers_one_turn_per_line_keeps_the_conversation_and_resets() {
+    use std::io::Write;
+    let Some(model) = smollm2() else { return };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_typeformer"))
+        .args(["chat", "--model", &model, "--temperature", "0", "--max-new-tokens", "20"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let turns = "What is the capital of France?\nAnd of Germany?\n/reset\nAnd of Germany?\n/exit\nnever read\n";
+    child.stdin.take().unwrap().write_all(turns.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    let replies: Vec<&str> = stdout.lines().collect();
+    assert_eq!(replies.len(), 3, "one reply per turn, none after /exit: {stdout}");
+    // The same greedy reply Hugging Face gives the chat-formatted question (tests/llama.rs).
+    assert_eq!(replies[0], "The capital of France is Paris.");
+    // The second turn is read in the light of the first; after /reset the question stands alone.
+    assert!(replies[1].contains("Berlin"), "{stdout}");
+    assert_ne!(replies[1], replies[2], "{stdout}");
+    assert!(stderr.contains("conversation reset"), "{stderr}");
 }

@@ -46,10 +46,14 @@ fn role(field: &syn::Field, label: String) -> syn::Result<(Role, String)> {
     Ok((role, name))
 }
 
-/// The where-clause predicates of `#[model(bound = "A: Activation, K: PositionKind")]` on the
-/// struct: what the traversal needs of type parameters that the struct itself leaves unbounded.
-fn bounds(input: &DeriveInput) -> syn::Result<Vec<syn::WherePredicate>> {
+/// The struct's `#[model(..)]` attributes: the where-clause predicates of
+/// `#[model(bound = "A: Activation, K: PositionKind")]` (what the traversal needs of type
+/// parameters that the struct itself leaves unbounded), and the type parameters named by
+/// `#[model(parts = "Pos, Block")]`: parameters that *are* sub-modules (a composed model's
+/// positions or blocks), which the same struct over another dtype and device holds converted.
+fn struct_options(input: &DeriveInput) -> syn::Result<(Vec<syn::WherePredicate>, Vec<Ident>)> {
     let mut out = Vec::new();
+    let mut parts = Vec::new();
     for attr in input.attrs.iter().filter(|a| a.path().is_ident("model")) {
         attr.parse_nested_meta(|meta| {
             if meta.path.is_ident("bound") {
@@ -58,12 +62,24 @@ fn bounds(input: &DeriveInput) -> syn::Result<Vec<syn::WherePredicate>> {
                     .parse_with(syn::punctuated::Punctuated::<syn::WherePredicate, syn::Token![,]>::parse_terminated)?;
                 out.extend(parsed);
                 Ok(())
+            } else if meta.path.is_ident("parts") {
+                let text = meta.value()?.parse::<syn::LitStr>()?;
+                let parsed = text.parse_with(syn::punctuated::Punctuated::<Ident, syn::Token![,]>::parse_terminated)?;
+                for part in parsed {
+                    if !input.generics.type_params().any(|t| t.ident == part) {
+                        return Err(syn::Error::new(part.span(), format!("`{part}` is not a type parameter of this struct")));
+                    }
+                    parts.push(part);
+                }
+                Ok(())
             } else {
-                Err(meta.error("expected `#[model(bound = \"T: Trait, ...\")]` on the struct"))
+                Err(meta.error(
+                    "expected `#[model(bound = \"T: Trait, ...\")]` or `#[model(parts = \"Block, ...\")]` on the struct",
+                ))
             }
         })?;
     }
-    Ok(out)
+    Ok((out, parts))
 }
 
 /// The dtype and device parameters: the parameter bounded by `Storage<X>` or `Device<X>` is the
@@ -131,7 +147,10 @@ pub fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
             }
         }
     }
-    let extra = bounds(&input)?;
+    let (mut extra, parts) = struct_options(&input)?;
+    extra.extend(parts.iter().map(|p| -> syn::WherePredicate {
+        syn::parse_quote!(#p: #dfdx::nn::tensor_collection::TensorCollection<#dtype, #device, To<#dtype, #device> = #p>)
+    }));
     if !extra.is_empty() {
         impl_generics.make_where_clause().predicates.extend(extra);
     }
@@ -141,6 +160,10 @@ pub fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
     let to_args = input.generics.params.iter().map(|p| match p {
         GenericParam::Type(t) if t.ident == *dtype => quote!(E2__),
         GenericParam::Type(t) if t.ident == *device => quote!(D2__),
+        GenericParam::Type(t) if parts.contains(&t.ident) => {
+            let i = &t.ident;
+            quote!(<#i as #dfdx::nn::tensor_collection::TensorCollection<#dtype, #device>>::To<E2__, D2__>)
+        }
         GenericParam::Type(t) => {
             let i = &t.ident;
             quote!(#i)

@@ -10,10 +10,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use typeformer::data::TextTokenizer;
 use typeformer::data::{parse_symbols, symbol_text, Example, Task, TaskSpec, FIRST_SYMBOL, SYMBOL_ALPHABET};
 use typeformer::data::{AdditionTask, ByteCorpus, LmSource, BYTE_VOCAB};
 use typeformer::generate::{generate_while, BeamConfig, GenerateConfig, Sampler, SamplingConfig};
 use typeformer::io::{latest_checkpoint, Checkpoint, Occupants, RunLock};
+use typeformer::io::{load_gguf_llama, Gguf};
 use typeformer::memory::{check_memory, training_bytes_per_token};
 use typeformer::models::{
     Architecture, BertBaseSpec, Gpt2SmallSpec, LmSmallSpec, MiniLmL6Spec, PaperBaseSpec, PaperBigSpec, TaskMediumSpec,
@@ -22,8 +24,9 @@ use typeformer::models::{
 use typeformer::models::{
     BertBase, BertConfig, LanguageModel, LmSmall, MiniLmL6, NoPooler, Seq2Seq, TaskMedium, TaskSmall, TASK_VOCAB,
 };
+use typeformer::models::{SmolLm2_135M, SmolLm2_135MSpec};
 use typeformer::nn::PackedWeights;
-use typeformer::pipelines::SentenceEncoder;
+use typeformer::pipelines::{turn_end_tokens, Chat, ChatTemplate, SentenceEncoder};
 use typeformer::train::{
     addition_accuracy, evaluate_checkpoint, label_smoothing_floor, load_lm_checkpoint, load_lm_model, plot_attention,
     run_task, train_language_model, validation_loss, AdamConfig, AttentionKind, AttentionSelection, LmRun, LmStop,
@@ -102,8 +105,16 @@ enum Command {
     /// Ctrl-C exits with status 130. Reports validation loss and perplexity, and for the
     /// addition task held-out accuracy. --resume continues a run exactly where it stopped.
     TrainLm(TrainLmArgs),
-    /// Generate text from a language model trained with train-lm, printing tokens as they come.
+    /// Generate text from a language model, printing tokens as they come: one trained with
+    /// train-lm (--checkpoint), or a Llama-family GGUF file (--model, SmolLM2-135M-Instruct from
+    /// `scripts/fetch-smollm2.sh`).
     Generate(GenerateArgs),
+    /// Talk with an instruction-tuned Llama-family model from its GGUF file, in its chat
+    /// template, replies streamed; the conversation stays in the KV cache between turns.
+    ///
+    /// One user turn per line of stdin (a prompt is shown on a terminal); `/reset` starts over,
+    /// `/exit` (or the end of input) ends.
+    Chat(ChatArgs),
     /// Evaluate a checkpoint written by train on its run's held-out sequences (greedy, and beam
     /// search with --beam-width).
     Evaluate(EvaluateArgs),
@@ -306,8 +317,11 @@ struct GenerateArgs {
     device: DeviceArg,
 
     /// A run directory written by train-lm.
+    #[arg(long, required_unless_present = "model", conflicts_with = "model")]
+    checkpoint: Option<PathBuf>,
+    /// A Llama-family GGUF file (SmolLM2-135M-Instruct's shape).
     #[arg(long)]
-    checkpoint: PathBuf,
+    model: Option<PathBuf>,
     /// The text to continue.
     #[arg(long)]
     prompt: String,
@@ -329,6 +343,34 @@ struct GenerateArgs {
     /// Stop after this text (one byte, e.g. a newline).
     #[arg(long)]
     stop: Option<String>,
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    /// Where to run.
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceArg,
+    /// A Llama-family GGUF file with a chat template (SmolLM2-135M-Instruct's shape).
+    #[arg(long)]
+    model: PathBuf,
+    /// The system message (the template's own default otherwise).
+    #[arg(long)]
+    system: Option<String>,
+    /// Most new tokens per reply.
+    #[arg(long, default_value_t = 512)]
+    max_new_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, allow_hyphen_values = true, default_value_t = 0.7)]
+    temperature: f64,
+    /// Sample among the k most likely tokens only.
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Sample among the most likely tokens whose probabilities sum to p.
+    #[arg(long, allow_hyphen_values = true, default_value = "0.9")]
+    top_p: Option<f64>,
+    /// Seed of the sampler.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -491,6 +533,7 @@ fn main() -> ExitCode {
         Command::Train(args) => train(&args),
         Command::TrainLm(args) => train_lm(&args),
         Command::Generate(args) => done(generate_text(&args)),
+        Command::Chat(args) => done(chat(&args)),
         Command::Evaluate(args) => done(evaluate(&args)),
         Command::Attention(args) => done(attention(&args)),
         Command::Embed(args) => done(embed(&args)),
@@ -1201,8 +1244,11 @@ fn generate_text(args: &GenerateArgs) -> typeformer::Result<()> {
 }
 
 fn generate_on<Dev: Device<f32>>(dev: &Dev, args: &GenerateArgs) -> typeformer::Result<()> {
+    let Some(checkpoint) = &args.checkpoint else {
+        return generate_llama(dev, args);
+    };
     // Inference reads the model alone: not the optimizer, not the loss curve.
-    let (model, _, _) = load_lm_model::<LmSmall<f32, Dev>, f32, Dev>(&args.checkpoint, dev, LM_NAME)?;
+    let (model, _, _) = load_lm_model::<LmSmall<f32, Dev>, f32, Dev>(checkpoint, dev, LM_NAME)?;
     let stop_tokens = match &args.stop {
         None => Vec::new(),
         Some(s) if s.len() == 1 => vec![s.as_bytes()[0] as usize],
@@ -1243,5 +1289,148 @@ fn generate_on<Dev: Device<f32>>(dev: &Dev, args: &GenerateArgs) -> typeformer::
     ended.unwrap_or_else(|e| stdout_failed(e));
     let secs = start.elapsed().as_secs_f64();
     note!("{} tokens in {secs:.2} s ({:.1} tokens/s)", out.len(), out.len() as f64 / secs);
+    Ok(())
+}
+
+/// The sampler the sampling flags describe.
+fn sampler_of(temperature: f64, top_k: Option<usize>, top_p: Option<f64>, seed: u64) -> typeformer::Result<Sampler> {
+    Sampler::new(SamplingConfig { temperature, top_k, top_p, seed })
+}
+
+/// A Llama-family model, its tokenizer and the file's metadata, from a GGUF file of a shape the
+/// command line has a type for.
+fn open_llama<Dev: Device<f32>>(
+    dev: &Dev,
+    path: &std::path::Path,
+) -> typeformer::Result<(SmolLm2_135M<f32, Dev>, TextTokenizer, Gguf)> {
+    let file = Gguf::open(path)?;
+    let tokenizer = TextTokenizer::from_gguf(&file)?;
+    let mut model = SmolLm2_135MSpec::build::<f32, Dev>(dev)?;
+    load_gguf_llama(&mut model, &file).map_err(|e| match e {
+        typeformer::Error::CheckpointMismatch { path, problems } => typeformer::Error::CheckpointMismatch {
+            path,
+            problems: format!(
+                "{problems}\n(the command line runs files of SmolLM2-135M's shape; a program of your own runs any \
+                 shape that has a `Llama<...>` type, see the README)"
+            ),
+        },
+        other => other,
+    })?;
+    Ok((model, tokenizer, file))
+}
+
+fn generate_llama<Dev: Device<f32>>(dev: &Dev, args: &GenerateArgs) -> typeformer::Result<()> {
+    let path = args.model.as_ref().expect("clap requires --checkpoint or --model");
+    let (model, tokenizer, file) = open_llama(dev, path)?;
+    let stop_tokens = match &args.stop {
+        None => turn_end_tokens(&file, &tokenizer),
+        Some(text) => match tokenizer.encode_batch(&[text])?.remove(0)[..] {
+            [id] => vec![id],
+            ref ids => {
+                return Err(typeformer::Error::InvalidConfig(format!(
+                    "--stop takes text that is one token of this model's vocabulary; `{text}` is {} tokens",
+                    ids.len()
+                )))
+            }
+        },
+    };
+    let cfg = GenerateConfig { max_new_tokens: args.max_new_tokens, stop_tokens };
+    let mut sampler = sampler_of(args.temperature, args.top_k, args.top_p, args.seed)?;
+    let prompt = tokenizer.encode_batch(&[&args.prompt])?.remove(0);
+    if prompt.is_empty() {
+        return Err(typeformer::Error::InvalidConfig(
+            "the prompt is empty: generation needs at least one token".into(),
+        ));
+    }
+    let start = std::time::Instant::now();
+    let mut stdout = std::io::stdout().lock();
+    let (mut ids, mut shown, mut started) = (Vec::new(), 0, false);
+    let out = generate_while::<SmolLm2_135M<f32, Dev>, 49_152, f32, Dev>(&model, &prompt, &cfg, &mut sampler, |t| {
+        if !std::mem::replace(&mut started, true) {
+            let _ = write!(stdout, "{}", args.prompt);
+        }
+        if cfg.stop_tokens.contains(&t) {
+            return std::ops::ControlFlow::Continue(());
+        }
+        ids.push(t);
+        // Whole characters only: a byte-level token may end inside one.
+        let text = tokenizer.decode(&ids).unwrap_or_default();
+        if !text.ends_with('\u{FFFD}') && text.len() > shown {
+            if let Err(e) = write!(stdout, "{}", &text[shown..]).and_then(|()| stdout.flush()) {
+                stdout_failed(e);
+            }
+            shown = text.len();
+        }
+        std::ops::ControlFlow::Continue(())
+    })?;
+    writeln!(stdout).unwrap_or_else(|e| stdout_failed(e));
+    let secs = start.elapsed().as_secs_f64();
+    note!(
+        "{} tokens in {secs:.2} s ({:.1} tokens/s, prompt of {} tokens included)",
+        out.len(),
+        out.len() as f64 / secs,
+        prompt.len()
+    );
+    Ok(())
+}
+
+fn chat(args: &ChatArgs) -> typeformer::Result<()> {
+    on_device!(args.device, 0, chat_on(args))
+}
+
+fn chat_on<Dev: Device<f32>>(dev: &Dev, args: &ChatArgs) -> typeformer::Result<()> {
+    let (model, tokenizer, file) = open_llama(dev, &args.model)?;
+    let template = ChatTemplate::from_gguf(&file)?;
+    let stop = turn_end_tokens(&file, &tokenizer);
+    let mut sampler = sampler_of(args.temperature, args.top_k, args.top_p, args.seed)?;
+    let mut conversation = Chat::new(&model, &tokenizer, &template, args.system.clone(), stop);
+    let terminal = std::io::stdin().is_terminal();
+    if terminal {
+        note!("{} loaded; /reset starts over, /exit ends.", args.model.display());
+    }
+    let mut lines = std::io::stdin().lines();
+    loop {
+        if terminal {
+            let _ = write!(std::io::stderr(), "> ");
+        }
+        let Some(line) = lines.next() else { break };
+        let line = line.map_err(|e| typeformer::Error::InvalidConfig(format!("cannot read stdin: {e}")))?;
+        match line.trim() {
+            "" => continue,
+            "/exit" => break,
+            "/reset" => {
+                conversation.reset();
+                note!("(conversation reset)");
+                continue;
+            }
+            _ => {}
+        }
+        let start = std::time::Instant::now();
+        let mut stdout = std::io::stdout().lock();
+        let reply = conversation.reply(&line, args.max_new_tokens, &mut sampler, |piece| {
+            if let Err(e) = write!(stdout, "{piece}").and_then(|()| stdout.flush()) {
+                stdout_failed(e);
+            }
+            std::ops::ControlFlow::Continue(())
+        });
+        match reply {
+            Ok(_) => {
+                writeln!(stdout).unwrap_or_else(|e| stdout_failed(e));
+                if terminal {
+                    note!(
+                        "({:.1} s, {} of {} positions used)",
+                        start.elapsed().as_secs_f64(),
+                        conversation.positions_used(),
+                        <SmolLm2_135M<f32, Dev> as LanguageModel<49_152, f32, Dev>>::CONTEXT
+                    );
+                }
+            }
+            // A full context ends the turn, not the conversation: the user may /reset.
+            Err(e @ typeformer::Error::ContextFull { .. }) => {
+                note!("{e}");
+            }
+            Err(e) => return Err(e),
+        }
+    }
     Ok(())
 }

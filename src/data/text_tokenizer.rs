@@ -125,6 +125,11 @@ impl TextTokenizer {
         self.inner.decode(&ids, false).map_err(|e| Error::InvalidConfig(format!("tokenizer failed: {e}")))
     }
 
+    /// The id of the token written `token` (`<|im_end|>`), if the vocabulary has it.
+    pub fn token_id(&self, token: &str) -> Option<usize> {
+        self.inner.token_to_id(token).map(|id| id as usize)
+    }
+
     /// Number of ids, added tokens included.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)

@@ -47,7 +47,7 @@ pub fn generate_while<M, const V: usize, E, Dev>(
     prompt: &[usize],
     cfg: &GenerateConfig,
     sampler: &mut Sampler,
-    mut on_token: impl FnMut(usize) -> ControlFlow<()>,
+    on_token: impl FnMut(usize) -> ControlFlow<()>,
 ) -> Result<Vec<usize>>
 where
     M: LanguageModel<V, E, Dev>,
@@ -57,36 +57,99 @@ where
     if prompt.is_empty() {
         return Err(Error::InvalidConfig("the prompt is empty: generation needs at least one token".into()));
     }
-    let context = M::CONTEXT;
-    if prompt.len() >= context {
-        return Err(Error::InvalidConfig(format!(
-            "the prompt has {} tokens but the model's context is {context} positions: shorten it to at most {} tokens",
-            prompt.len(),
-            context - 1
-        )));
+    Session::<M, V, E, Dev>::new(model).generate_while(prompt, cfg, sampler, on_token)
+}
+
+/// A generation that outlives one call: the model's keys and values for every token fed so far,
+/// so that a conversation continues where it stopped instead of recomputing its history.
+pub struct Session<'m, M: LanguageModel<V, E, Dev>, const V: usize, E: FloatDtype, Dev: Device<E>> {
+    model: &'m M,
+    state: M::State,
+    tokens: Vec<usize>,
+}
+
+impl<'m, M: LanguageModel<V, E, Dev>, const V: usize, E: FloatDtype, Dev: Device<E>> Session<'m, M, V, E, Dev> {
+    /// A session with nothing fed yet.
+    pub fn new(model: &'m M) -> Self {
+        Self { model, state: model.start(), tokens: Vec::new() }
     }
-    if cfg.max_new_tokens > context - prompt.len() {
-        return Err(Error::InvalidConfig(format!(
-            "a prompt of {} tokens plus {} new tokens needs {} positions, but the model's context is {context}: \
-             ask for at most {} new tokens or shorten the prompt",
-            prompt.len(),
-            cfg.max_new_tokens,
-            (prompt.len() as u128) + cfg.max_new_tokens as u128,
-            context - prompt.len()
-        )));
+
+    /// The tokens whose keys and values the session holds, in order.
+    pub fn tokens(&self) -> &[usize] {
+        &self.tokens
     }
-    let mut state = model.start();
-    let mut input = Tokens::<V>::from_sequences(&[prompt.to_vec()])?;
-    let mut out = Vec::with_capacity(cfg.max_new_tokens);
-    while out.len() < cfg.max_new_tokens {
-        let logits = model.step(&mut state, &input)?.as_vec(); // (1, S, V)
-        let last = &logits[logits.len() - V..];
-        let next = sampler.sample(last);
-        out.push(next);
-        if on_token(next).is_break() || cfg.stop_tokens.contains(&next) {
-            break;
+
+    /// Positions still free in the model's context.
+    pub fn room(&self) -> usize {
+        M::CONTEXT - self.tokens.len()
+    }
+
+    /// Forgets everything fed so far.
+    pub fn reset(&mut self) {
+        self.state = self.model.start();
+        self.tokens.clear();
+    }
+
+    /// Feeds `input` (at least one token) after the tokens already fed, then samples up to
+    /// `cfg.max_new_tokens` tokens, calling `on_token` as each is chosen, and returns them.
+    /// Every chosen token but the last is fed as it is chosen; the last is returned unfed, so
+    /// the next call's input starts with it (or with whatever the caller puts there instead).
+    ///
+    /// Errors: empty input, a token outside the vocabulary, or more positions than the
+    /// model's context holds (nothing is fed then).
+    pub fn generate_while(
+        &mut self,
+        input: &[usize],
+        cfg: &GenerateConfig,
+        sampler: &mut Sampler,
+        mut on_token: impl FnMut(usize) -> ControlFlow<()>,
+    ) -> Result<Vec<usize>> {
+        if input.is_empty() {
+            return Err(Error::InvalidConfig("nothing to feed: generation needs at least one new token".into()));
         }
-        input = Tokens::from_sequences(&[vec![next]])?;
+        let (context, used) = (M::CONTEXT, self.tokens.len());
+        let n = input.len();
+        if used + n >= context {
+            return Err(if used == 0 {
+                Error::InvalidConfig(format!(
+                    "the prompt has {n} tokens but the model's context is {context} positions: shorten it to at most {} tokens",
+                    context - 1
+                ))
+            } else {
+                Error::ContextFull { needed: used + n, context }
+            });
+        }
+        if cfg.max_new_tokens > context - used - n {
+            return Err(Error::InvalidConfig(format!(
+                "a prompt of {} tokens plus {} new tokens needs {} positions, but the model's context is {context}: \
+                 ask for at most {} new tokens or shorten the prompt",
+                used + n,
+                cfg.max_new_tokens,
+                (used + n) as u128 + cfg.max_new_tokens as u128,
+                context - used - n
+            )));
+        }
+        let mut feed = Tokens::<V>::from_sequences(&[input.to_vec()])?;
+        let mut fed = input.to_vec();
+        let mut out = Vec::with_capacity(cfg.max_new_tokens);
+        while out.len() < cfg.max_new_tokens {
+            let logits = match self.model.step(&mut self.state, &feed) {
+                Ok(logits) => logits.as_vec(), // (1, S, V)
+                Err(e) => {
+                    // The state may hold part of this step: start over rather than trust it.
+                    self.reset();
+                    return Err(e);
+                }
+            };
+            self.tokens.append(&mut fed);
+            let next = sampler.sample(&logits[logits.len() - V..]);
+            out.push(next);
+            if on_token(next).is_break() || cfg.stop_tokens.contains(&next) {
+                break;
+            }
+            feed = Tokens::from_sequences(&[vec![next]])?;
+            fed = vec![next];
+        }
+        Ok(out)
     }
-    Ok(out)
 }

@@ -252,6 +252,9 @@ pub struct Source {
     pub name: String,
     /// Take block `k` of `n` equal blocks along the first axis, or the last: `Some(Part { .. })`.
     pub part: Option<Part>,
+    /// Before anything else, undo llama.cpp's reordering of the rows of a query or key
+    /// projection of this many heads (see [`Source::rope_rows_of`]).
+    pub rope_rows: Option<usize>,
     /// Then transpose the result, read as a matrix: PyTorch's `nn.Linear` stores `[out, in]`,
     /// our projections `(in, out)`.
     pub transpose: Option<Transpose>,
@@ -280,7 +283,14 @@ pub struct Part {
 impl Source {
     /// The tensor `name`, as it is.
     pub fn new(name: impl Into<String>) -> Self {
-        Self { name: name.into(), part: None, transpose: None }
+        Self { name: name.into(), part: None, rope_rows: None, transpose: None }
+    }
+    /// With its rows reordered back from llama.cpp's layout for rotary projections of `heads`
+    /// heads: llama.cpp interleaves the two halves of each head (rows `2j` and `2j + 1` are
+    /// Hugging Face's rows `j` and `j + HD/2`), for its pairwise rotation.
+    pub fn rope_rows_of(mut self, heads: usize) -> Self {
+        self.rope_rows = Some(heads);
+        self
     }
     /// Transposed (after taking any block), rows along the first axis.
     pub fn transposed(self) -> Self {
@@ -303,15 +313,34 @@ impl Source {
     }
 
     /// The tensor's values and shape after the transform, or why it cannot be applied.
-    fn read<E: FloatDtype>(&self, view: &TensorView) -> std::result::Result<(Vec<E>, Vec<usize>), String> {
-        let dtype = view.dtype();
-        let mut values = from_bytes::<E>(view.data(), dtype).ok_or_else(|| {
-            format!("wrong dtype: {} is {dtype:?} in the file, expected F32, F64, F16 or BF16", self.name)
-        })?;
-        let mut shape = view.shape().to_vec();
+    fn apply<E: FloatDtype>(
+        &self,
+        mut values: Vec<E>,
+        mut shape: Vec<usize>,
+    ) -> std::result::Result<(Vec<E>, Vec<usize>), String> {
+        if let Some(heads) = self.rope_rows {
+            let rows = shape.first().copied().unwrap_or(0);
+            if heads == 0 || shape.len() != 2 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) {
+                return Err(format!(
+                    "wrong shape: {} is {shape:?} in the file, expected {heads} heads of an even number of rows",
+                    self.name
+                ));
+            }
+            let (hd, cols) = (rows / heads, shape[1]);
+            let mut out = values.clone();
+            for h in 0..heads {
+                for j in 0..hd / 2 {
+                    for half in 0..2 {
+                        let (from, to) = (h * hd + 2 * j + half, h * hd + half * hd / 2 + j);
+                        out[to * cols..(to + 1) * cols].copy_from_slice(&values[from * cols..(from + 1) * cols]);
+                    }
+                }
+            }
+            values = out;
+        }
         if let Some(Part { k, n, last_axis }) = self.part {
             let axis = if last_axis { shape.len().saturating_sub(1) } else { 0 };
-            if shape.is_empty() || n == 0 || shape[axis] % n != 0 {
+            if shape.is_empty() || n == 0 || !shape[axis].is_multiple_of(n) {
                 let which = if last_axis { "columns (last axis)" } else { "rows" };
                 return Err(format!(
                     "wrong shape: {} is {shape:?} in the file, expected {n} equal blocks of {which}",
@@ -380,16 +409,43 @@ fn same_layout(ours: &[usize], theirs: &[usize]) -> bool {
     total(ours) == total(theirs) && (a.is_subset(&b) || b.is_subset(&a))
 }
 
+/// A tensor as read from a file, values (row-major) and shape, or why it cannot be read.
+pub(crate) type Read<E> = std::result::Result<(Vec<E>, Vec<usize>), String>;
+
+/// A file of named tensors that weights are restored from: safetensors, GGUF.
+pub(crate) trait TensorFile {
+    /// Every tensor's name.
+    fn names(&self) -> Vec<String>;
+    /// The values (row-major) and shape of tensor `name`: `None` when there is none, `Err`
+    /// (a problem, in words) when it cannot be read as numbers.
+    fn read<E: FloatDtype>(&self, name: &str) -> Option<Read<E>>;
+}
+
+impl TensorFile for SafeTensors<'_> {
+    fn names(&self) -> Vec<String> {
+        SafeTensors::names(self).into_iter().cloned().collect()
+    }
+    fn read<E: FloatDtype>(&self, name: &str) -> Option<Read<E>> {
+        let view: TensorView = self.tensor(name).ok()?;
+        let dtype = view.dtype();
+        Some(
+            from_bytes::<E>(view.data(), dtype)
+                .map(|values| (values, view.shape().to_vec()))
+                .ok_or_else(|| format!("wrong dtype: {name} is {dtype:?} in the file, expected F32, F64, F16 or BF16")),
+        )
+    }
+}
+
 /// Fills a model's trainable tensors from a file, each from the [`Source`] that `map` names.
-struct Restore<'a> {
-    file: &'a SafeTensors<'a>,
+struct Restore<'a, F> {
+    file: &'a F,
     metadata: &'a HashMap<String, String>,
     map: &'a dyn Fn(&str) -> Option<Source>,
     problems: Vec<String>,
     seen: Vec<String>,
 }
 
-impl<E: FloatDtype, Dev: Device<E>> TensorVisitor<E, Dev> for Restore<'_> {
+impl<E: FloatDtype, Dev: Device<E>, F: TensorFile> TensorVisitor<E, Dev> for Restore<'_, F> {
     type Viewer = (ViewTensorMut, ViewTensorName);
     type Err = Dev::Err;
     type E2 = E;
@@ -409,11 +465,11 @@ impl<E: FloatDtype, Dev: Device<E>> TensorVisitor<E, Dev> for Restore<'_> {
             return Ok(None);
         };
         let what = if source.name == name { name.clone() } else { format!("{source}, for {name}") };
-        match self.file.tensor(&source.name) {
-            Err(_) => self.problems.push(format!("missing: {what} {expected:?}")),
-            Ok(view) => {
+        match self.file.read::<E>(&source.name) {
+            None => self.problems.push(format!("missing: {what} {expected:?}")),
+            Some(read) => {
                 self.seen.push(source.name.clone());
-                match source.read::<E>(&view) {
+                match read.and_then(|(values, shape)| source.apply(values, shape)) {
                     Err(problem) => self.problems.push(problem),
                     Ok((_, shape)) if !same_layout(&expected, &shape) => self
                         .problems
@@ -474,12 +530,26 @@ pub fn import_weights<M: TensorCollection<E, Dev> + Clone, E: FloatDtype, Dev: D
 ) -> Result<HashMap<String, String>> {
     let bytes = std::fs::read(path).map_err(Error::io(path))?;
     let (file, metadata) = parse(path, &bytes)?;
+    restore_from(model, &file, &metadata, path, map, ignore)?;
+    Ok(metadata)
+}
+
+/// [`import_weights`] from any [`TensorFile`]; `metadata` holds saved scalars, `path` names the
+/// file in errors.
+pub(crate) fn restore_from<M: TensorCollection<E, Dev> + Clone, E: FloatDtype, Dev: Device<E>, F: TensorFile>(
+    model: &mut M,
+    file: &F,
+    metadata: &HashMap<String, String>,
+    path: &Path,
+    map: &dyn Fn(&str) -> Option<Source>,
+    ignore: &dyn Fn(&str) -> bool,
+) -> Result<()> {
     let mut staged = model.clone();
-    let mut restore = Restore { file: &file, metadata: &metadata, map, problems: Vec::new(), seen: Vec::new() };
+    let mut restore = Restore { file, metadata, map, problems: Vec::new(), seen: Vec::new() };
     M::iter_tensors(&mut RecursiveWalker { m: (&mut staged, String::new()), f: &mut restore })
         .map_err(|e| Error::Device(format!("{e:?}")))?;
     let mut problems = restore.problems;
-    let mut unexpected: Vec<&String> =
+    let mut unexpected: Vec<String> =
         file.names().into_iter().filter(|n| !restore.seen.contains(n) && !ignore(n)).collect();
     unexpected.sort();
     problems.extend(unexpected.into_iter().map(|n| format!("unexpected: {n}")));
@@ -487,7 +557,7 @@ pub fn import_weights<M: TensorCollection<E, Dev> + Clone, E: FloatDtype, Dev: D
         return Err(Error::CheckpointMismatch { path: path.into(), problems: problems.join("\n") });
     }
     *model = staged;
-    Ok(metadata)
+    Ok(())
 }
 
 /// The names of the tensors in the safetensors file at `path` (checks that it is one).

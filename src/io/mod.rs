@@ -6,6 +6,7 @@ mod atomic;
 mod canvas;
 mod checkpoint;
 mod gguf;
+mod gguf_llama;
 #[cfg(feature = "plots")]
 mod heatmap;
 mod import;
@@ -16,6 +17,7 @@ pub use atomic::*;
 pub(crate) use canvas::Canvas;
 pub use checkpoint::*;
 pub use gguf::*;
+pub use gguf_llama::*;
 #[cfg(feature = "plots")]
 pub use heatmap::*;
 pub use import::*;

@@ -1,24 +1,54 @@
-//! Decoder-only language models (GPT): causal self-attention blocks over one token stream.
+//! Decoder-only language models: token embeddings, positions, `L` causal blocks over one token
+//! stream, a final norm and logits. GPT and Llama are the same pipeline with other parts.
 
-use super::summary::{block_kind, stack_layers};
+use super::summary::stack_layers;
 use super::{Generator, Layer, LayoutFlags};
 use crate::error::{Error, Result};
 use crate::nn::training_tape;
 use crate::nn::{
-    dropout_when_training, layer_params, norm_params, Activation, BiasKind, EncoderLayer, FinalNorm, KvCache, MaskSpec,
-    NormPlacement, PositionKind, PositionalEncoding, TokenEmbedding,
+    dropout_when_training, CausalBlock, EncoderLayer, FinalNorm, LlamaBlock, MaskSpec, OutputNorm, PositionScheme,
+    PositionalEncoding, RmsNorm, RotaryPositions, TokenEmbedding,
 };
 use crate::shape::{Logits, Tokens, TrainLogits};
 use crate::FloatDtype;
 use dfdx::prelude::*;
+
+/// A decoder-only language model made of named parts: token embeddings of `V` tokens and width
+/// `D`, the position scheme `Pos`, `L` blocks of kind `Block`, the final norm `Norm`, and an
+/// output projection whose layout `O` says whether it is the embedding, transposed.
+///
+/// GPT-2 is [`DecoderOnly`] (absolute positions, [`EncoderLayer`] blocks under a causal mask,
+/// layer norm); Llama is [`Llama`] (rotary positions, [`LlamaBlock`]s, RMSNorm). Code generic
+/// over "any decoder-only model" names the part traits, or simply
+/// [`LanguageModel`](super::LanguageModel).
+///
+/// The compiler checks that the parts fit: a block of another width, or a Llama block under
+/// learned positions, is a type error ([`CausalBlock`] is not implemented).
+///
+/// **PyTorch equivalent**: Hugging Face's `GPT2LMHeadModel` and `LlamaForCausalLM`.
+#[derive(Debug, Clone, crate::Model)]
+#[model(parts = "Pos, Block, Norm", bound = "O: LayoutFlags")]
+pub struct CausalLm<const V: usize, const D: usize, const L: usize, Pos, Block, Norm, O, E: Dtype, Dev: Storage<E>> {
+    /// Token embedding (not scaled, as in GPT-2 and Llama); also the output projection when tied.
+    pub embed: TokenEmbedding<V, D, E, Dev>,
+    /// Positions.
+    pub pos: Pos,
+    /// The causal blocks, `blocks.0` .. `blocks.{L-1}`.
+    pub blocks: Repeated<Block, L>,
+    /// Final norm.
+    pub norm: Norm,
+    /// Output projection, unless tied.
+    pub head: Generator<D, V, O, E, Dev>,
+    /// Dropout on the embeddings (plus positions) when training.
+    #[model(scalar, default = 0.1)]
+    pub dropout: f64,
+}
 
 /// A GPT-style language model: token and position embeddings, `L` causal blocks (self-attention
 /// and feed-forward, each residual), a final norm, and logits over the `V` tokens.
 ///
 /// GPT-2 is `PreNorm`, `GeluTanh`, `Learned` positions and a `TiedOutput`. The blocks are
 /// [`EncoderLayer`]s run under a causal mask: a decoder without cross-attention.
-///
-/// **PyTorch equivalent**: Hugging Face's `GPT2LMHeadModel` (without dropout differences).
 ///
 /// # Generics
 /// - `V`: vocabulary; `D`: width; `H` heads of width `HD`; `F`: feed-forward width.
@@ -34,9 +64,7 @@ use dfdx::prelude::*;
 /// assert_eq!(model.forward(&tokens).unwrap().shape(), &(2, 3, Const::<20>));
 /// assert_eq!(Tiny::NUM_PARAMS, model.num_trainable_params());
 /// ```
-#[derive(Debug, Clone, crate::Model)]
-#[model(bound = "A: Activation, K: PositionKind, O: LayoutFlags")]
-pub struct DecoderOnly<
+pub type DecoderOnly<
     const V: usize,
     const D: usize,
     const H: usize,
@@ -44,69 +72,90 @@ pub struct DecoderOnly<
     const F: usize,
     const L: usize,
     const P: usize,
-    N: NormPlacement,
+    N,
     A,
     K,
     O,
-    E: Dtype,
-    Dev: Storage<E>,
-> {
-    /// Token embedding (not scaled, as in GPT-2); also the output projection when tied.
-    pub embed: TokenEmbedding<V, D, E, Dev>,
-    /// Positions.
-    pub pos: PositionalEncoding<P, D, K, E, Dev>,
-    /// The causal blocks, `blocks.0` .. `blocks.{L-1}`.
-    pub blocks: Repeated<EncoderLayer<D, H, HD, F, N, A, E, Dev>, L>,
-    /// Final norm (present when `N::FINAL_NORM`).
-    pub norm: FinalNorm<D, N, E, Dev>,
-    /// Output projection, unless tied.
-    pub head: Generator<D, V, O, E, Dev>,
-    /// Dropout on embeddings plus positions when training.
-    #[model(scalar, default = 0.1)]
-    pub dropout: f64,
-}
+    E,
+    Dev,
+> = CausalLm<
+    V,
+    D,
+    L,
+    PositionalEncoding<P, D, K, E, Dev>,
+    EncoderLayer<D, H, HD, F, N, A, E, Dev>,
+    FinalNorm<D, N, E, Dev>,
+    O,
+    E,
+    Dev,
+>;
 
-/// What a language model of width `D` with `L` blocks keeps between generation steps: each
-/// block's keys and values. A state of another width or depth is another type.
+/// A Llama-style language model: `L` [`LlamaBlock`]s (RMSNorm, grouped-query attention with `H`
+/// query and `KVH` key/value heads of width `HD` and rotary positions of base `BASE` over a
+/// context of `P`, SwiGLU of hidden width `F`), a final RMSNorm, and logits over `V` tokens.
+/// `O` is [`TiedOutput`](super::TiedOutput) (SmolLM2, Llama 3.2 1B) or
+/// [`UntiedOutputNoBias`](super::UntiedOutputNoBias) (Llama 2).
+///
+/// ```
+/// use typeformer::prelude::*;
+/// use typeformer::models::Llama;
+/// type Tiny = Llama<40, 16, 4, 2, 4, 48, 2, 32, 10_000, TiedOutput, f32, Cpu>;
+/// let dev = Cpu::seed_from_u64(0);
+/// let model = dev.build_module::<Tiny, f32>();
+/// let tokens = Tokens::<40>::from_sequences(&[vec![3, 4, 5], vec![6]]).unwrap();
+/// assert_eq!(model.forward(&tokens).unwrap().shape(), &(2, 3, Const::<40>));
+/// assert_eq!(Tiny::NUM_PARAMS, model.num_trainable_params());
+/// ```
+pub type Llama<
+    const V: usize,
+    const D: usize,
+    const H: usize,
+    const KVH: usize,
+    const HD: usize,
+    const F: usize,
+    const L: usize,
+    const P: usize,
+    const BASE: usize,
+    O,
+    E,
+    Dev,
+> = CausalLm<
+    V,
+    D,
+    L,
+    RotaryPositions<P, HD, BASE, E, Dev>,
+    LlamaBlock<D, H, KVH, HD, F, E, Dev>,
+    RmsNorm<D, E, Dev>,
+    O,
+    E,
+    Dev,
+>;
+
+/// What a language model with `L` blocks keeps between generation steps: each block's cache
+/// `C` (keys and values, typed with the block's width and heads). A state of another model's
+/// width, heads or depth is another type.
 #[derive(Debug, Clone)]
-pub struct LmState<const D: usize, const H: usize, const HD: usize, const L: usize, E: Dtype, Dev: Storage<E>> {
+pub struct LmState<C, const L: usize> {
     /// One cache per block.
-    pub layers: [Option<KvCache<D, H, HD, E, Dev>>; L],
+    pub layers: [Option<C>; L],
     /// Positions processed so far.
     pub position: usize,
 }
 
-impl<
-        const V: usize,
-        const D: usize,
-        const H: usize,
-        const HD: usize,
-        const F: usize,
-        const L: usize,
-        const P: usize,
-        N,
-        A,
-        K,
-        O,
-        E,
-        Dev,
-    > DecoderOnly<V, D, H, HD, F, L, P, N, A, K, O, E, Dev>
+impl<const V: usize, const D: usize, const L: usize, Pos, Block, Norm, O, E, Dev>
+    CausalLm<V, D, L, Pos, Block, Norm, O, E, Dev>
 where
-    N: NormPlacement,
-    A: Activation,
-    K: PositionKind,
+    Pos: PositionScheme<D, E, Dev>,
+    Block: CausalBlock<D, Pos, E, Dev>,
+    Norm: OutputNorm<D, E, Dev>,
     O: LayoutFlags,
     E: FloatDtype,
     Dev: Device<E>,
 {
     /// Trainable parameters, computed from the type alone.
     pub const NUM_PARAMS: usize = {
-        let bias = <N::Bias as BiasKind>::ON;
-        let block = layer_params(D, H, HD, F, 1, 2, bias);
-        let final_norm = if N::FINAL_NORM { norm_params(D, bias) } else { 0 };
-        let positions = if K::LEARNED { P * D } else { 0 };
         let head = if O::TIED { 0 } else { D * V + if O::HEAD_BIAS { V } else { 0 } };
-        V * D + positions + L * block + final_norm + head
+        V * D + Pos::NUM_PARAMS + L * Block::NUM_PARAMS + Norm::NUM_PARAMS + head
     };
 
     /// The layers in forward order, with output shapes, for [`Summary`](super::Summary).
@@ -114,12 +163,11 @@ where
         let hidden = format!("(B, S, {D})");
         let mut out = vec![
             Layer::new("embed", format!("TokenEmbedding({V}, {D})"), &hidden),
-            Layer::new("pos", format!("{} positions({P})", K::NAME), &hidden),
+            Layer::new("pos", Pos::describe(), &hidden),
         ];
-        let block = block_kind("CausalBlock", H, HD, F, A::NAME, N::NAME);
-        out.extend(stack_layers("blocks", L, None, &block, &hidden, None));
-        if N::FINAL_NORM {
-            out.push(Layer::new("norm", "LayerNorm", &hidden));
+        out.extend(stack_layers("blocks", L, None, &Block::describe(), &hidden, None));
+        if let Some(norm) = Norm::describe() {
+            out.push(Layer::new("norm", norm, &hidden));
         }
         let head = match (O::TIED, O::HEAD_BIAS) {
             (true, _) => "Linear(tied to embed)".into(),
@@ -138,12 +186,12 @@ where
         tape: T,
     ) -> Result<Logits<usize, usize, V, E, Dev, T>> {
         let ids = tokens.to_tensor(self.embed.weight.device()).put_tape(tape);
-        let mut x = dropout_when_training(self.pos.forward(self.embed.lookup(ids), 0)?, self.dropout);
+        let mut x = dropout_when_training(self.pos.embed(self.embed.lookup(ids), 0)?, self.dropout);
         let mask = MaskSpec::causal(Some(tokens.lengths()));
         for block in &self.blocks.modules {
-            x = block.forward(x, &mask)?;
+            x = block.forward(x, &self.pos, &mask)?;
         }
-        Ok(self.head.logits(self.norm.forward(x), &self.embed))
+        Ok(self.head.logits(self.norm.normalize(x), &self.embed))
     }
 
     /// Inference pass: logits `(B, S, V)`.
@@ -157,7 +205,7 @@ where
     }
 
     /// An empty generation state.
-    pub fn start(&self) -> LmState<D, H, HD, L, E, Dev> {
+    pub fn start(&self) -> LmState<Block::Cache, L> {
         LmState { layers: std::array::from_fn(|_| None), position: 0 }
     }
 
@@ -166,7 +214,7 @@ where
     /// be unpadded: every row of `tokens` is full.
     pub fn step(
         &self,
-        state: &mut LmState<D, H, HD, L, E, Dev>,
+        state: &mut LmState<Block::Cache, L>,
         tokens: &Tokens<V>,
     ) -> Result<Logits<usize, usize, V, E, Dev>> {
         if !tokens.is_full() {
@@ -175,11 +223,11 @@ where
             ));
         }
         let ids = tokens.to_tensor(self.embed.weight.device());
-        let mut x = self.pos.forward(self.embed.lookup(ids), state.position)?;
+        let mut x = self.pos.embed(self.embed.lookup(ids), state.position)?;
         for (block, cache) in self.blocks.modules.iter().zip(&mut state.layers) {
-            x = block.forward_cached(x, cache)?;
+            x = block.forward_cached(x, &self.pos, cache)?;
         }
         state.position += tokens.seq_len();
-        Ok(self.head.logits(self.norm.forward(x), &self.embed))
+        Ok(self.head.logits(self.norm.normalize(x), &self.embed))
     }
 }

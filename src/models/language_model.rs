@@ -1,8 +1,8 @@
 //! What training and generation need from a language model.
 
-use super::{DecoderOnly, LayoutFlags, LmState};
+use super::{CausalLm, LayoutFlags, LmState};
 use crate::error::Result;
-use crate::nn::{Activation, NormPlacement, PositionKind};
+use crate::nn::{CausalBlock, OutputNorm, PositionScheme};
 use crate::shape::{Logits, Tokens, TrainLogits};
 use crate::FloatDtype;
 use dfdx::prelude::*;
@@ -28,34 +28,28 @@ pub trait LanguageModel<const V: usize, E: FloatDtype, Dev: Device<E>>: TensorCo
     fn step(&self, state: &mut Self::State, tokens: &Tokens<V>) -> Result<Logits<usize, usize, V, E, Dev>>;
 }
 
-impl<
-        const V: usize,
-        const D: usize,
-        const H: usize,
-        const HD: usize,
-        const F: usize,
-        const L: usize,
-        const P: usize,
-        N,
-        A,
-        K,
-        O,
-        E,
-        Dev,
-    > LanguageModel<V, E, Dev> for DecoderOnly<V, D, H, HD, F, L, P, N, A, K, O, E, Dev>
+impl<const V: usize, const D: usize, const L: usize, Pos, Block, Norm, O, E, Dev> LanguageModel<V, E, Dev>
+    for CausalLm<V, D, L, Pos, Block, Norm, O, E, Dev>
 where
-    N: NormPlacement,
-    A: Activation,
-    K: PositionKind,
+    Pos: PositionScheme<D, E, Dev>,
+    Block: CausalBlock<D, Pos, E, Dev>,
+    Norm: OutputNorm<D, E, Dev>,
     O: LayoutFlags,
     E: FloatDtype,
     Dev: Device<E>,
 {
-    type State = LmState<D, H, HD, L, E, Dev>;
+    type State = LmState<Block::Cache, L>;
     const D_MODEL: usize = D;
-    const CONTEXT: usize = P;
-    const TRAIN_BYTES_PER_TOKEN: u64 =
-        crate::memory::training_bytes_per_token(D, F, H, L, P, V, std::mem::size_of::<E>());
+    const CONTEXT: usize = Pos::CONTEXT;
+    const TRAIN_BYTES_PER_TOKEN: u64 = crate::memory::training_bytes_per_token(
+        D,
+        Block::FF,
+        Block::HEADS,
+        L,
+        Pos::CONTEXT,
+        V,
+        std::mem::size_of::<E>(),
+    );
 
     fn logits(&self, tokens: &Tokens<V>) -> Result<Logits<usize, usize, V, E, Dev>> {
         self.forward(tokens)
@@ -64,9 +58,9 @@ where
         self.forward_traced(tokens, grads)
     }
     fn start(&self) -> Self::State {
-        DecoderOnly::start(self)
+        CausalLm::start(self)
     }
     fn step(&self, state: &mut Self::State, tokens: &Tokens<V>) -> Result<Logits<usize, usize, V, E, Dev>> {
-        DecoderOnly::step(self, state, tokens)
+        CausalLm::step(self, state, tokens)
     }
 }

@@ -45,6 +45,17 @@ crate::transformer! {
         positional: learned, norm: pre, activation: gelu_tanh, tie_embeddings: true,
     }
 
+    /// SmolLM2-135M-Instruct (Hugging Face; 134,515,008 parameters): 30 Llama blocks of width
+    /// 576 with 9 query and 3 key/value heads of width 64, SwiGLU of 1,536, rotary positions of
+    /// base 100,000 over 8,192 positions, a tied output. Loads from its GGUF file with
+    /// [`load_gguf_llama`](crate::io::load_gguf_llama).
+    #[allow(non_camel_case_types)]
+    pub SmolLm2_135M: DecoderOnly {
+        vocab: 49_152, d_model: 576, heads: 9, kv_heads: 3, d_ff: 1536, layers: 30, max_len: 8192,
+        positional: rope, rope_base: 100_000, norm: rms, activation: swiglu, rms_norm_eps: 1e-5,
+        tie_embeddings: true,
+    }
+
     /// BERT base (109,482,240 parameters with the pooler). Hugging Face checkpoints load with
     /// [`load_hf_bert`](crate::io::load_hf_bert).
     pub BertBase: EncoderOnly {

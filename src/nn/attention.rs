@@ -97,7 +97,7 @@ impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device
 
     /// One input through several projections (self-attention's queries, keys and values) as
     /// one pass over their products; `x`'s tape goes with the first output.
-    fn forward_shared<const P: usize, B: Dim, S: Dim, T: Tape<E, Dev>>(
+    pub(super) fn forward_shared<const P: usize, B: Dim, S: Dim, T: Tape<E, Dev>>(
         projections: [&Self; P],
         x: Hidden<B, S, D, E, Dev, T>,
     ) -> [Heads<B, H, S, HD, E, Dev, T>; P] {
@@ -294,6 +294,40 @@ impl<const D: usize, const H: usize, const HD: usize, E: Dtype, Dev: Storage<E>>
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The number of positions `cache` holds, after checking that it was made for a batch of
+    /// `batch` sequences.
+    pub(crate) fn positions(cache: &Option<Self>, batch: usize) -> Result<usize> {
+        match cache {
+            None => Ok(0),
+            Some(c) if c.keys.shape().0 != batch => Err(Error::DimMismatch {
+                what: "batch size of the new positions vs the cache",
+                expected: c.keys.shape().0,
+                found: batch,
+            }),
+            Some(c) => Ok(c.len()),
+        }
+    }
+
+    /// Appends the keys and values of new positions `(B, H, Snew, HD)` to `cache` and returns
+    /// the cache (`(B, H, Spast + Snew, HD)` each; tensors share their buffers).
+    pub(crate) fn append(
+        cache: &mut Option<Self>,
+        keys: Heads<usize, H, usize, HD, E, Dev>,
+        values: Heads<usize, H, usize, HD, E, Dev>,
+    ) -> Self
+    where
+        E: FloatDtype,
+        Dev: Device<E>,
+    {
+        let (keys, values) = match cache.take() {
+            Some(c) => ((c.keys, keys).concat_along(Axis::<2>), (c.values, values).concat_along(Axis::<2>)),
+            None => (keys, values),
+        };
+        let all = Self::new(keys, values);
+        *cache = Some(all.clone());
+        all
+    }
 }
 
 impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device<E>, Bias: BiasKind>
@@ -315,28 +349,12 @@ impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device
         cache: &mut Option<KvCache<D, H, HD, E, Dev>>,
         key_lengths: Option<&[usize]>,
     ) -> Result<Hidden<usize, usize, D, E, Dev>> {
-        let b = x.shape().0;
-        let past = cache.as_ref().map_or(0, KvCache::len);
-        if let Some(c) = cache.as_ref() {
-            if c.keys.shape().0 != b {
-                return Err(Error::DimMismatch {
-                    what: "batch size of the new positions vs the cache",
-                    expected: c.keys.shape().0,
-                    found: b,
-                });
-            }
-        }
+        let past = KvCache::positions(cache, x.shape().0)?;
         // (B, H, Snew, HD) each.
         let [q, k_new, v_new] = HeadProjection::forward_shared([&self.w_q, &self.w_k, &self.w_v], x);
-        let (keys, values) = match cache.take() {
-            // (B, H, Spast + Snew, HD)
-            Some(c) => ((c.keys, k_new).concat_along(Axis::<2>), (c.values, v_new).concat_along(Axis::<2>)),
-            None => (k_new, v_new),
-        };
+        let all = KvCache::append(cache, k_new, v_new);
         let mask = MaskSpec { causal: true, query_offset: past, key_lengths };
-        let out = self.attend_heads(q, keys.clone(), values.clone(), &mask)?;
-        *cache = Some(KvCache::new(keys, values));
-        Ok(out)
+        self.attend_heads(q, all.keys, all.values, &mask)
     }
 
     /// Cross-attention of `x: (B, Sq, D)` over keys and values from [`Self::project_memory`].

@@ -4,7 +4,7 @@
 //! is `KVH = 1`; `KVH = H` is multi-head attention.
 
 use super::attention::mask_bias;
-use super::{scaled_dot_product_attention, HeadMerge, HeadProjection, MaskSpec, NoBias, RotaryEmbedding};
+use super::{scaled_dot_product_attention, HeadMerge, HeadProjection, KvCache, MaskSpec, NoBias, RotaryEmbedding};
 use crate::error::Result;
 use crate::shape::{Heads, Hidden};
 use crate::FloatDtype;
@@ -61,6 +61,36 @@ impl<const D: usize, const H: usize, const KVH: usize, const HD: usize, E: Float
         let q = rope.apply(self.w_q.forward(x.retaped::<T>()), offset)?; // (B, H, S, HD)
         let k = rope.apply(self.w_k.forward(x.retaped::<T>()), offset)?; // (B, KVH, S, HD)
         let v = self.w_v.forward(x); // (B, KVH, S, HD)
+        self.attend(q, k, v, mask)
+    }
+
+    /// Self-attention of new positions `x: (B, Snew, D)` after the `cache`d ones, over those and
+    /// themselves, appending their keys and values to `cache`: only the `KVH` key/value heads
+    /// are stored. Equals [`Self::forward`] over the whole sequence, at the new positions.
+    pub fn forward_cached(
+        &self,
+        x: Hidden<usize, usize, D, E, Dev>,
+        rope: &RotaryEmbedding<HD, E, Dev>,
+        cache: &mut Option<KvCache<D, KVH, HD, E, Dev>>,
+    ) -> Result<Hidden<usize, usize, D, E, Dev>> {
+        let _ = Self::GROUP;
+        let past = KvCache::positions(cache, x.shape().0)?;
+        let q = rope.apply(self.w_q.forward(x.clone()), past)?;
+        let [k_new, v_new] = HeadProjection::forward_shared([&self.w_k, &self.w_v], x);
+        let all = KvCache::append(cache, rope.apply(k_new, past)?, v_new);
+        let mask = MaskSpec { causal: true, query_offset: past, key_lengths: None };
+        self.attend(q, all.keys, all.values, &mask)
+    }
+
+    /// Queries `(B, H, Sq, HD)` over `KVH` heads of keys and values `(B, KVH, Sk, HD)`, merged
+    /// back to `(B, Sq, D)`.
+    fn attend<B: Dim, Sq: Dim, Sk: Dim, T: Tape<E, Dev>>(
+        &self,
+        q: Heads<B, H, Sq, HD, E, Dev, T>,
+        k: Heads<B, KVH, Sk, HD, E, Dev, T>,
+        v: Heads<B, KVH, Sk, HD, E, Dev, T>,
+        mask: &MaskSpec,
+    ) -> Result<Hidden<B, Sq, D, E, Dev, T>> {
         let (k, v) = (repeat_kv::<_, KVH, H, _, HD, _, _, _>(k), repeat_kv::<_, KVH, H, _, HD, _, _, _>(v));
         let bias = mask_bias(&q, &k, mask)?;
         // Each of q, k and v carries the operations recorded on its branch; the products merge them.

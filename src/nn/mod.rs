@@ -7,6 +7,7 @@
 
 mod attention;
 mod bias;
+mod causal;
 mod decoder;
 mod dropout;
 mod embedding;
@@ -15,8 +16,10 @@ mod feed_forward;
 mod grouped_attention;
 pub(crate) mod init;
 mod linear;
+mod llama_block;
 pub use linear::Linear;
 pub(crate) use linear::{project, project_shared};
+pub use llama_block::LlamaBlock;
 mod mask;
 #[macro_use]
 mod norm;
@@ -33,6 +36,7 @@ mod training;
 
 pub use attention::*;
 pub use bias::*;
+pub use causal::*;
 pub use decoder::*;
 pub use dropout::*;
 pub use embedding::*;
@@ -46,7 +50,7 @@ pub use packed::PackedWeights;
 pub use positional::*;
 pub use residual::*;
 pub use rms_norm::RmsNorm;
-pub use rotary::RotaryEmbedding;
+pub use rotary::{RotaryEmbedding, RotaryPositions};
 pub use scalars::check_scalar;
 pub(crate) use scalars::set_scalar;
 pub use stack::*;

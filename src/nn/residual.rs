@@ -93,11 +93,10 @@ impl<const D: usize, N: NormPlacement, E: FloatDtype, Dev: Device<E>> Residual<D
         T: Tape<E, Dev>,
         F: FnOnce(Hidden<B, S, D, E, Dev, T>) -> Result<Hidden<B, S, D, E, Dev, T>>,
     {
-        let (x, tape) = x.split_tape();
         if N::PRE {
-            let y = sublayer(self.norm.forward(x.clone().put_tape(tape)))?;
-            Ok(crate::kernels::add(dropout_when_training(y, self.dropout), x))
+            skip_connection(x, |x| Ok(dropout_when_training(sublayer(self.norm.forward(x))?, self.dropout)))
         } else {
+            let (x, tape) = x.split_tape();
             let y = sublayer(x.clone().put_tape(tape))?;
             Ok(self.norm.forward(crate::kernels::add(dropout_when_training(y, self.dropout), x)))
         }
@@ -105,6 +104,24 @@ impl<const D: usize, N: NormPlacement, E: FloatDtype, Dev: Device<E>> Residual<D
 }
 
 build_on_device!([const D: usize, N: NormPlacement] Residual<D, N, E, Dev>);
+
+/// `x + sublayer(x)`, the addition fused; the tape runs through `sublayer` and the sum.
+pub fn skip_connection<B, S, const D: usize, E, Dev, T, F>(
+    x: Hidden<B, S, D, E, Dev, T>,
+    sublayer: F,
+) -> Result<Hidden<B, S, D, E, Dev, T>>
+where
+    B: Dim,
+    S: Dim,
+    E: FloatDtype,
+    Dev: Device<E>,
+    T: Tape<E, Dev>,
+    F: FnOnce(Hidden<B, S, D, E, Dev, T>) -> Result<Hidden<B, S, D, E, Dev, T>>,
+{
+    let (x, tape) = x.split_tape();
+    let y = sublayer(x.clone().put_tape(tape))?;
+    Ok(crate::kernels::add(y, x))
+}
 
 /// The layer norm after a stack, present only when `N::FINAL_NORM`.
 #[derive(Debug, Clone)]

@@ -100,3 +100,69 @@ impl<const HD: usize, E: FloatDtype, Dev: Device<E>> RotaryEmbedding<HD, E, Dev>
         Ok(x * rows(&self.cos) + rotated * rows(&self.sin))
     }
 }
+
+/// The position scheme of Llama-style models: rotary embeddings for heads of width `HD` over a
+/// context of `P` positions, with angle base `BASE` (10,000 in Llama 2, 100,000 in SmolLM2,
+/// 500,000 in Llama 3). No parameters; the embeddings pass through unchanged and each block
+/// rotates its queries and keys with [`Self::tables`], built once on first use.
+///
+/// The base is part of the type, so a checkpoint made for another base is another model (and
+/// the GGUF loader compares it with the file's `rope.freq_base`).
+#[derive(Debug, Clone)]
+pub struct RotaryPositions<const P: usize, const HD: usize, const BASE: usize, E: Dtype, Dev: Storage<E>> {
+    tables: std::sync::OnceLock<RotaryEmbedding<HD, E, Dev>>,
+}
+
+impl<const P: usize, const HD: usize, const BASE: usize, E: Dtype, Dev: Storage<E>> Default
+    for RotaryPositions<P, HD, BASE, E, Dev>
+{
+    fn default() -> Self {
+        Self { tables: std::sync::OnceLock::new() }
+    }
+}
+
+impl<const P: usize, const HD: usize, const BASE: usize, E: FloatDtype, Dev: Device<E>> TensorCollection<E, Dev>
+    for RotaryPositions<P, HD, BASE, E, Dev>
+{
+    type To<E2: Dtype, D2: Device<E2>> = RotaryPositions<P, HD, BASE, E2, D2>;
+
+    fn iter_tensors<V: ModuleVisitor<Self, E, Dev>>(visitor: &mut V) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        visitor.visit_fields((), |()| RotaryPositions { tables: Default::default() })
+    }
+}
+
+impl<const P: usize, const HD: usize, const BASE: usize, E: FloatDtype, Dev: Device<E>>
+    RotaryPositions<P, HD, BASE, E, Dev>
+{
+    /// The cos/sin tables on `dev` (the device of the block asking), built on the first call.
+    pub fn tables(&self, dev: &Dev) -> Result<&RotaryEmbedding<HD, E, Dev>> {
+        if let Some(tables) = self.tables.get() {
+            return Ok(tables);
+        }
+        let built = RotaryEmbedding::new(dev, P, BASE as f64)?;
+        Ok(self.tables.get_or_init(|| built))
+    }
+}
+
+impl<const P: usize, const D: usize, const HD: usize, const BASE: usize, E: FloatDtype, Dev: Device<E>>
+    super::PositionScheme<D, E, Dev> for RotaryPositions<P, HD, BASE, E, Dev>
+{
+    const CONTEXT: usize = P;
+    const NUM_PARAMS: usize = 0;
+    fn describe() -> String {
+        format!("rotary positions({P}, head width {HD}, base {BASE})")
+    }
+    fn embed<B: Dim, S: Dim, T: Tape<E, Dev>>(
+        &self,
+        x: crate::shape::Hidden<B, S, D, E, Dev, T>,
+        offset: usize,
+    ) -> Result<crate::shape::Hidden<B, S, D, E, Dev, T>> {
+        let len = x.shape().1.size();
+        if offset + len > P {
+            return Err(Error::SequenceTooLong { len, offset, max: P });
+        }
+        Ok(x)
+    }
+}
+
+build_on_device!([const P: usize, const HD: usize, const BASE: usize] RotaryPositions<P, HD, BASE, E, Dev>);

@@ -46,7 +46,14 @@ pub fn declaration(declaration: &Declaration, c: &Config) -> TokenStream {
                 (false, true) => quote!(#tf::models::UntiedOutput),
                 (false, false) => quote!(#tf::models::UntiedOutputNoBias),
             };
-            quote!(#tf::models::DecoderOnly<#sv, #d, #h, #hd, #f, #le, #p, #norm, #activation, #positions, #output, E, Dev>)
+            if c.llama {
+                let (kvh, base) = (c.kv_heads, c.rope_base);
+                let output =
+                    if c.tie { quote!(#tf::models::TiedOutput) } else { quote!(#tf::models::UntiedOutputNoBias) };
+                quote!(#tf::models::Llama<#sv, #d, #h, #kvh, #hd, #f, #le, #p, #base, #output, E, Dev>)
+            } else {
+                quote!(#tf::models::DecoderOnly<#sv, #d, #h, #hd, #f, #le, #p, #norm, #activation, #positions, #output, E, Dev>)
+            }
         }
     };
     let layers_text = match c.kind {
@@ -54,25 +61,36 @@ pub fn declaration(declaration: &Declaration, c: &Config) -> TokenStream {
         _ => format!("{le} layers"),
     };
     let vocab_text = if sv == tv { format!("vocabulary {sv}") } else { format!("vocabularies {sv} / {tv}") };
-    let description = format!(
-        "{}: {vocab_text}, d_model {d}, {h} heads of {hd}, d_ff {f}, {layers_text}, {p} positions, {} positions, \
+    let description = if c.llama {
+        format!(
+            "Llama-style DecoderOnly: vocabulary {sv}, d_model {d}, {h} query heads and {} key/value heads of {hd}, \
+             SwiGLU {f}, {le} layers, {p} rotary positions of base {}, RMSNorm eps {:e}, {}.",
+            c.kv_heads,
+            c.rope_base,
+            c.eps,
+            if c.tie { "tied output projection" } else { "untied output projection without a bias" }
+        )
+    } else {
+        format!(
+            "{}: {vocab_text}, d_model {d}, {h} heads of {hd}, d_ff {f}, {layers_text}, {p} positions, {} positions, \
          {}-norm{}, {}, dropout {}, layer-norm eps {:e}{}{}.",
-        c.kind.name(),
-        if c.sinusoidal { "sinusoidal" } else { "learned" },
-        if c.pre_norm { "pre" } else { "post" },
-        if c.final_norm { " with a final norm" } else { "" },
-        c.activation,
-        c.dropout,
-        c.eps,
-        if c.bias { "" } else { ", no biases" },
-        match c.kind {
-            EO if c.pooler => String::new(),
-            EO => ", no pooler".into(),
-            _ if c.tie => ", tied output projection".into(),
-            _ if c.output_bias => ", untied output projection".into(),
-            _ => ", untied output projection without a bias".into(),
-        }
-    );
+            c.kind.name(),
+            if c.sinusoidal { "sinusoidal" } else { "learned" },
+            if c.pre_norm { "pre" } else { "post" },
+            if c.final_norm { " with a final norm" } else { "" },
+            c.activation,
+            c.dropout,
+            c.eps,
+            if c.bias { "" } else { ", no biases" },
+            match c.kind {
+                EO if c.pooler => String::new(),
+                EO => ", no pooler".into(),
+                _ if c.tie => ", tied output projection".into(),
+                _ if c.output_bias => ", untied output projection".into(),
+                _ => ", untied output projection without a bias".into(),
+            }
+        )
+    };
     let spec_doc =
         format!("Hyperparameters of [`{name}`]: its dimensions, parameter count and build (`Architecture`).");
     let kind_name = c.kind.name();
@@ -111,6 +129,9 @@ pub fn declaration(declaration: &Declaration, c: &Config) -> TokenStream {
         EO => quote!(, Pool = #tf::models::NoPooler),
         _ => quote!(),
     };
+    // Lints the user allows on the model (`non_camel_case_types` for `SmolLm2_135M`) hold for
+    // its spec type too.
+    let allows = attrs.iter().filter(|a| a.path().is_ident("allow"));
     let span = name.span();
     quote_spanned! {span=>
         #(#attrs)*
@@ -119,6 +140,7 @@ pub fn declaration(declaration: &Declaration, c: &Config) -> TokenStream {
         #vis type #name<E = f32, Dev = #tf::dfdx::prelude::Cpu #extra_params> = #ty;
 
         #[doc = #spec_doc]
+        #(#allows)*
         #[derive(Debug, Clone, Copy, Default)]
         #vis struct #spec;
 

@@ -36,6 +36,10 @@ pub struct Config {
     pub bias: bool,
     pub output_bias: bool,
     pub pooler: bool,
+    /// Llama blocks (`positional: rope`, `norm: rms`, `activation: swiglu`).
+    pub llama: bool,
+    pub kv_heads: usize,
+    pub rope_base: usize,
 }
 
 /// Whether each declaration's names are free. A second `Small`, or a model named `SmallSpec`
@@ -270,7 +274,7 @@ fn config(kind: Kind, values: &Values) -> Config {
     let flag = |name: &str| values.bools.get(name).map(|b| b.0);
     let float = |name: &str| values.floats.get(name).map(|f| f.0);
     let default_positional = if kind == ED { "sinusoidal" } else { "learned" };
-    let pre_norm = choice("norm").map_or(kind == DO, |c| c == "pre");
+    let pre_norm = choice("norm").map_or(kind == DO, |c| c != "post");
     let default_activation = match kind {
         ED => "relu",
         EO => "gelu",
@@ -295,12 +299,16 @@ fn config(kind: Kind, values: &Values) -> Config {
         pre_norm,
         final_norm: flag("final_norm").unwrap_or(pre_norm),
         activation: choice("activation").unwrap_or(default_activation).to_string(),
-        dropout: float("dropout").unwrap_or(0.1),
+        // Llama trains without dropout; the paper, BERT and GPT-2 with 0.1.
+        dropout: float("dropout").unwrap_or(if choice("positional") == Some("rope") { 0.0 } else { 0.1 }),
         tie: flag("tie_embeddings").unwrap_or(true),
         bias: flag("bias").unwrap_or(true),
         output_bias: flag("output_bias").unwrap_or(true),
         pooler: flag("pooler").unwrap_or(true),
-        eps: float("layer_norm_eps").unwrap_or(if kind == EO { 1e-12 } else { 1e-5 }),
+        eps: float("layer_norm_eps").or(float("rms_norm_eps")).unwrap_or(if kind == EO { 1e-12 } else { 1e-5 }),
+        llama: choice("positional") == Some("rope"),
+        kv_heads: values.size("kv_heads").unwrap_or(heads),
+        rope_base: values.size("rope_base").unwrap_or(10_000),
     }
 }
 
@@ -348,6 +356,7 @@ fn check_relations(c: &Config, values: &Values, errors: &mut Errors) {
             errors.add(value, format!("`layer_norm_eps` must be in (0, 1), found {eps}"));
         }
     }
+    check_llama(c, values, errors);
     let untied = values.bools.get("tie_embeddings").is_some_and(|b| !b.0);
     if let (Some(&(true, value)), false) = (values.bools.get("output_bias"), untied) {
         errors.add(
@@ -355,5 +364,81 @@ fn check_relations(c: &Config, values: &Values, errors: &mut Errors) {
             "`output_bias` applies to an untied output projection: add `tie_embeddings: false` (a tied one \
              is the embedding, which has no bias)",
         );
+    }
+}
+
+/// Llama blocks come whole: rotary positions, RMSNorm and SwiGLU together, only in a
+/// DecoderOnly; their own fields (`kv_heads`, `rope_base`, `rms_norm_eps`) only with them, and
+/// the fields of GPT blocks (`bias`, `final_norm`, `layer_norm_eps`) not at all.
+fn check_llama(c: &Config, values: &Values, errors: &mut Errors) {
+    const PARTS: [(&str, &str); 3] = [("positional", "rope"), ("norm", "rms"), ("activation", "swiglu")];
+    let given: Vec<(&str, &str, &Value)> = PARTS
+        .iter()
+        .filter_map(|&(field, value)| values.choices.get(field).filter(|c| c.0 == value).map(|c| (field, value, c.1)))
+        .collect();
+    let Some(&(field, value, at)) = given.first() else {
+        for own in ["kv_heads", "rope_base"] {
+            if let Some(&(_, at)) = values.sizes.get(own) {
+                errors.add(
+                    at,
+                    format!("`{own}` applies to Llama blocks: add `positional: rope, norm: rms, activation: swiglu`"),
+                );
+            }
+        }
+        if let Some(&(_, at)) = values.floats.get("rms_norm_eps") {
+            errors.add(at, "`rms_norm_eps` applies to Llama blocks (`norm: rms`); GPT blocks take `layer_norm_eps`");
+        }
+        return;
+    };
+    if c.kind != DO {
+        errors.add(at, format!("`{field}: {value}` builds Llama blocks, which only a DecoderOnly stacks"));
+        return;
+    }
+    let missing: Vec<String> =
+        PARTS.iter().filter(|p| !given.iter().any(|g| g.0 == p.0)).map(|(f, v)| format!("`{f}: {v}`")).collect();
+    if !missing.is_empty() {
+        errors.add(
+            at,
+            format!(
+                "`{field}: {value}` builds Llama blocks (rotary grouped-query attention, RMSNorm, SwiGLU), which \
+                 come whole: also give {}",
+                missing.join(" and ")
+            ),
+        );
+        return;
+    }
+    if let Some(&(kvh, at)) = values.sizes.get("kv_heads") {
+        if !c.heads.is_multiple_of(kvh) {
+            let divisors: Vec<String> =
+                (1..=c.heads).filter(|k| c.heads.is_multiple_of(*k)).map(|k| k.to_string()).collect();
+            errors.add(
+                at,
+                format!(
+                    "`kv_heads: {kvh}` does not divide `heads: {}`: each key/value head serves a whole group of query \
+                     heads; kv_heads that divide it: {}",
+                    c.heads,
+                    divisors.join(", ")
+                ),
+            );
+        }
+    }
+    if !c.head_dim.is_multiple_of(2) {
+        errors.add(at, format!("rotary positions rotate pairs of features: the head width {} is odd", c.head_dim));
+    }
+    for gpt in ["bias", "final_norm"] {
+        if let Some(&(_, at)) = values.bools.get(gpt) {
+            errors.add(at, format!("`{gpt}` does not apply to Llama blocks (no biases, always a final RMSNorm)"));
+        }
+    }
+    if let Some(&(_, at)) = values.floats.get("layer_norm_eps") {
+        errors.add(at, "Llama blocks have no layer norm: give `rms_norm_eps`");
+    }
+    if let Some(&(eps, at)) = values.floats.get("rms_norm_eps") {
+        if !(eps > 0.0 && eps < 1.0) {
+            errors.add(at, format!("`rms_norm_eps` must be in (0, 1), found {eps}"));
+        }
+    }
+    if let Some(&(true, at)) = values.bools.get("output_bias") {
+        errors.add(at, "Llama's output projection has no bias: leave out `output_bias`");
     }
 }
