@@ -44,6 +44,19 @@ for name, qtype in [
     writer.add_tensor(f"{name}.weight", raw, raw_dtype=qtype)
     expected[f"{name}.weight"] = gguf.quants.dequantize(raw, qtype).reshape(values.shape).astype(np.float32)
 
+# K-quants: the `gguf` package dequantizes them but does not quantize, so their blocks are
+# random bytes with sane f16 scales (d, dmin) put in; 2 rows of 512 values, 2 super-blocks each.
+for name, qtype, scale_at in [("q4_k", Q.Q4_K, [0, 2]), ("q5_k", Q.Q5_K, [0, 2]), ("q6_k", Q.Q6_K, [208])]:
+    per_block, block_bytes = gguf.GGML_QUANT_SIZES[qtype]
+    raw = rng.integers(0, 256, size=(2 * 512 // per_block, block_bytes), dtype=np.uint8)
+    for at in scale_at:
+        raw[:, at : at + 2] = np.frombuffer(
+            rng.uniform(0.001, 0.05, size=raw.shape[0]).astype(np.float16).tobytes(), dtype=np.uint8
+        ).reshape(-1, 2)
+    raw = raw.reshape(2, -1)
+    writer.add_tensor(f"{name}.weight", raw, raw_dtype=qtype)
+    expected[f"{name}.weight"] = gguf.quants.dequantize(raw, qtype).reshape(2, 512).astype(np.float32)
+
 writer.write_header_to_file()
 writer.write_kv_data_to_file()
 writer.write_tensors_to_file()

@@ -67,7 +67,7 @@ pub use dfdx;
 
 /// Declares Transformer architectures: each declaration becomes a model type (an alias of
 /// [`EncoderDecoder`](models::EncoderDecoder), [`Bert`](models::Bert) or
-/// [`DecoderOnly`](models::DecoderOnly) over the same typed blocks a hand-written model uses) and
+/// [`DecoderOnly`](models::DecoderOnly) or [`Llama`](models::Llama) over the same typed blocks a hand-written model uses) and
 /// a `…Spec` type with a constant for every dimension, the parameter count as a `const`, and
 /// [`Architecture`](models::Architecture) (`build`, `summary`).
 ///
@@ -93,14 +93,21 @@ pub use dfdx;
 /// | `encoder_layers`, `decoder_layers` | size | EncoderDecoder (required) | |
 /// | `max_len` | size: the positions | all (required) | |
 /// | `token_types` | size | EncoderOnly | 2 |
-/// | `positional` | `sinusoidal`, `learned` | all | sinusoidal for EncoderDecoder, else learned |
-/// | `norm` | `pre`, `post` | all | pre for DecoderOnly, else post |
+/// | `positional` | `sinusoidal`, `learned`, `rope` (Llama blocks) | all (`rope`: DecoderOnly) | sinusoidal for EncoderDecoder, else learned |
+/// | `norm` | `pre`, `post`, `rms` (Llama blocks) | all (`rms`: DecoderOnly) | pre for DecoderOnly, else post |
 /// | `final_norm` | bool: a layer norm after each stack | all | true with `pre`, false with `post` |
-/// | `activation` | `relu`, `gelu`, `gelu_tanh` | all | relu, gelu (EncoderOnly), gelu_tanh (DecoderOnly) |
-/// | `dropout` | number in [0, 1) | all | 0.1 |
+/// | `activation` | `relu`, `gelu`, `gelu_tanh`, `swiglu` (Llama blocks) | all (`swiglu`: DecoderOnly) | relu, gelu (EncoderOnly), gelu_tanh (DecoderOnly) |
+/// | `kv_heads` | size dividing `heads`: key/value heads of grouped-query attention | DecoderOnly with Llama blocks | `heads` |
+/// | `rope_base` | size: the angle base of rotary positions | DecoderOnly with Llama blocks | 10,000 |
+/// | `rms_norm_eps` | number in (0, 1) | DecoderOnly with Llama blocks | 1e-5 |
+/// | `dropout` | number in [0, 1) | all | 0.1 (0 with Llama blocks) |
 /// | `tie_embeddings` | bool | EncoderDecoder, DecoderOnly | true |
 /// | `layer_norm_eps` | number in (0, 1) | all | 1e-12 for EncoderOnly, else 1e-5 |
 /// | `bias` | bool: biases in the layers' projections and norms (nanoGPT's `bias=False`) | all | true |
+///
+/// `positional: rope, norm: rms, activation: swiglu` together declare a Llama-style model
+/// ([`Llama`](models::Llama): RMSNorm, rotary grouped-query attention, SwiGLU; no biases); any
+/// one of them alone is an error that names the other two.
 ///
 /// An EncoderDecoder with `tie_embeddings: true` shares one table between source, target and
 /// output when the vocabularies are equal ([`SharedTied`](models::SharedTied)), and ties only the
@@ -170,7 +177,9 @@ pub use typeformer_macros::transformer;
 /// checkpoints, `#[model(skip)]` for a field rebuilt with `Default::default()` (`PhantomData`);
 /// `#[model(rename = "name")]` visits a field under another name. What the traversal needs of
 /// type parameters that the struct leaves unbounded goes on the struct:
-/// `#[model(bound = "A: Activation")]`. typeformer's own blocks and models are derived so.
+/// `#[model(bound = "A: Activation")]`; type parameters that are themselves parts (a model
+/// generic over its block type) are named with `#[model(parts = "Block")]`, as
+/// [`CausalLm`](models::CausalLm) does. typeformer's own blocks and models are derived so.
 ///
 /// ```
 /// use typeformer::prelude::*;

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 use typeformer::data::TextTokenizer;
 use typeformer::generate::{generate, GenerateConfig, Sampler, SamplingConfig};
-use typeformer::io::{load_gguf_llama, Gguf};
+use typeformer::io::{load_gguf_llama, load_hf_llama, Gguf};
 use typeformer::models::{Llama, SmolLm2_135M};
 use typeformer::prelude::*;
 
@@ -202,4 +202,45 @@ fn the_chat_template_renders_as_transformers_and_a_chat_keeps_its_history_in_the
     chat.reset();
     assert_eq!(chat.positions_used(), 0);
     assert_eq!(chat.messages(), &[] as &[Message]);
+}
+
+/// A tiny random `LlamaForCausalLM` saved by transformers (scripts/make_tiny_llama_fixture.py):
+/// untied, 4 query heads sharing 2 key/value heads, rope_theta 5000.
+type TinyHf = Llama<64, 16, 4, 2, 4, 40, 2, 32, 5000, UntiedOutputNoBias, f32, Cpu>;
+
+fn tiny_hf_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama/tiny-hf")
+}
+
+#[test]
+fn a_hugging_face_llama_directory_loads_and_matches_transformers() {
+    let dev = Cpu::default();
+    let mut model = dev.build_module::<TinyHf, f32>();
+    load_hf_llama(&mut model, &tiny_hf_dir()).unwrap();
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(tiny_hf_dir().join("reference.json")).unwrap()).unwrap();
+    let prompt = ids(&reference["ids"]);
+    let logits = model.forward(&Tokens::<64>::from_sequences(std::slice::from_ref(&prompt)).unwrap()).unwrap().as_vec();
+    let want: Vec<f64> = reference["logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let scale = want.iter().fold(0f64, |m, w| m.max(w.abs()));
+    assert_eq!(logits.len(), want.len());
+    for (i, (g, w)) in logits.iter().zip(&want).enumerate() {
+        assert!((*g as f64 - w).abs() <= 1e-4 * scale, "logit {i}: {g} against {w}");
+    }
+    let cfg = GenerateConfig { max_new_tokens: 6, stop_tokens: vec![] };
+    let mut sampler = Sampler::new(SamplingConfig::greedy()).unwrap();
+    assert_eq!(generate(&model, &prompt, &cfg, &mut sampler, |_| {}).unwrap(), ids(&reference["greedy"]));
+}
+
+#[test]
+fn a_hugging_face_config_of_another_shape_is_refused_by_key() {
+    let dev = Cpu::default();
+    // Tied, 3 layers, rope base 10,000: three differences, each named.
+    let mut wrong = dev.build_module::<Llama<64, 16, 4, 2, 4, 40, 3, 32, 10_000, TiedOutput, f32, Cpu>, f32>();
+    let err = load_hf_llama(&mut wrong, &tiny_hf_dir()).unwrap_err().to_string();
+    for key in ["num_hidden_layers is 2", "rope_theta is 5000", "tie_word_embeddings is false"] {
+        assert!(err.contains(key), "{key} missing from: {err}");
+    }
+    let err = load_hf_llama(&mut dev.build_module::<TinyHf, f32>(), Path::new("no/such/dir")).unwrap_err().to_string();
+    assert!(err.contains("config.json"), "{err}");
 }

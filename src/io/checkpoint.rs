@@ -49,7 +49,10 @@ fn from_bytes<E: FloatDtype>(bytes: &[u8], dtype: SafeDtype) -> Option<Vec<E>> {
 
 /// Parses a safetensors file's `bytes` and its header metadata; an error names `path` and says
 /// in words what is wrong.
-fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<(SafeTensors<'a>, HashMap<String, String>)> {
+pub(crate) fn parse_safetensors<'a>(
+    path: &Path,
+    bytes: &'a [u8],
+) -> Result<(SafeTensors<'a>, HashMap<String, String>)> {
     let bad = |e: SafeTensorError| Error::BadFile { path: path.into(), reason: describe(&e, bytes) };
     let file = SafeTensors::deserialize(bytes).map_err(bad)?;
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(bad)?;
@@ -529,7 +532,7 @@ pub fn import_weights<M: TensorCollection<E, Dev> + Clone, E: FloatDtype, Dev: D
     ignore: &dyn Fn(&str) -> bool,
 ) -> Result<HashMap<String, String>> {
     let bytes = std::fs::read(path).map_err(Error::io(path))?;
-    let (file, metadata) = parse(path, &bytes)?;
+    let (file, metadata) = parse_safetensors(path, &bytes)?;
     restore_from(model, &file, &metadata, path, map, ignore)?;
     Ok(metadata)
 }
@@ -563,7 +566,7 @@ pub(crate) fn restore_from<M: TensorCollection<E, Dev> + Clone, E: FloatDtype, D
 /// The names of the tensors in the safetensors file at `path` (checks that it is one).
 pub fn tensor_names(path: &Path) -> Result<Vec<String>> {
     let bytes = std::fs::read(path).map_err(Error::io(path))?;
-    let (file, _) = parse(path, &bytes)?;
+    let (file, _) = parse_safetensors(path, &bytes)?;
     Ok(file.names().into_iter().cloned().collect())
 }
 
@@ -596,7 +599,7 @@ pub fn save_vectors<E: FloatDtype>(
 #[allow(clippy::type_complexity)]
 pub fn load_vectors<E: FloatDtype>(path: &Path) -> Result<(HashMap<String, Vec<E>>, HashMap<String, String>)> {
     let bytes = std::fs::read(path).map_err(Error::io(path))?;
-    let (file, metadata) = parse(path, &bytes)?;
+    let (file, metadata) = parse_safetensors(path, &bytes)?;
     let mut out = HashMap::new();
     for (name, view) in file.tensors() {
         let values = from_bytes::<E>(view.data(), view.dtype()).ok_or_else(|| Error::BadFile {

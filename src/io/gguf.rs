@@ -99,6 +99,7 @@ impl GgufValue {
 
 /// How a tensor's elements are stored: ggml's type ids, with their block sizes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(non_camel_case_types)] // ggml's own names: Q4_K, as llama.cpp and every model card write them
 pub enum GgmlType {
     /// 32-bit floats.
     F32,
@@ -116,6 +117,14 @@ pub enum GgmlType {
     Q5_1,
     /// Blocks of 32: f16 `d` and 32 signed bytes `q`; `x = d * q`.
     Q8_0,
+    /// Super-blocks of 256: f16 `d` and `dmin`, eight 6-bit scales and minimums (one per 32
+    /// values), 4-bit `q`; `x = d * scale * q - dmin * min`.
+    Q4_K,
+    /// As [`Self::Q4_K`] with 5-bit `q` (the fifth bits in 32 bytes of their own).
+    Q5_K,
+    /// Super-blocks of 256: 6-bit `q` (4 low bits and 2 high bits apart), sixteen signed 8-bit
+    /// scales (one per 16 values), f16 `d`; `x = d * scale * (q - 32)`.
+    Q6_K,
     /// A type this version recognises but does not read yet (K-quants, i-quants), by id and name.
     Other(u32, &'static str),
 }
@@ -134,9 +143,9 @@ impl GgmlType {
             9 => Self::Other(9, "Q8_1"),
             10 => Self::Other(10, "Q2_K"),
             11 => Self::Other(11, "Q3_K"),
-            12 => Self::Other(12, "Q4_K"),
-            13 => Self::Other(13, "Q5_K"),
-            14 => Self::Other(14, "Q6_K"),
+            12 => Self::Q4_K,
+            13 => Self::Q5_K,
+            14 => Self::Q6_K,
             15 => Self::Other(15, "Q8_K"),
             _ => return None,
         })
@@ -153,6 +162,9 @@ impl GgmlType {
             Self::Q5_0 => "Q5_0",
             Self::Q5_1 => "Q5_1",
             Self::Q8_0 => "Q8_0",
+            Self::Q4_K => "Q4_K",
+            Self::Q5_K => "Q5_K",
+            Self::Q6_K => "Q6_K",
             Self::Other(_, name) => name,
         }
     }
@@ -170,9 +182,9 @@ impl GgmlType {
             Self::Other(9, _) => (32, 36),
             Self::Other(10, _) => (256, 84),
             Self::Other(11, _) => (256, 110),
-            Self::Other(12, _) => (256, 144),
-            Self::Other(13, _) => (256, 176),
-            Self::Other(14, _) => (256, 210),
+            Self::Q4_K => (256, 144),
+            Self::Q5_K => (256, 176),
+            Self::Q6_K => (256, 210),
             Self::Other(_, _) => (256, 292),
         }
     }
@@ -341,6 +353,17 @@ impl Gguf {
     }
 }
 
+/// The 6-bit scale and minimum of sub-block `j` (of 8) of a Q4_K or Q5_K super-block, packed in
+/// its 12 bytes: the first four pairs in the low 6 bits of bytes 0-7, the last four split
+/// between the nibbles of bytes 8-11 and the top 2 bits of bytes 0-7.
+fn k_scale_min(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        ((q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+    }
+}
+
 /// Decodes `raw`, whole blocks of `kind`, into `out` (as many values as the blocks hold).
 pub fn dequantize(kind: GgmlType, raw: &[u8], out: &mut [f32]) -> std::result::Result<(), String> {
     let (per_block, block_bytes) = kind.block();
@@ -388,6 +411,47 @@ pub fn dequantize(kind: GgmlType, raw: &[u8], out: &mut [f32]) -> std::result::R
                     None => (d * (lo as f32 - 16.0), d * (hi as f32 - 16.0)),
                     Some(m) => (d * lo as f32 + m, d * hi as f32 + m),
                 };
+            }
+        }),
+        GgmlType::Q4_K | GgmlType::Q5_K => blocks.for_each(|(b, y)| {
+            let (d, dmin) = (f16(b), f16(&b[2..]));
+            let scales = &b[4..16];
+            // Q5_K keeps the fifth bit of each value in 32 bytes before the nibbles.
+            let (qh, qs) = if kind == GgmlType::Q5_K { (Some(&b[16..48]), &b[48..]) } else { (None, &b[16..]) };
+            // Each 64 values: 32 bytes, low nibbles first, each half with its own scale and min.
+            for chunk in 0..4 {
+                let q = &qs[32 * chunk..32 * chunk + 32];
+                for half in 0..2 {
+                    let (scale, min) = k_scale_min(2 * chunk + half, scales);
+                    let (d, m) = (d * f32::from(scale), dmin * f32::from(min));
+                    let bit = 2 * chunk + half;
+                    for (l, &byte) in q.iter().enumerate() {
+                        let low = if half == 0 { byte & 0x0f } else { byte >> 4 };
+                        let high = qh.map_or(0, |qh| ((qh[l] >> bit) & 1) << 4);
+                        y[64 * chunk + 32 * half + l] = d * f32::from(low | high) - m;
+                    }
+                }
+            }
+        }),
+        GgmlType::Q6_K => blocks.for_each(|(b, y)| {
+            let (ql, qh, scales, d) = (&b[..128], &b[128..192], &b[192..208], f16(&b[208..]));
+            // Two halves of 128 values: 64 bytes of low nibbles, 32 of high bit pairs, 8 scales.
+            for half in 0..2 {
+                let (ql, qh, sc) = (&ql[64 * half..], &qh[32 * half..], &scales[8 * half..]);
+                let y = &mut y[128 * half..];
+                for l in 0..32 {
+                    let is = l / 16;
+                    let q = [
+                        (ql[l] & 0x0f) | (qh[l] & 3) << 4,
+                        (ql[l + 32] & 0x0f) | ((qh[l] >> 2) & 3) << 4,
+                        (ql[l] >> 4) | ((qh[l] >> 4) & 3) << 4,
+                        (ql[l + 32] >> 4) | ((qh[l] >> 6) & 3) << 4,
+                    ];
+                    for (k, q) in q.into_iter().enumerate() {
+                        let scale = f32::from(sc[is + 2 * k] as i8);
+                        y[l + 32 * k] = d * scale * f32::from(q as i8 - 32);
+                    }
+                }
             }
         }),
         GgmlType::Other(_, name) => return Err(format!("{name} weights are not read by this typeformer yet")),

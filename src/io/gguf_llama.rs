@@ -155,14 +155,18 @@ fn check_hyperparameters(
             }
         },
     };
+    verdict(&file.path, "the file", problems, eps)
+}
+
+/// `value` when the hyperparameters agreed, otherwise the error listing each difference.
+pub(super) fn verdict(path: &std::path::Path, what: &str, problems: Vec<String>, value: f64) -> Result<f64> {
     if problems.is_empty() {
-        Ok(eps)
-    } else {
-        Err(Error::CheckpointMismatch {
-            path: file.path.clone(),
-            problems: format!("the file is not this model type:\n{}", problems.join("\n")),
-        })
+        return Ok(value);
     }
+    Err(Error::CheckpointMismatch {
+        path: path.into(),
+        problems: format!("{what} is not this model type:\n{}", problems.join("\n")),
+    })
 }
 
 /// Loads the weights of the Llama-family GGUF `file` into `model`, dequantized to `E`, after

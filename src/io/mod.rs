@@ -9,6 +9,7 @@ mod gguf;
 mod gguf_llama;
 #[cfg(feature = "plots")]
 mod heatmap;
+mod hf_llama;
 mod import;
 mod run_dir;
 
@@ -20,5 +21,6 @@ pub use gguf::*;
 pub use gguf_llama::*;
 #[cfg(feature = "plots")]
 pub use heatmap::*;
+pub use hf_llama::*;
 pub use import::*;
 pub use run_dir::*;

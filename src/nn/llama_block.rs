@@ -24,7 +24,7 @@ use dfdx::prelude::*;
 /// let x: Tensor<(usize, usize, Const<16>), f32, Cpu> = dev.sample_normal_like(&(2, 5, Const));
 /// let y = block.forward(x, &positions, &MaskSpec::causal(None)).unwrap();
 /// assert_eq!(y.shape(), &(2, 5, Const::<16>));
-/// assert_eq!(<Block as CausalBlock<16, RotaryPositions<64, 4, 10_000, f32, Cpu>, f32, Cpu>>::NUM_PARAMS, 1440);
+/// assert_eq!(<Block as CausalBlock<16, RotaryPositions<64, 4, 10_000, f32, Cpu>, f32, Cpu>>::NUM_PARAMS, 2336);
 /// ```
 #[derive(Debug, Clone, crate::Model)]
 pub struct LlamaBlock<
