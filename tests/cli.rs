@@ -539,3 +539,49 @@ fn chat_answers_one_turn_per_line_keeps_the_conversation_and_resets() {
     assert_ne!(replies[1], replies[2], "{stdout}");
     assert!(stderr.contains("conversation reset"), "{stderr}");
 }
+
+#[test]
+fn train_lm_trains_a_llama_style_model_that_generate_reads() {
+    let dir = std::env::temp_dir().join(format!("typeformer-cli-llama-{}", std::process::id()));
+    let run = dir.join("llama");
+    let run = run.to_str().unwrap();
+    let base = ["train-lm", "--arch", "llama", "--task", "addition", "--digits", "2", "--eval-size", "20"];
+    let (ok, out, err) =
+        typeformer(&[&base[..], &["--steps", "60", "--batch-size", "8", "--warmup", "10", "--out", run]].concat());
+    assert!(ok, "{err}");
+    assert!(err.contains("Llama blocks"), "{err}");
+    // From ln 256 = 5.55 at the start: the digits, '+', '=' and newlines are learnt within 60 steps.
+    let val: f64 = out.split("validation loss: ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(val < 3.5, "validation loss {val}: {out}");
+    let (ok, text, err) = typeformer(&[
+        "generate",
+        "--checkpoint",
+        run,
+        "--prompt",
+        "12+3",
+        "--max-new-tokens",
+        "4",
+        "--temperature",
+        "0",
+    ]);
+    assert!(ok && text.starts_with("12+3"), "{text} {err}");
+    // Resuming it as the other architecture is refused by name.
+    let (ok, _, err) = typeformer(&[
+        "train-lm",
+        "--arch",
+        "gpt",
+        "--task",
+        "addition",
+        "--digits",
+        "2",
+        "--eval-size",
+        "20",
+        "--steps",
+        "80",
+        "--out",
+        run,
+        "--resume",
+    ]);
+    assert!(!ok && err.contains("llama-small") && err.contains("lm-small"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -24,7 +24,7 @@ use typeformer::models::{
 use typeformer::models::{
     BertBase, BertConfig, LanguageModel, LmSmall, MiniLmL6, NoPooler, Seq2Seq, TaskMedium, TaskSmall, TASK_VOCAB,
 };
-use typeformer::models::{SmolLm2_135M, SmolLm2_135MSpec};
+use typeformer::models::{LlamaSmall, LlamaSmallSpec, SmolLm2_135M, SmolLm2_135MSpec};
 use typeformer::nn::PackedWeights;
 use typeformer::pipelines::{turn_end_tokens, Chat, ChatTemplate, SentenceEncoder};
 use typeformer::train::{
@@ -34,6 +34,7 @@ use typeformer::train::{
 };
 
 const LM_NAME: &str = "lm-small";
+const LLAMA_LM_NAME: &str = "llama-small";
 
 /// A flag that Ctrl-C (SIGINT) and SIGTERM set: training stops after the current step.
 fn interrupt_flag() -> typeformer::Result<Arc<AtomicBool>> {
@@ -153,6 +154,11 @@ enum PresetArg {
     TaskMedium,
     /// The byte-level language model of `train-lm`.
     LmSmall,
+    /// `train-lm --arch llama`.
+    LlamaSmall,
+    /// SmolLM2-135M-Instruct (Llama blocks).
+    #[value(name = "smollm2-135m")]
+    Smollm2_135m,
 }
 
 #[derive(Args)]
@@ -254,11 +260,22 @@ enum LmTaskArg {
     Addition,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum LmArch {
+    /// GPT blocks: learned positions, pre-LN, tanh GELU (the preset lm-small).
+    Gpt,
+    /// Llama blocks: rotary positions, grouped-query attention, RMSNorm, SwiGLU (llama-small).
+    Llama,
+}
+
 #[derive(Args)]
 struct TrainLmArgs {
     /// Where to run.
     #[arg(long, value_enum, default_value = "cpu")]
     device: DeviceArg,
+    /// The model's blocks (both d 128, 4 blocks, context 128).
+    #[arg(long, value_enum, default_value = "gpt")]
+    arch: LmArch,
 
     /// A text file to model, byte by byte (90% training, 10% validation).
     #[arg(long, conflicts_with = "task", required_unless_present = "task")]
@@ -684,6 +701,8 @@ fn summary(args: &SummaryArgs) -> typeformer::Result<()> {
         PresetArg::TaskSmall => summary_of::<TaskSmallSpec>(args, None),
         PresetArg::TaskMedium => summary_of::<TaskMediumSpec>(args, None),
         PresetArg::LmSmall => summary_of::<LmSmallSpec>(args, None),
+        PresetArg::LlamaSmall => summary_of::<LlamaSmallSpec>(args, None),
+        PresetArg::Smollm2_135m => summary_of::<SmolLm2_135MSpec>(args, None),
     }
     Ok(())
 }
@@ -1063,6 +1082,17 @@ fn train_lm(args: &TrainLmArgs) -> typeformer::Result<ExitCode> {
 }
 
 fn train_lm_on<Dev: Device<f32>>(dev: &Dev, args: &TrainLmArgs) -> typeformer::Result<ExitCode> {
+    match args.arch {
+        LmArch::Gpt => train_lm_as::<LmSmall<f32, Dev>, Dev>(dev, args, LM_NAME, "GPT blocks"),
+        LmArch::Llama => train_lm_as::<LlamaSmall<f32, Dev>, Dev>(dev, args, LLAMA_LM_NAME, "Llama blocks"),
+    }
+}
+
+fn train_lm_as<M, Dev>(dev: &Dev, args: &TrainLmArgs, name: &str, blocks: &str) -> typeformer::Result<ExitCode>
+where
+    M: LanguageModel<BYTE_VOCAB, f32, Dev> + TensorCollection<f32, Dev, To<f32, Dev> = M> + BuildModule<Dev, f32>,
+    Dev: Device<f32>,
+{
     if args.task.is_some() && args.eval_size == 0 {
         return Err(typeformer::Error::InvalidConfig(
             "--eval-size 0: the addition task needs at least one held-out problem to measure accuracy on".into(),
@@ -1078,9 +1108,9 @@ fn train_lm_on<Dev: Device<f32>>(dev: &Dev, args: &TrainLmArgs) -> typeformer::R
         seed: args.seed,
         eval_every: args.eval_every,
         checkpoint_every: args.checkpoint_every,
-        model_name: LM_NAME.into(),
+        model_name: name.into(),
     };
-    cfg.validate(<LmSmall<f32, Dev> as LanguageModel<BYTE_VOCAB, f32, Dev>>::CONTEXT)?;
+    cfg.validate(M::CONTEXT)?;
     // Ctrl-C (or SIGTERM) while training stops after the step, with a checkpoint; once the last
     // checkpoint is written, it ends the evaluation at once. Installed before the run directory
     // is taken, so that a signal while the data is read still lets the run clean up.
@@ -1108,7 +1138,7 @@ fn train_lm_on<Dev: Device<f32>>(dev: &Dev, args: &TrainLmArgs) -> typeformer::R
     };
     let mut metadata = std::collections::HashMap::from([
         ("format".to_string(), "typeformer".to_string()),
-        ("model".to_string(), LM_NAME.to_string()),
+        ("model".to_string(), name.to_string()),
         ("data".to_string(), source.describe()),
         ("seed".to_string(), args.seed.to_string()),
         ("batch_size".to_string(), args.batch_size.to_string()),
@@ -1137,7 +1167,7 @@ fn train_lm_on<Dev: Device<f32>>(dev: &Dev, args: &TrainLmArgs) -> typeformer::R
                 )),
             });
         }
-        let resume = load_lm_checkpoint::<LmSmall<f32, Dev>, f32, Dev>(lock.dir(), dev, LM_NAME, cfg.adam)?;
+        let resume = load_lm_checkpoint::<M, f32, Dev>(lock.dir(), dev, name, cfg.adam)?;
         for key in ["data", "seed", "held_out"] {
             // (Checkpoints from before the held-out count was recorded have none to compare.)
             let unrecorded = key == "held_out" && !resume.metadata.contains_key(key);
@@ -1193,12 +1223,16 @@ fn train_lm_on<Dev: Device<f32>>(dev: &Dev, args: &TrainLmArgs) -> typeformer::R
             return Err(refusal);
         }
         lock.start_new_run();
-        let mut model = LmSmall::<f32, Dev>::try_build(dev)
-            .map_err(|e| typeformer::Error::Device(format!("cannot build the model: {e:?}")))?;
+        let mut model =
+            M::try_build(dev).map_err(|e| typeformer::Error::Device(format!("cannot build the model: {e:?}")))?;
         typeformer::nn::set_dropout(&mut model, args.dropout)?;
         LmRun { model, opt: typeformer::train::Adam::new(cfg.adam)?, logs: Vec::new() }
     };
-    note!("training a byte-level language model (d 128, 4 blocks, context {}) on {}", args.context, source.describe());
+    note!(
+        "training a byte-level language model ({blocks}, d 128, 4 blocks, context {}) on {}",
+        args.context,
+        source.describe()
+    );
     if stop.load(Ordering::SeqCst) {
         say!("interrupted before training began: nothing was written");
         return Ok(ExitCode::from(INTERRUPTED as u8));
@@ -1247,8 +1281,31 @@ fn generate_on<Dev: Device<f32>>(dev: &Dev, args: &GenerateArgs) -> typeformer::
     let Some(checkpoint) = &args.checkpoint else {
         return generate_llama(dev, args);
     };
+    let model_file = |c: &Checkpoint| c.file(typeformer::train::MODEL_FILE);
+    let name = typeformer::io::read_latest(checkpoint, |c| typeformer::io::read_metadata(&model_file(c)?))?
+        .get("model")
+        .cloned()
+        .unwrap_or_default();
+    if name == LLAMA_LM_NAME {
+        generate_bytes::<LlamaSmall<f32, Dev>, Dev>(dev, args, checkpoint, LLAMA_LM_NAME)
+    } else {
+        generate_bytes::<LmSmall<f32, Dev>, Dev>(dev, args, checkpoint, LM_NAME)
+    }
+}
+
+/// `generate` with a byte-level model `M` trained by train-lm.
+fn generate_bytes<M, Dev>(
+    dev: &Dev,
+    args: &GenerateArgs,
+    checkpoint: &std::path::Path,
+    name: &str,
+) -> typeformer::Result<()>
+where
+    M: LanguageModel<BYTE_VOCAB, f32, Dev> + TensorCollection<f32, Dev, To<f32, Dev> = M>,
+    Dev: Device<f32>,
+{
     // Inference reads the model alone: not the optimizer, not the loss curve.
-    let (model, _, _) = load_lm_model::<LmSmall<f32, Dev>, f32, Dev>(checkpoint, dev, LM_NAME)?;
+    let (model, _, _) = load_lm_model::<M, f32, Dev>(checkpoint, dev, name)?;
     let stop_tokens = match &args.stop {
         None => Vec::new(),
         Some(s) if s.len() == 1 => vec![s.as_bytes()[0] as usize],
@@ -1272,7 +1329,7 @@ fn generate_on<Dev: Device<f32>>(dev: &Dev, args: &GenerateArgs) -> typeformer::
     // reader that went away ends the generation, a failed write ends it with an error.
     let mut started = false;
     let mut failed = None;
-    let out = generate_while::<LmSmall<f32, Dev>, BYTE_VOCAB, f32, Dev>(&model, &prompt, &cfg, &mut sampler, |t| {
+    let out = generate_while::<M, BYTE_VOCAB, f32, Dev>(&model, &prompt, &cfg, &mut sampler, |t| {
         let prompt_text = if std::mem::replace(&mut started, true) { &[][..] } else { args.prompt.as_bytes() };
         match stdout.write_all(prompt_text).and_then(|()| stdout.write_all(&[t as u8])).and_then(|()| stdout.flush()) {
             Ok(()) => std::ops::ControlFlow::Continue(()),

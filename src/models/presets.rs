@@ -45,6 +45,14 @@ crate::transformer! {
         positional: learned, norm: pre, activation: gelu_tanh, tie_embeddings: true,
     }
 
+    /// The Llama-style byte-level language model `train-lm --arch llama` trains: LmSmall's
+    /// width, depth and context with rotary positions, 2 key/value heads for 4 query heads,
+    /// RMSNorm and SwiGLU (hidden width 352, about 2/3 of 4 x 128, as Llama sizes it).
+    pub LlamaSmall: DecoderOnly {
+        vocab: 256, d_model: 128, heads: 4, kv_heads: 2, d_ff: 352, layers: 4, max_len: 128,
+        positional: rope, norm: rms, activation: swiglu, tie_embeddings: true,
+    }
+
     /// SmolLM2-135M-Instruct (Hugging Face; 134,515,008 parameters): 30 Llama blocks of width
     /// 576 with 9 query and 3 key/value heads of width 64, SwiGLU of 1,536, rotary positions of
     /// base 100,000 over 8,192 positions, a tied output. Loads from its GGUF file with
