@@ -26,7 +26,7 @@ use typeformer::models::{
 };
 use typeformer::models::{LlamaSmall, LlamaSmallSpec, SmolLm2_135M, SmolLm2_135MSpec};
 use typeformer::nn::PackedWeights;
-use typeformer::pipelines::{turn_end_tokens, Chat, ChatTemplate, SentenceEncoder};
+use typeformer::pipelines::{turn_end_tokens, Chat, ChatTemplate, SentenceEncoder, Streamed};
 use typeformer::train::{
     addition_accuracy, evaluate_checkpoint, label_smoothing_floor, load_lm_checkpoint, load_lm_model, plot_attention,
     run_task, train_language_model, validation_loss, AdamConfig, AttentionKind, AttentionSelection, LmRun, LmStop,
@@ -1381,7 +1381,7 @@ fn generate_llama<Dev: Device<f32>>(dev: &Dev, args: &GenerateArgs) -> typeforme
     let (model, tokenizer, file) = open_llama(dev, path)?;
     let stop_tokens = match &args.stop {
         None => turn_end_tokens(&file, &tokenizer),
-        Some(text) => match tokenizer.encode_batch(&[text])?.remove(0)[..] {
+        Some(text) => match tokenizer.encode_plain(text)?[..] {
             [id] => vec![id],
             ref ids => {
                 return Err(typeformer::Error::InvalidConfig(format!(
@@ -1393,7 +1393,13 @@ fn generate_llama<Dev: Device<f32>>(dev: &Dev, args: &GenerateArgs) -> typeforme
     };
     let cfg = GenerateConfig { max_new_tokens: args.max_new_tokens, stop_tokens };
     let mut sampler = sampler_of(args.temperature, args.top_k, args.top_p, args.seed)?;
-    let prompt = tokenizer.encode_batch(&[&args.prompt])?.remove(0);
+    let mut prompt = tokenizer.encode_plain(&args.prompt)?;
+    // As llama.cpp does: a file that asks for a BOS token gets one before the prompt.
+    if file.get("tokenizer.ggml.add_bos_token").and_then(typeformer::io::GgufValue::as_bool) == Some(true) {
+        if let Some(bos) = file.get("tokenizer.ggml.bos_token_id").and_then(typeformer::io::GgufValue::as_u64) {
+            prompt.insert(0, bos as usize);
+        }
+    }
     if prompt.is_empty() {
         return Err(typeformer::Error::InvalidConfig(
             "the prompt is empty: generation needs at least one token".into(),
@@ -1401,7 +1407,8 @@ fn generate_llama<Dev: Device<f32>>(dev: &Dev, args: &GenerateArgs) -> typeforme
     }
     let start = std::time::Instant::now();
     let mut stdout = std::io::stdout().lock();
-    let (mut ids, mut shown, mut started) = (Vec::new(), 0, false);
+    let (mut ids, mut shown, mut started) = (Vec::new(), Streamed::default(), false);
+    let mut failed = None;
     let out = generate_while::<SmolLm2_135M<f32, Dev>, 49_152, f32, Dev>(&model, &prompt, &cfg, &mut sampler, |t| {
         if !std::mem::replace(&mut started, true) {
             let _ = write!(stdout, "{}", args.prompt);
@@ -1410,16 +1417,17 @@ fn generate_llama<Dev: Device<f32>>(dev: &Dev, args: &GenerateArgs) -> typeforme
             return std::ops::ControlFlow::Continue(());
         }
         ids.push(t);
-        // Whole characters only: a byte-level token may end inside one.
-        let text = tokenizer.decode(&ids).unwrap_or_default();
-        if !text.ends_with('\u{FFFD}') && text.len() > shown {
-            if let Err(e) = write!(stdout, "{}", &text[shown..]).and_then(|()| stdout.flush()) {
-                stdout_failed(e);
+        match tokenizer.decode(&ids) {
+            Ok(text) => shown.show(&text, &mut |piece| print_piece(&mut stdout, piece)),
+            Err(e) => {
+                failed = Some(e);
+                std::ops::ControlFlow::Break(())
             }
-            shown = text.len();
         }
-        std::ops::ControlFlow::Continue(())
     })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
     writeln!(stdout).unwrap_or_else(|e| stdout_failed(e));
     let secs = start.elapsed().as_secs_f64();
     note!(
@@ -1429,6 +1437,14 @@ fn generate_llama<Dev: Device<f32>>(dev: &Dev, args: &GenerateArgs) -> typeforme
         prompt.len()
     );
     Ok(())
+}
+
+/// Writes a piece of streamed text to stdout at once.
+fn print_piece(stdout: &mut std::io::StdoutLock, piece: &str) -> std::ops::ControlFlow<()> {
+    if let Err(e) = write!(stdout, "{piece}").and_then(|()| stdout.flush()) {
+        stdout_failed(e);
+    }
+    std::ops::ControlFlow::Continue(())
 }
 
 fn chat(args: &ChatArgs) -> typeformer::Result<()> {
@@ -1442,6 +1458,19 @@ fn chat_on<Dev: Device<f32>>(dev: &Dev, args: &ChatArgs) -> typeformer::Result<(
     let mut sampler = sampler_of(args.temperature, args.top_k, args.top_p, args.seed)?;
     let mut conversation = Chat::new(&model, &tokenizer, &template, args.system.clone(), stop);
     let terminal = std::io::stdin().is_terminal();
+    // Ctrl-C during a reply ends the reply (what was said stays in the conversation); at the
+    // prompt it ends the program, as it would without this handler.
+    let replying = Arc::new(AtomicBool::new(false));
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let (during, flag) = (replying.clone(), interrupted.clone());
+    ctrlc::set_handler(move || {
+        if during.load(Ordering::SeqCst) {
+            flag.store(true, Ordering::SeqCst);
+        } else {
+            std::process::exit(INTERRUPTED);
+        }
+    })
+    .map_err(|e| typeformer::Error::Training(format!("cannot install the Ctrl-C handler: {e}")))?;
     if terminal {
         note!("{} loaded; /reset starts over, /exit ends.", args.model.display());
     }
@@ -1451,7 +1480,7 @@ fn chat_on<Dev: Device<f32>>(dev: &Dev, args: &ChatArgs) -> typeformer::Result<(
             let _ = write!(std::io::stderr(), "> ");
         }
         let Some(line) = lines.next() else { break };
-        let line = line.map_err(|e| typeformer::Error::InvalidConfig(format!("cannot read stdin: {e}")))?;
+        let line = line.map_err(|source| typeformer::Error::Io { path: "<stdin>".into(), source })?;
         match line.trim() {
             "" => continue,
             "/exit" => break,
@@ -1464,12 +1493,17 @@ fn chat_on<Dev: Device<f32>>(dev: &Dev, args: &ChatArgs) -> typeformer::Result<(
         }
         let start = std::time::Instant::now();
         let mut stdout = std::io::stdout().lock();
+        interrupted.store(false, Ordering::SeqCst);
+        replying.store(true, Ordering::SeqCst);
         let reply = conversation.reply(&line, args.max_new_tokens, &mut sampler, |piece| {
-            if let Err(e) = write!(stdout, "{piece}").and_then(|()| stdout.flush()) {
-                stdout_failed(e);
+            let _ = print_piece(&mut stdout, piece);
+            if interrupted.load(Ordering::SeqCst) {
+                std::ops::ControlFlow::Break(())
+            } else {
+                std::ops::ControlFlow::Continue(())
             }
-            std::ops::ControlFlow::Continue(())
         });
+        replying.store(false, Ordering::SeqCst);
         match reply {
             Ok(_) => {
                 writeln!(stdout).unwrap_or_else(|e| stdout_failed(e));

@@ -125,6 +125,14 @@ impl TextTokenizer {
         self.inner.decode(&ids, false).map_err(|e| Error::InvalidConfig(format!("tokenizer failed: {e}")))
     }
 
+    /// The ids of `text` as written, no special tokens added (a chat template writes its own);
+    /// truncated only where `max_len` says (never for a GGUF file's tokenizer).
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<usize>> {
+        let encoding =
+            self.inner.encode(text, false).map_err(|e| Error::InvalidConfig(format!("tokenizer failed: {e}")))?;
+        Ok(encoding.get_ids().iter().map(|&id| id as usize).collect())
+    }
+
     /// The id of the token written `token` (`<|im_end|>`), if the vocabulary has it.
     pub fn token_id(&self, token: &str) -> Option<usize> {
         self.inner.token_to_id(token).map(|id| id as usize)

@@ -95,8 +95,9 @@ impl<'m, M: LanguageModel<V, E, Dev>, const V: usize, E: FloatDtype, Dev: Device
     /// Every chosen token but the last is fed as it is chosen; the last is returned unfed, so
     /// the next call's input starts with it (or with whatever the caller puts there instead).
     ///
-    /// Errors: empty input, a token outside the vocabulary, or more positions than the
-    /// model's context holds (nothing is fed then).
+    /// With `cfg.max_new_tokens` 0 nothing is fed and nothing returned. Errors: empty input, a
+    /// token outside the vocabulary, or more positions than the model's context holds (nothing
+    /// is fed then); a failed step starts the session over.
     pub fn generate_while(
         &mut self,
         input: &[usize],
@@ -116,7 +117,8 @@ impl<'m, M: LanguageModel<V, E, Dev>, const V: usize, E: FloatDtype, Dev: Device
                     context - 1
                 ))
             } else {
-                Error::ContextFull { needed: used + n, context }
+                // The input and at least one token after it.
+                Error::ContextFull { needed: used + n + 1, context }
             });
         }
         if cfg.max_new_tokens > context - used - n {

@@ -330,6 +330,9 @@ impl Source {
                 ));
             }
             let (hd, cols) = (rows / heads, shape[1]);
+            if values.len() != rows * cols {
+                return Err(format!("{}: {} values for a shape of {shape:?}", self.name, values.len()));
+            }
             let mut out = values.clone();
             for h in 0..heads {
                 for j in 0..hd / 2 {

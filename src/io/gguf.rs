@@ -52,6 +52,14 @@ pub enum GgufValue {
 }
 
 impl GgufValue {
+    /// The value as a bool, when it is one.
+    pub fn as_bool(&self) -> Option<bool> {
+        match *self {
+            Self::Bool(v) => Some(v),
+            _ => None,
+        }
+    }
+
     /// The value as an unsigned integer, when it is a non-negative integer of any width.
     pub fn as_u64(&self) -> Option<u64> {
         match *self {
@@ -100,6 +108,7 @@ impl GgufValue {
 /// How a tensor's elements are stored: ggml's type ids, with their block sizes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[allow(non_camel_case_types)] // ggml's own names: Q4_K, as llama.cpp and every model card write them
+#[non_exhaustive]
 pub enum GgmlType {
     /// 32-bit floats.
     F32,
@@ -125,7 +134,7 @@ pub enum GgmlType {
     /// Super-blocks of 256: 6-bit `q` (4 low bits and 2 high bits apart), sixteen signed 8-bit
     /// scales (one per 16 values), f16 `d`; `x = d * scale * (q - 32)`.
     Q6_K,
-    /// A type this version recognises but does not read yet (K-quants, i-quants), by id and name.
+    /// A type this version recognises but does not read yet (Q8_1, Q2_K, Q3_K, Q8_K), by id and name.
     Other(u32, &'static str),
 }
 

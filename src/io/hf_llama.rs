@@ -86,7 +86,14 @@ impl Shards {
             let bytes = std::fs::read(&path).map_err(Error::io(&path))?;
             let (file, _) = parse_safetensors(&path, &bytes)?;
             for name in file.names() {
-                index.insert(name.clone(), files.len());
+                if let Some(earlier) = index.insert(name.clone(), files.len()) {
+                    let first: &PathBuf =
+                        &files.get(earlier).map_or(path.clone(), |f: &(PathBuf, Vec<u8>)| f.0.clone());
+                    return Err(Error::BadFile {
+                        path: path.clone(),
+                        reason: format!("tensor `{name}` is also in {}: which one is meant?", first.display()),
+                    });
+                }
             }
             files.push((path, bytes));
         }
@@ -167,9 +174,13 @@ fn check_config(path: &Path, json: &Value, dims: [usize; 8], base: usize, tied: 
         Some(Some(t)) => problems.push(format!("rope_theta is {t} in the config; the model type has {base}")),
         Some(None) => problems.push("rope_theta is not a number".into()),
     }
-    let scaling = rope.and_then(|r| r.get("rope_type")).or(json.get("rope_scaling").and_then(|s| s.get("rope_type")));
-    if let Some(kind) = scaling.and_then(Value::as_str).filter(|k| *k != "default") {
-        problems.push(format!("rope_type is `{kind}`: scaled rotary positions are not supported"));
+    // Scaled rotary positions (linear, dynamic, YaRN, Llama 3.1's) are another computation:
+    // anything but the default is refused, whichever key and spelling the config uses.
+    for scaling in [rope, json.get("rope_scaling")].into_iter().flatten().filter(|s| !s.is_null()) {
+        let kind = scaling.get("rope_type").or(scaling.get("type")).and_then(Value::as_str);
+        if kind != Some("default") {
+            problems.push(format!("rope scaling {scaling}: scaled rotary positions are not supported"));
+        }
     }
     let file_tied = json.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false);
     if file_tied != tied {

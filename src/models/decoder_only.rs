@@ -94,7 +94,9 @@ pub type DecoderOnly<
 /// query and `KVH` key/value heads of width `HD` and rotary positions of base `BASE` over a
 /// context of `P`, SwiGLU of hidden width `F`), a final RMSNorm, and logits over `V` tokens.
 /// `O` is [`TiedOutput`](super::TiedOutput) (SmolLM2, Llama 3.2 1B) or
-/// [`UntiedOutputNoBias`](super::UntiedOutputNoBias) (Llama 2).
+/// [`UntiedOutputNoBias`](super::UntiedOutputNoBias) (Llama 2). Embedding dropout is the
+/// pipeline's `dropout` scalar: 0.1 after `build_module`, 0 in presets declared with
+/// `transformer!` (Llama trains without); it acts only in training passes.
 ///
 /// ```
 /// use typeformer::prelude::*;

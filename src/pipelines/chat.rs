@@ -41,8 +41,12 @@ impl ChatTemplate {
     /// The template `source` (Jinja), with the texts of the model's `bos` and `eos` tokens that
     /// templates may name. An error when it does not parse.
     pub fn new(source: &str, bos: &str, eos: &str) -> Result<Self> {
+        // As transformers renders them: blocks trimmed of their newline and leading space.
         let mut env = minijinja::Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
         minijinja_contrib::add_to_environment(&mut env);
+        env.add_function("strftime_now", |format: String| strftime_now(&format));
         // Python string methods (`.strip()`, `.startswith()`) that Hugging Face templates use.
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |message: String| -> std::result::Result<String, minijinja::Error> {
@@ -106,6 +110,42 @@ pub fn turn_end_tokens(file: &Gguf, tokenizer: &TextTokenizer) -> Vec<usize> {
     out
 }
 
+/// The text of a reply streamed so far, piece by piece as its tokens arrive.
+#[derive(Debug, Default)]
+pub struct Streamed {
+    shown: String,
+}
+
+impl Streamed {
+    /// Passes what `text` (the whole reply decoded so far) adds to what was shown, when it ends
+    /// on a whole character (a byte-level token may end inside one). A decoder that rewrites
+    /// earlier text is shown nothing more until [`Self::finish`].
+    pub fn show(&mut self, text: &str, on_text: &mut impl FnMut(&str) -> ControlFlow<()>) -> ControlFlow<()> {
+        if text.ends_with('\u{FFFD}') {
+            return ControlFlow::Continue(());
+        }
+        match text.strip_prefix(self.shown.as_str()) {
+            Some(new) if !new.is_empty() => {
+                let flow = on_text(new);
+                self.shown = text.to_string();
+                flow
+            }
+            _ => ControlFlow::Continue(()),
+        }
+    }
+
+    /// Shows the rest of the final `text`, whatever the decoder did on the way.
+    pub fn finish(&mut self, text: &str, on_text: &mut impl FnMut(&str) -> ControlFlow<()>) -> ControlFlow<()> {
+        let rest = text.strip_prefix(self.shown.as_str()).unwrap_or(text);
+        self.shown = text.to_string();
+        if rest.is_empty() {
+            ControlFlow::Continue(())
+        } else {
+            on_text(rest)
+        }
+    }
+}
+
 /// A conversation with a language model: messages rendered with its template, the rendered
 /// text fed to a [`Session`] that keeps what it has already seen, so each turn costs only its
 /// own tokens.
@@ -161,7 +201,8 @@ impl<'m, M: LanguageModel<V, E, Dev>, const V: usize, E: FloatDtype, Dev: Device
     ) -> Result<String> {
         self.messages.push(Message::new("user", user));
         let text = self.template.render(&self.messages, true);
-        let ids = text.and_then(|text| Ok(self.tokenizer.encode_batch(&[&text])?.remove(0)));
+        // The template writes every special token itself: the tokenizer adds none.
+        let ids = text.and_then(|text| self.tokenizer.encode_plain(&text));
         let ids = match ids {
             Ok(ids) if ids.len() < M::CONTEXT => ids,
             Ok(ids) => {
@@ -186,7 +227,7 @@ impl<'m, M: LanguageModel<V, E, Dev>, const V: usize, E: FloatDtype, Dev: Device
             stop_tokens: self.stop_tokens.clone(),
         };
         let mut reply_ids = Vec::new();
-        let mut shown = 0;
+        let mut shown = Streamed::default();
         let mut failed = None;
         let stop = self.stop_tokens.clone();
         let tokenizer = self.tokenizer;
@@ -195,14 +236,8 @@ impl<'m, M: LanguageModel<V, E, Dev>, const V: usize, E: FloatDtype, Dev: Device
                 return ControlFlow::Continue(());
             }
             reply_ids.push(t);
-            // Show whole characters only: a byte-level token may end inside one.
             match tokenizer.decode(&reply_ids) {
-                Ok(text) if !text.ends_with('\u{FFFD}') && text.len() > shown => {
-                    let flow = on_text(&text[shown..]);
-                    shown = text.len();
-                    flow
-                }
-                Ok(_) => ControlFlow::Continue(()),
+                Ok(text) => shown.show(&text, &mut on_text),
                 Err(e) => {
                     failed = Some(e);
                     ControlFlow::Break(())
@@ -214,10 +249,108 @@ impl<'m, M: LanguageModel<V, E, Dev>, const V: usize, E: FloatDtype, Dev: Device
             return Err(e);
         }
         let reply = self.tokenizer.decode(&reply_ids)?;
-        if reply.len() > shown {
-            let _ = on_text(&reply[shown..]);
-        }
+        let _ = shown.finish(&reply, &mut on_text);
         self.messages.push(Message::new("assistant", reply.clone()));
         Ok(reply)
+    }
+}
+
+/// Today's date (UTC) in a `strftime` format, for templates that state it (Llama 3.1's
+/// `strftime_now("%d %b %Y")`): `%d %m %Y %y %b %B %H %M %S %%`.
+fn strftime_now(format: &str) -> std::result::Result<String, minijinja::Error> {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    let name = MONTHS[(month - 1) as usize];
+    let mut out = String::new();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('d') => out.push_str(&format!("{day:02}")),
+            Some('m') => out.push_str(&format!("{month:02}")),
+            Some('Y') => out.push_str(&year.to_string()),
+            Some('y') => out.push_str(&format!("{:02}", year % 100)),
+            Some('b') => out.push_str(&name[..3]),
+            Some('B') => out.push_str(name),
+            Some('H') => out.push_str(&format!("{:02}", rest / 3600)),
+            Some('M') => out.push_str(&format!("{:02}", rest / 60 % 60)),
+            Some('S') => out.push_str(&format!("{:02}", rest % 60)),
+            Some('%') => out.push('%'),
+            other => {
+                return Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    format!(
+                        "strftime_now: `%{}` is not a format this renderer knows",
+                        other.map_or(String::new(), String::from)
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_render_as_transformers_does() {
+        // Multi-line templates: trim_blocks and lstrip_blocks, loop controls, tojson, methods.
+        let source = "{% for m in messages %}\n  {% if m.role == 'system' %}{% continue %}{% endif %}\n\
+                      <{{ m.role }}>{{ m.content.strip() | tojson }}\n{% endfor %}\n\
+                      {% if add_generation_prompt %}<assistant>{% endif %}";
+        let t = ChatTemplate::new(source, "<s>", "</s>").unwrap();
+        let text = t.render(&[Message::new("system", "x"), Message::new("user", " hi ")], true).unwrap();
+        assert_eq!(text, "<user>\"hi\"\n<assistant>");
+        let date = strftime_now("%d %b %Y").unwrap();
+        assert_eq!(date.len(), 11, "{date}");
+        assert!(strftime_now("%Q").is_err());
+        let raising = ChatTemplate::new("{{ raise_exception('only user turns') }}", "", "").unwrap();
+        assert!(raising.render(&[], false).unwrap_err().to_string().contains("only user turns"));
+        assert!(ChatTemplate::new("{% for %}", "", "").is_err());
+    }
+
+    #[test]
+    fn streaming_shows_whole_characters_and_survives_rewrites() {
+        let mut pieces = Vec::new();
+        let mut on = |p: &str| {
+            pieces.push(p.to_string());
+            ControlFlow::Continue(())
+        };
+        let mut s = Streamed::default();
+        let _ = s.show("Ca", &mut on);
+        let _ = s.show("Caf\u{FFFD}", &mut on);
+        let _ = s.show("Café", &mut on);
+        let _ = s.show("Xafé!", &mut on); // a decoder that rewrote the start
+        let _ = s.finish("Xafé!", &mut on);
+        assert_eq!(pieces, ["Ca", "fé", "Xafé!"]);
     }
 }
