@@ -246,3 +246,27 @@ fn a_hugging_face_config_of_another_shape_is_refused_by_key() {
     let err = load_hf_llama(&mut dev.build_module::<TinyHf, f32>(), Path::new("no/such/dir")).unwrap_err().to_string();
     assert!(err.contains("config.json"), "{err}");
 }
+
+#[test]
+fn a_full_context_refuses_the_turn_and_keeps_the_conversation() {
+    use typeformer::pipelines::{Chat, ChatTemplate};
+    let Some((_, tokenizer)) = smollm2() else { return };
+    // SmolLM2's vocabulary on a random model with a context of 48 positions.
+    type Short = Llama<49152, 16, 4, 2, 4, 40, 1, 48, 10_000, TiedOutput, f32, Cpu>;
+    let model = Cpu::default().build_module::<Short, f32>();
+    let file = Gguf::open(&smollm2_path().unwrap()).unwrap();
+    let template = ChatTemplate::from_gguf(&file).unwrap();
+    let mut chat = Chat::new(&model, tokenizer, &template, Some("Be brief.".into()), vec![2]);
+    let mut sampler = Sampler::new(SamplingConfig::greedy()).unwrap();
+    let go = |_: &str| std::ops::ControlFlow::Continue(());
+    chat.reply("Hi", 4, &mut sampler, go).unwrap();
+    let (messages, used) = (chat.messages().to_vec(), chat.positions_used());
+    let err = chat.reply(&"many words ".repeat(20), 4, &mut sampler, go).unwrap_err();
+    assert!(matches!(err, typeformer::Error::ContextFull { context: 48, .. }), "{err}");
+    assert!(err.to_string().contains("start over"), "{err}");
+    assert_eq!((chat.messages(), chat.positions_used()), (&messages[..], used), "the refused turn left no trace");
+    // A reply is cut to the room left rather than refused.
+    chat.reset();
+    let reply = chat.reply("Hi", 1000, &mut sampler, go);
+    assert!(reply.is_ok() && chat.positions_used() < 48, "{reply:?}");
+}
