@@ -270,3 +270,36 @@ fn a_full_context_refuses_the_turn_and_keeps_the_conversation() {
     let reply = chat.reply("Hi", 1000, &mut sampler, go);
     assert!(reply.is_ok() && chat.positions_used() < 48, "{reply:?}");
 }
+
+#[test]
+fn the_quantized_blocks_compute_what_the_fp32_copy_computes() {
+    use typeformer::io::QuantizedWeights;
+    let Some((model, tokenizer)) = smollm2() else { return };
+    let file = Gguf::open(&smollm2_path().unwrap()).unwrap();
+    let quantized = QuantizedWeights::from_gguf(model, &file).unwrap();
+    // 7 projections per block and the tied output, from 92 MiB of blocks.
+    assert_eq!(quantized.matrices(), 30 * 7 + 1);
+    assert!(quantized.bytes() < 110 << 20, "{} bytes", quantized.bytes());
+    for text in ["The capital of France is", "def fibonacci(n):\n    if n <"] {
+        let prompt = tokenizer.encode_batch(&[text]).unwrap().remove(0);
+        let tokens = Tokens::<49152>::from_sequences(std::slice::from_ref(&prompt)).unwrap();
+        // The last token alone: one row, the blocks read by every projection and the output.
+        let last = Tokens::<49152>::from_sequences(&[prompt[prompt.len() - 1..].to_vec()]).unwrap();
+        let before = quantized.products();
+        let fast = quantized.run(|| model.forward(&last)).unwrap().as_vec();
+        assert!(quantized.products() - before > 30 * 5, "{} products", quantized.products() - before);
+        let plain = model.forward(&last).unwrap().as_vec();
+        // A prompt (many rows) multiplies by the f32 copy.
+        let before = quantized.products();
+        let _ = quantized.run(|| model.forward(&tokens)).unwrap();
+        assert_eq!(quantized.products(), before);
+        let scale = plain.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = fast.iter().zip(&plain).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(worst <= 1e-4 * scale, "{text:?}: {worst} against a scale of {scale}");
+        let cfg = GenerateConfig { max_new_tokens: 12, stop_tokens: vec![] };
+        let mut sampler = Sampler::new(SamplingConfig::greedy()).unwrap();
+        let fast = quantized.run(|| generate(model, &prompt, &cfg, &mut sampler, |_| {})).unwrap();
+        let plain = generate(model, &prompt, &cfg, &mut sampler, |_| {}).unwrap();
+        assert_eq!(fast, plain, "greedy continuation of {text:?}");
+    }
+}

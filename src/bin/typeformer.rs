@@ -15,7 +15,7 @@ use typeformer::data::{parse_symbols, symbol_text, Example, Task, TaskSpec, FIRS
 use typeformer::data::{AdditionTask, ByteCorpus, LmSource, BYTE_VOCAB};
 use typeformer::generate::{generate_while, BeamConfig, GenerateConfig, Sampler, SamplingConfig};
 use typeformer::io::{latest_checkpoint, Checkpoint, Occupants, RunLock};
-use typeformer::io::{load_gguf_llama, Gguf};
+use typeformer::io::{read_gguf_llama, Gguf, QuantizedWeights};
 use typeformer::memory::{check_memory, training_bytes_per_token};
 use typeformer::models::{
     Architecture, BertBaseSpec, Gpt2SmallSpec, LmSmallSpec, MiniLmL6Spec, PaperBaseSpec, PaperBigSpec, TaskMediumSpec,
@@ -339,6 +339,10 @@ struct GenerateArgs {
     /// A Llama-family GGUF file (SmolLM2-135M-Instruct's shape).
     #[arg(long)]
     model: Option<PathBuf>,
+    /// With --model: multiply by the f32 copy of the weights instead of the file's quantized
+    /// blocks (slower; the same tokens up to rounding).
+    #[arg(long, requires = "model")]
+    dequantized: bool,
     /// The text to continue.
     #[arg(long)]
     prompt: String,
@@ -373,6 +377,9 @@ struct ChatArgs {
     /// The system message (the template's own default otherwise).
     #[arg(long)]
     system: Option<String>,
+    /// Multiply by the f32 copy of the weights instead of the file's quantized blocks.
+    #[arg(long)]
+    dequantized: bool,
     /// Most new tokens per reply.
     #[arg(long, default_value_t = 512)]
     max_new_tokens: usize,
@@ -1362,8 +1369,8 @@ fn open_llama<Dev: Device<f32>>(
 ) -> typeformer::Result<(SmolLm2_135M<f32, Dev>, TextTokenizer, Gguf)> {
     let file = Gguf::open(path)?;
     let tokenizer = TextTokenizer::from_gguf(&file)?;
-    let mut model = SmolLm2_135MSpec::build::<f32, Dev>(dev)?;
-    load_gguf_llama(&mut model, &file).map_err(|e| match e {
+    // The type is SmolLM2-135M's; the loader checks the file against it.
+    let model: SmolLm2_135M<f32, Dev> = read_gguf_llama(dev, &file).map_err(|e| match e {
         typeformer::Error::CheckpointMismatch { path, problems } => typeformer::Error::CheckpointMismatch {
             path,
             problems: format!(
@@ -1374,6 +1381,21 @@ fn open_llama<Dev: Device<f32>>(
         other => other,
     })?;
     Ok((model, tokenizer, file))
+}
+
+/// `f()` with the products reading the file's quantized blocks (on the CPU, unless
+/// `dequantized`), or as it is.
+fn maybe_quantized<Dev: Device<f32>, R>(
+    model: &SmolLm2_135M<f32, Dev>,
+    file: &Gguf,
+    dequantized: bool,
+    f: impl FnOnce() -> R,
+) -> typeformer::Result<R> {
+    let on_cpu = (model as &dyn std::any::Any).downcast_ref::<SmolLm2_135M<f32, Cpu>>();
+    match on_cpu {
+        Some(model) if !dequantized => Ok(QuantizedWeights::from_gguf(model, file)?.run(f)),
+        _ => Ok(f()),
+    }
 }
 
 fn generate_llama<Dev: Device<f32>>(dev: &Dev, args: &GenerateArgs) -> typeformer::Result<()> {
@@ -1405,26 +1427,29 @@ fn generate_llama<Dev: Device<f32>>(dev: &Dev, args: &GenerateArgs) -> typeforme
             "the prompt is empty: generation needs at least one token".into(),
         ));
     }
-    let start = std::time::Instant::now();
+    let mut start = std::time::Instant::now();
     let mut stdout = std::io::stdout().lock();
     let (mut ids, mut shown, mut started) = (Vec::new(), Streamed::default(), false);
     let mut failed = None;
-    let out = generate_while::<SmolLm2_135M<f32, Dev>, 49_152, f32, Dev>(&model, &prompt, &cfg, &mut sampler, |t| {
-        if !std::mem::replace(&mut started, true) {
-            let _ = write!(stdout, "{}", args.prompt);
-        }
-        if cfg.stop_tokens.contains(&t) {
-            return std::ops::ControlFlow::Continue(());
-        }
-        ids.push(t);
-        match tokenizer.decode(&ids) {
-            Ok(text) => shown.show(&text, &mut |piece| print_piece(&mut stdout, piece)),
-            Err(e) => {
-                failed = Some(e);
-                std::ops::ControlFlow::Break(())
+    let out = maybe_quantized(&model, &file, args.dequantized, || {
+        start = std::time::Instant::now(); // the clock starts once the weights are ready
+        generate_while::<SmolLm2_135M<f32, Dev>, 49_152, f32, Dev>(&model, &prompt, &cfg, &mut sampler, |t| {
+            if !std::mem::replace(&mut started, true) {
+                let _ = write!(stdout, "{}", args.prompt);
             }
-        }
-    })?;
+            if cfg.stop_tokens.contains(&t) {
+                return std::ops::ControlFlow::Continue(());
+            }
+            ids.push(t);
+            match tokenizer.decode(&ids) {
+                Ok(text) => shown.show(&text, &mut |piece| print_piece(&mut stdout, piece)),
+                Err(e) => {
+                    failed = Some(e);
+                    std::ops::ControlFlow::Break(())
+                }
+            }
+        })
+    })??;
     if let Some(e) = failed {
         return Err(e);
     }
@@ -1474,54 +1499,57 @@ fn chat_on<Dev: Device<f32>>(dev: &Dev, args: &ChatArgs) -> typeformer::Result<(
     if terminal {
         note!("{} loaded; /reset starts over, /exit ends.", args.model.display());
     }
-    let mut lines = std::io::stdin().lines();
-    loop {
-        if terminal {
-            let _ = write!(std::io::stderr(), "> ");
-        }
-        let Some(line) = lines.next() else { break };
-        let line = line.map_err(|source| typeformer::Error::Io { path: "<stdin>".into(), source })?;
-        match line.trim() {
-            "" => continue,
-            "/exit" => break,
-            "/reset" => {
-                conversation.reset();
-                note!("(conversation reset)");
-                continue;
+    let talk = || -> typeformer::Result<()> {
+        let mut lines = std::io::stdin().lines();
+        loop {
+            if terminal {
+                let _ = write!(std::io::stderr(), "> ");
             }
-            _ => {}
-        }
-        let start = std::time::Instant::now();
-        let mut stdout = std::io::stdout().lock();
-        interrupted.store(false, Ordering::SeqCst);
-        replying.store(true, Ordering::SeqCst);
-        let reply = conversation.reply(&line, args.max_new_tokens, &mut sampler, |piece| {
-            let _ = print_piece(&mut stdout, piece);
-            if interrupted.load(Ordering::SeqCst) {
-                std::ops::ControlFlow::Break(())
-            } else {
-                std::ops::ControlFlow::Continue(())
-            }
-        });
-        replying.store(false, Ordering::SeqCst);
-        match reply {
-            Ok(_) => {
-                writeln!(stdout).unwrap_or_else(|e| stdout_failed(e));
-                if terminal {
-                    note!(
-                        "({:.1} s, {} of {} positions used)",
-                        start.elapsed().as_secs_f64(),
-                        conversation.positions_used(),
-                        <SmolLm2_135M<f32, Dev> as LanguageModel<49_152, f32, Dev>>::CONTEXT
-                    );
+            let Some(line) = lines.next() else { break };
+            let line = line.map_err(|source| typeformer::Error::Io { path: "<stdin>".into(), source })?;
+            match line.trim() {
+                "" => continue,
+                "/exit" => break,
+                "/reset" => {
+                    conversation.reset();
+                    note!("(conversation reset)");
+                    continue;
                 }
+                _ => {}
             }
-            // A full context ends the turn, not the conversation: the user may /reset.
-            Err(e @ typeformer::Error::ContextFull { .. }) => {
-                note!("{e}");
+            let start = std::time::Instant::now();
+            let mut stdout = std::io::stdout().lock();
+            interrupted.store(false, Ordering::SeqCst);
+            replying.store(true, Ordering::SeqCst);
+            let reply = conversation.reply(&line, args.max_new_tokens, &mut sampler, |piece| {
+                let _ = print_piece(&mut stdout, piece);
+                if interrupted.load(Ordering::SeqCst) {
+                    std::ops::ControlFlow::Break(())
+                } else {
+                    std::ops::ControlFlow::Continue(())
+                }
+            });
+            replying.store(false, Ordering::SeqCst);
+            match reply {
+                Ok(_) => {
+                    writeln!(stdout).unwrap_or_else(|e| stdout_failed(e));
+                    if terminal {
+                        note!(
+                            "({:.1} s, {} of {} positions used)",
+                            start.elapsed().as_secs_f64(),
+                            conversation.positions_used(),
+                            <SmolLm2_135M<f32, Dev> as LanguageModel<49_152, f32, Dev>>::CONTEXT
+                        );
+                    }
+                }
+                // A full context ends the turn, not the conversation: the user may /reset.
+                Err(e @ typeformer::Error::ContextFull { .. }) => {
+                    note!("{e}");
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
         }
-    }
-    Ok(())
+        Ok(())
+    };
+    maybe_quantized(&model, &file, args.dequantized, talk)?
 }

@@ -329,18 +329,13 @@ impl Source {
                     self.name
                 ));
             }
-            let (hd, cols) = (rows / heads, shape[1]);
+            let cols = shape[1];
             if values.len() != rows * cols {
                 return Err(format!("{}: {} values for a shape of {shape:?}", self.name, values.len()));
             }
             let mut out = values.clone();
-            for h in 0..heads {
-                for j in 0..hd / 2 {
-                    for half in 0..2 {
-                        let (from, to) = (h * hd + 2 * j + half, h * hd + half * hd / 2 + j);
-                        out[to * cols..(to + 1) * cols].copy_from_slice(&values[from * cols..(from + 1) * cols]);
-                    }
-                }
+            for (to, from) in rope_row_sources(rows, heads).into_iter().enumerate() {
+                out[to * cols..(to + 1) * cols].copy_from_slice(&values[from * cols..(from + 1) * cols]);
             }
             values = out;
         }
@@ -413,6 +408,15 @@ fn same_layout(ours: &[usize], theirs: &[usize]) -> bool {
     let (a, b) = (cuts(ours), cuts(theirs));
     let total = |shape: &[usize]| shape.iter().fold(1usize, |p, &d| p.saturating_mul(d));
     total(ours) == total(theirs) && (a.is_subset(&b) || b.is_subset(&a))
+}
+
+/// For each row of a rotary projection of `rows` rows in `heads` heads, in Hugging Face's
+/// order, the row llama.cpp stores it at: llama.cpp interleaves each head's two halves (its
+/// rows `2j` and `2j + 1` are rows `j` and `j + HD/2` of the head). `rows` is a multiple of
+/// `2 * heads`.
+pub(crate) fn rope_row_sources(rows: usize, heads: usize) -> Vec<usize> {
+    let hd = rows / heads;
+    (0..rows).map(|to| (to / hd) * hd + 2 * (to % hd % (hd / 2)) + (to % hd) / (hd / 2)).collect()
 }
 
 /// A tensor as read from a file, values (row-major) and shape, or why it cannot be read.
@@ -551,8 +555,23 @@ pub(crate) fn restore_from<M: TensorCollection<E, Dev> + Clone, E: FloatDtype, D
     ignore: &dyn Fn(&str) -> bool,
 ) -> Result<()> {
     let mut staged = model.clone();
+    restore_in_place(&mut staged, file, metadata, path, map, ignore)?;
+    *model = staged;
+    Ok(())
+}
+
+/// [`restore_from`] without the staging copy, for a model that is dropped on an error: it may
+/// be partly written then. Peak memory is the model's, not twice it.
+pub(crate) fn restore_in_place<M: TensorCollection<E, Dev>, E: FloatDtype, Dev: Device<E>, F: TensorFile>(
+    model: &mut M,
+    file: &F,
+    metadata: &HashMap<String, String>,
+    path: &Path,
+    map: &dyn Fn(&str) -> Option<Source>,
+    ignore: &dyn Fn(&str) -> bool,
+) -> Result<()> {
     let mut restore = Restore { file, metadata, map, problems: Vec::new(), seen: Vec::new() };
-    M::iter_tensors(&mut RecursiveWalker { m: (&mut staged, String::new()), f: &mut restore })
+    M::iter_tensors(&mut RecursiveWalker { m: (model, String::new()), f: &mut restore })
         .map_err(|e| Error::Device(format!("{e:?}")))?;
     let mut problems = restore.problems;
     let mut unexpected: Vec<String> =
@@ -562,7 +581,6 @@ pub(crate) fn restore_from<M: TensorCollection<E, Dev> + Clone, E: FloatDtype, D
     if !problems.is_empty() {
         return Err(Error::CheckpointMismatch { path: path.into(), problems: problems.join("\n") });
     }
-    *model = staged;
     Ok(())
 }
 

@@ -336,23 +336,33 @@ impl Gguf {
         self.tensors.iter().find(|t| t.name == name)
     }
 
-    /// The elements of tensor `name` as f32, row-major (see [`GgufTensor::shape`]),
-    /// dequantized from its blocks.
-    pub fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
+    /// The bytes of tensor `name` as the file stores them (whole blocks of its type), with the
+    /// tensor's entry.
+    pub fn read_raw(&self, name: &str) -> Result<(&GgufTensor, Vec<u8>)> {
         let tensor = self.tensor(name).ok_or_else(|| Error::BadFile {
             path: self.path.clone(),
             reason: format!("no tensor `{name}` in the file"),
         })?;
-        crate::memory::check_memory(
-            &format!("tensor `{name}`: its element count"),
-            tensor.len(),
-            std::mem::size_of::<f32>() as u64 + tensor.bytes / tensor.len().max(1) as u64,
-        )?;
+        crate::memory::check_memory(&format!("tensor `{name}`: its bytes"), tensor.bytes as usize, 1)?;
         let mut raw = vec![0u8; tensor.bytes as usize];
         let mut file = File::open(&self.path).map_err(Error::io(&self.path))?;
         file.seek(SeekFrom::Start(tensor.offset))
             .and_then(|_| file.read_exact(&mut raw))
             .map_err(Error::io(&self.path))?;
+        Ok((tensor, raw))
+    }
+
+    /// The elements of tensor `name` as f32, row-major (see [`GgufTensor::shape`]),
+    /// dequantized from its blocks.
+    pub fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
+        if let Some(tensor) = self.tensor(name) {
+            crate::memory::check_memory(
+                &format!("tensor `{name}`: its element count"),
+                tensor.len(),
+                std::mem::size_of::<f32>() as u64 + tensor.bytes / tensor.len().max(1) as u64,
+            )?;
+        }
+        let (tensor, raw) = self.read_raw(name)?;
         let mut out = vec![0f32; tensor.len()];
         dequantize(tensor.kind, &raw, &mut out).map_err(|reason| Error::BadFile {
             path: self.path.clone(),

@@ -2,7 +2,7 @@
 //! [`Llama`](crate::models::Llama): the file's hyperparameters are checked against the type,
 //! every difference listed by name, and llama.cpp's names and row order mapped onto ours.
 
-use super::checkpoint::{restore_from, Read, Source, TensorFile};
+use super::checkpoint::{restore_from, restore_in_place, Read, Source, TensorFile};
 use super::{Gguf, GgufValue};
 use crate::error::{Error, Result};
 use crate::models::{LayoutFlags, Llama};
@@ -198,6 +198,36 @@ pub fn load_gguf_llama<
     let eps = check_hyperparameters(file, V, D, H, KVH, HD, F, L, P, BASE)?;
     restore_from(model, file, &HashMap::new(), &file.path, &|ours| gguf_llama_source(ours, H, KVH), &|_| false)?;
     crate::nn::set_scalar(model, "eps", eps)
+}
+
+/// A Llama model of this type built on `dev` with the weights of the GGUF `file`: as
+/// [`load_gguf_llama`], without a model to keep unchanged on an error, so without the staging
+/// copy that needs: peak memory is one f32 copy of the weights (and one tensor's bytes).
+pub fn read_gguf_llama<
+    const V: usize,
+    const D: usize,
+    const H: usize,
+    const KVH: usize,
+    const HD: usize,
+    const F: usize,
+    const L: usize,
+    const P: usize,
+    const BASE: usize,
+    O: LayoutFlags,
+    E: FloatDtype,
+    Dev: Device<E>,
+>(
+    dev: &Dev,
+    file: &Gguf,
+) -> Result<Llama<V, D, H, KVH, HD, F, L, P, BASE, O, E, Dev>> {
+    let eps = check_hyperparameters(file, V, D, H, KVH, HD, F, L, P, BASE)?;
+    let mut model = crate::try_build::<Llama<V, D, H, KVH, HD, F, L, P, BASE, O, E, Dev>, E, Dev>(dev)?;
+    crate::nn::set_dropout(&mut model, 0.0)?; // Llama trains without
+    restore_in_place(&mut model, file, &HashMap::new(), &file.path, &|ours| gguf_llama_source(ours, H, KVH), &|_| {
+        false
+    })?;
+    crate::nn::set_scalar(&mut model, "eps", eps)?;
+    Ok(model)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ mod gguf_llama;
 mod heatmap;
 mod hf_llama;
 mod import;
+mod quantized;
 mod run_dir;
 
 pub use atomic::*;
@@ -23,4 +24,5 @@ pub use gguf_llama::*;
 pub use heatmap::*;
 pub use hf_llama::*;
 pub use import::*;
+pub use quantized::QuantizedWeights;
 pub use run_dir::*;

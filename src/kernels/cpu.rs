@@ -13,6 +13,7 @@
 //!   between them is inside the buffer; the strides are read off element addresses.
 
 use super::packed::{self, PackedMatrix};
+use super::quantized::{self, QuantMatrix};
 use super::{parallel, transpose};
 use dfdx::shapes::{HasShape, Shape, Unit};
 use dfdx::tensor::{Cpu, Tensor};
@@ -334,6 +335,49 @@ impl<E: num_traits::Float + 'static> Operands<E> {
         }
     }
 
+    /// Row `r` of the left operand, as f32, into `out` (`k` elements).
+    fn lhs_row(&self, r: usize, out: &mut [f32]) {
+        let l = self.lhs_layout;
+        assert!(r < l.rows && out.len() == l.cols, "a row inside the left operand");
+        for (c, o) in out.iter_mut().enumerate() {
+            // SAFETY: `r` and `c` are inside the left operand's layout (checked above), which
+            // `operands_valid` checked fits its slice, still borrowed and only read.
+            #[allow(unsafe_code)]
+            let v = unsafe { *self.lhs.offset(r * l.strides[0] + c * l.strides[1]) };
+            *o = v.to_f32().unwrap_or(f32::NAN);
+        }
+    }
+
+    /// Rows `rows` by columns `cols` of the destination set to `tile` (row-major, `rows.len()`
+    /// by `cols.len()`), added to what they hold when accumulating, to the bias of a fresh one.
+    fn write_tile(&self, rows: Range<usize>, cols: Range<usize>, tile: &[E]) {
+        let d = self.dst_layout;
+        assert!(
+            rows.end <= d.rows && cols.end <= d.cols && tile.len() == rows.len() * cols.len(),
+            "a tile inside the destination"
+        );
+        for (i, r) in rows.enumerate() {
+            for (c, col) in cols.clone().enumerate() {
+                let v = tile[i * cols.len() + c];
+                let at = self.dst.offset(r * d.strides[0] + col * d.strides[1]);
+                // SAFETY: `r` and `col` are inside the destination (checked above): a unique
+                // borrow whose layout `Product::valid` checked, or a fresh dense row-major buffer
+                // of `d.rows * d.cols` elements (`gemm_new`); the tasks of one product write
+                // disjoint elements, so no other thread writes `at`. A fresh element is written
+                // before it is ever read; a bias holds `d.cols` elements and is only read.
+                #[allow(unsafe_code)]
+                unsafe {
+                    match self.init {
+                        Init::Accumulate => *at = *at + v,
+                        Init::Overwrite => *at = v,
+                        Init::Fresh(Some(bias)) => at.write(*bias.offset(col) + v),
+                        Init::Fresh(None) => at.write(v),
+                    }
+                }
+            }
+        }
+    }
+
     /// Whether the right operand is stored transposed (its columns contiguous) with enough
     /// rows for a full tile: [`Task::Transposed`] copies it into row-major blocks first.
     fn transposed_rhs(&self) -> bool {
@@ -536,6 +580,22 @@ fn plan<E: num_traits::Float + Send + Sync + 'static>(operands: Operands<E>, thr
         operands.block(0..m, 0..n, None, parallelism);
         return;
     }
+    // Few rows (generation) read the quantized blocks; more rows (a prompt) are bound by
+    // arithmetic, not by reading the weights, and gemm on the f32 copy does them fastest.
+    let quantized = if m <= FUSED_ROWS { quantized::lookup(operands.rhs(), operands.rhs_layout) } else { None };
+    if let Some(q) = quantized {
+        // Columns split over the threads, several tasks each; every task takes all the rows.
+        let width = n.div_ceil(threads * 4).max(16);
+        for first in (0..n).step_by(width) {
+            tasks.push(Task::Quantized {
+                operands,
+                q: Arc::clone(&q),
+                rows: 0..m,
+                cols: first..(first + width).min(n),
+            });
+        }
+        return;
+    }
     let split = Split::of(m, k, n, threads);
     let packed = if split.cols < n && k > 0 { packed::lookup(operands.rhs(), operands.rhs_layout) } else { None };
     if let Some(packed) = packed {
@@ -578,7 +638,14 @@ enum Task<E> {
     /// Rows `rows` by the columns of `blocks` of a product whose right operand has the packed
     /// copy `packed`.
     Packed { operands: Operands<E>, packed: Arc<PackedMatrix<E>>, rows: Range<usize>, blocks: Range<usize> },
+    /// Rows `rows` (at most [`FUSED_ROWS`]) by columns `cols` of a product whose right operand
+    /// is the quantized `q`: fused dot products.
+    Quantized { operands: Operands<E>, q: Arc<QuantMatrix>, rows: Range<usize>, cols: Range<usize> },
 }
+
+/// Up to this many rows (tokens) a product reads a weight's quantized blocks, decoding each
+/// block once per row; more rows multiply by the f32 copy.
+const FUSED_ROWS: usize = 4;
 
 impl<E: num_traits::Float + 'static> Task<E> {
     fn run(self) {
@@ -594,6 +661,13 @@ impl<E: num_traits::Float + 'static> Task<E> {
                         operands.block(rows.clone(), cols, Some((scratch, layout)), Parallelism::None);
                     }
                 });
+            }
+            Task::Quantized { operands, q, rows, cols } => {
+                // (`lookup` finds matrices for f32 products only: these conversions are copies.)
+                let mut tile = vec![0f32; rows.len() * cols.len()];
+                quantized::fused_tile(&q, rows.clone(), cols.clone(), |r, buf| operands.lhs_row(r, buf), &mut tile);
+                let tile: Vec<E> = tile.into_iter().map(|v| E::from(v).unwrap_or(E::nan())).collect();
+                operands.write_tile(rows, cols, &tile);
             }
             Task::Packed { operands, packed, rows, blocks } => {
                 for b in blocks {

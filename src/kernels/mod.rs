@@ -19,16 +19,19 @@ mod layer_norm;
 mod matmul;
 mod packed;
 mod parallel;
+mod quantized;
 mod reduce;
 mod softmax;
 mod transpose;
 
 pub(crate) use add::add;
 pub(crate) use batched::{batched_matmul, batched_matmul_heads_last};
+pub(crate) use cpu::buffer as buffer_of;
 pub(crate) use gelu::gelu;
 pub(crate) use layer_norm::layer_norm;
 pub(crate) use matmul::{affine_shared, AffineMap};
 pub(crate) use packed::{Registry as PackedRegistry, Scope as PackedScope};
+pub(crate) use quantized::{QuantMatrix, Registry as QuantRegistry, RowDecoder, Scope as QuantScope};
 pub(crate) use softmax::attention_softmax;
 
 use dfdx::prelude::*;
