@@ -303,3 +303,27 @@ fn the_quantized_blocks_compute_what_the_fp32_copy_computes() {
         assert_eq!(fast, plain, "greedy continuation of {text:?}");
     }
 }
+
+#[test]
+fn streamed_text_is_whole_characters_that_add_up_to_the_text() {
+    use typeformer::pipelines::Streamed;
+    let Some((_, tokenizer)) = smollm2() else { return };
+    for text in ["Unicode: café, naïve, 東京, emoji 🎉, Ελληνικά", "  two  spaces,\tand\n\nnewlines 12345"]
+    {
+        let ids = tokenizer.encode_plain(text).unwrap();
+        let mut pieces = Vec::new();
+        let mut on = |p: &str| {
+            pieces.push(p.to_string());
+            std::ops::ControlFlow::Continue(())
+        };
+        let mut stream = Streamed::default();
+        for &id in &ids {
+            let _ = stream.push(tokenizer, id, &mut on).unwrap();
+        }
+        let _ = stream.finish(tokenizer, &mut on).unwrap();
+        assert!(pieces.iter().all(|p| !p.contains('\u{FFFD}')), "{pieces:?}");
+        assert_eq!(pieces.concat(), text);
+        assert_eq!(stream.text(), text);
+        assert!(pieces.len() > 1 && pieces.len() <= ids.len());
+    }
+}

