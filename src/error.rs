@@ -110,4 +110,13 @@ impl Error {
         let path = path.into();
         move |source| Error::Io { path, source }
     }
+
+    /// [`Error::SequenceTooLong`] unless positions `offset .. offset + len` fit a table of
+    /// `max` positions: the one check every position scheme makes.
+    pub(crate) fn check_positions(len: usize, offset: usize, max: usize) -> Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= max => Ok(()),
+            _ => Err(Error::SequenceTooLong { len, offset, max }),
+        }
+    }
 }

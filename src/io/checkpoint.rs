@@ -333,11 +333,7 @@ impl Source {
             if values.len() != rows * cols {
                 return Err(format!("{}: {} values for a shape of {shape:?}", self.name, values.len()));
             }
-            let mut out = values.clone();
-            for (to, from) in rope_row_sources(rows, heads).into_iter().enumerate() {
-                out[to * cols..(to + 1) * cols].copy_from_slice(&values[from * cols..(from + 1) * cols]);
-            }
-            values = out;
+            values = unrope_rows(&values, rows, heads);
         }
         if let Some(Part { k, n, last_axis }) = self.part {
             let axis = if last_axis { shape.len().saturating_sub(1) } else { 0 };
@@ -414,9 +410,17 @@ fn same_layout(ours: &[usize], theirs: &[usize]) -> bool {
 /// order, the row llama.cpp stores it at: llama.cpp interleaves each head's two halves (its
 /// rows `2j` and `2j + 1` are rows `j` and `j + HD/2` of the head). `rows` is a multiple of
 /// `2 * heads`.
-pub(crate) fn rope_row_sources(rows: usize, heads: usize) -> Vec<usize> {
+fn rope_row_sources(rows: usize, heads: usize) -> impl Iterator<Item = usize> {
     let hd = rows / heads;
-    (0..rows).map(|to| (to / hd) * hd + 2 * (to % hd % (hd / 2)) + (to % hd) / (hd / 2)).collect()
+    (0..rows).map(move |to| (to / hd) * hd + 2 * (to % hd % (hd / 2)) + (to % hd) / (hd / 2))
+}
+
+/// `data`, `rows` equal rows of any element (values, or a quantized row's bytes), reordered
+/// from llama.cpp's rotary layout of `heads` heads back to Hugging Face's (see
+/// [`rope_row_sources`]).
+pub(crate) fn unrope_rows<T: Copy>(data: &[T], rows: usize, heads: usize) -> Vec<T> {
+    let row = data.len() / rows.max(1);
+    rope_row_sources(rows, heads).flat_map(|from| data[from * row..(from + 1) * row].iter().copied()).collect()
 }
 
 /// A tensor as read from a file, values (row-major) and shape, or why it cannot be read.

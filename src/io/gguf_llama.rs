@@ -5,7 +5,7 @@
 use super::checkpoint::{restore_from, restore_in_place, Read, Source, TensorFile};
 use super::{Gguf, GgufValue};
 use crate::error::{Error, Result};
-use crate::models::{LayoutFlags, Llama};
+use crate::models::LlamaModel;
 use crate::FloatDtype;
 use dfdx::prelude::*;
 use std::collections::HashMap;
@@ -61,21 +61,43 @@ fn whole(file: &Gguf, key: &str) -> std::result::Result<Option<u64>, String> {
     }
 }
 
+/// A Llama model type's hyperparameters, read off [`LlamaModel`] once so that the checks below
+/// are compiled once rather than for every model type.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Hyperparameters {
+    pub vocab: usize,
+    pub width: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_width: usize,
+    pub ff: usize,
+    pub layers: usize,
+    pub context: usize,
+    pub base: usize,
+    pub tied: bool,
+}
+
+impl Hyperparameters {
+    pub(super) fn of<M: LlamaModel<E, Dev>, E: FloatDtype, Dev: Device<E>>() -> Self {
+        Self {
+            vocab: M::VOCAB,
+            width: M::WIDTH,
+            heads: M::HEADS,
+            kv_heads: M::KV_HEADS,
+            head_width: M::HEAD_WIDTH,
+            ff: M::FEED_FORWARD,
+            layers: M::LAYERS,
+            context: M::CONTEXT,
+            base: M::ROPE_BASE,
+            tied: M::TIED,
+        }
+    }
+}
+
 /// Compares the hyperparameters a GGUF file states with those of the model type and returns the
 /// RMSNorm epsilon it states; an error lists every difference by its key.
-#[allow(clippy::too_many_arguments)]
-fn check_hyperparameters(
-    file: &Gguf,
-    vocab: usize,
-    width: usize,
-    heads: usize,
-    kv_heads: usize,
-    head_width: usize,
-    ff: usize,
-    layers: usize,
-    context: usize,
-    base: usize,
-) -> Result<f64> {
+fn check_hyperparameters(file: &Gguf, ours: Hyperparameters) -> Result<f64> {
+    let Hyperparameters { vocab, width, heads, kv_heads, head_width, ff, layers, context, base, .. } = ours;
     let arch = file.get("general.architecture").and_then(GgufValue::as_str).unwrap_or("(none)");
     if arch != "llama" {
         return Err(Error::BadFile {
@@ -178,54 +200,29 @@ pub(super) fn verdict(path: &std::path::Path, what: &str, problems: Vec<String>,
 /// A tied model ([`TiedOutput`](crate::models::TiedOutput)) takes files without
 /// `output.weight`; an untied one ([`UntiedOutputNoBias`](crate::models::UntiedOutputNoBias))
 /// needs it.
-pub fn load_gguf_llama<
-    const V: usize,
-    const D: usize,
-    const H: usize,
-    const KVH: usize,
-    const HD: usize,
-    const F: usize,
-    const L: usize,
-    const P: usize,
-    const BASE: usize,
-    O: LayoutFlags,
-    E: FloatDtype,
-    Dev: Device<E>,
->(
-    model: &mut Llama<V, D, H, KVH, HD, F, L, P, BASE, O, E, Dev>,
-    file: &Gguf,
-) -> Result<()> {
-    let eps = check_hyperparameters(file, V, D, H, KVH, HD, F, L, P, BASE)?;
-    restore_from(model, file, &HashMap::new(), &file.path, &|ours| gguf_llama_source(ours, H, KVH), &|_| false)?;
+pub fn load_gguf_llama<M: LlamaModel<E, Dev>, E: FloatDtype, Dev: Device<E>>(model: &mut M, file: &Gguf) -> Result<()> {
+    let ours = Hyperparameters::of::<M, E, Dev>();
+    let eps = check_hyperparameters(file, ours)?;
+    let map = |name: &str| gguf_llama_source(name, ours.heads, ours.kv_heads);
+    restore_from(model, file, &HashMap::new(), &file.path, &map, &|_| false)?;
     crate::nn::set_scalar(model, "eps", eps)
 }
 
 /// A Llama model of this type built on `dev` with the weights of the GGUF `file`: as
 /// [`load_gguf_llama`], without a model to keep unchanged on an error, so without the staging
 /// copy that needs: peak memory is one f32 copy of the weights (and one tensor's bytes).
-pub fn read_gguf_llama<
-    const V: usize,
-    const D: usize,
-    const H: usize,
-    const KVH: usize,
-    const HD: usize,
-    const F: usize,
-    const L: usize,
-    const P: usize,
-    const BASE: usize,
-    O: LayoutFlags,
+pub fn read_gguf_llama<M, E, Dev>(dev: &Dev, file: &Gguf) -> Result<M>
+where
+    M: LlamaModel<E, Dev> + BuildOnDevice<Dev, E, Built = M>,
     E: FloatDtype,
     Dev: Device<E>,
->(
-    dev: &Dev,
-    file: &Gguf,
-) -> Result<Llama<V, D, H, KVH, HD, F, L, P, BASE, O, E, Dev>> {
-    let eps = check_hyperparameters(file, V, D, H, KVH, HD, F, L, P, BASE)?;
-    let mut model = crate::try_build::<Llama<V, D, H, KVH, HD, F, L, P, BASE, O, E, Dev>, E, Dev>(dev)?;
+{
+    let ours = Hyperparameters::of::<M, E, Dev>();
+    let eps = check_hyperparameters(file, ours)?;
+    let mut model = crate::try_build::<M, E, Dev>(dev)?;
     crate::nn::set_dropout(&mut model, 0.0)?; // Llama trains without
-    restore_in_place(&mut model, file, &HashMap::new(), &file.path, &|ours| gguf_llama_source(ours, H, KVH), &|_| {
-        false
-    })?;
+    let map = |name: &str| gguf_llama_source(name, ours.heads, ours.kv_heads);
+    restore_in_place(&mut model, file, &HashMap::new(), &file.path, &map, &|_| false)?;
     crate::nn::set_scalar(&mut model, "eps", eps)?;
     Ok(model)
 }

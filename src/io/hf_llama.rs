@@ -4,9 +4,10 @@
 //! listed by key, and the weights (f32, f16 or bf16) mapped onto ours.
 
 use super::checkpoint::{parse_safetensors, restore_from, Read, Source, TensorFile};
+use super::gguf_llama::Hyperparameters;
 use super::import::read_json;
 use crate::error::{Error, Result};
-use crate::models::{LayoutFlags, Llama};
+use crate::models::LlamaModel;
 use crate::FloatDtype;
 use dfdx::prelude::*;
 use serde_json::Value;
@@ -87,8 +88,7 @@ impl Shards {
             let (file, _) = parse_safetensors(&path, &bytes)?;
             for name in file.names() {
                 if let Some(earlier) = index.insert(name.clone(), files.len()) {
-                    let first: &PathBuf =
-                        &files.get(earlier).map_or(path.clone(), |f: &(PathBuf, Vec<u8>)| f.0.clone());
+                    let first = files.get(earlier).map_or(&path, |(p, _): &(PathBuf, Vec<u8>)| p);
                     return Err(Error::BadFile {
                         path: path.clone(),
                         reason: format!("tensor `{name}` is also in {}: which one is meant?", first.display()),
@@ -138,9 +138,8 @@ impl Differences<'_> {
 }
 
 /// Checks a Hugging Face Llama `config.json` against the model type; returns the RMSNorm eps.
-#[allow(clippy::too_many_arguments)]
-fn check_config(path: &Path, json: &Value, dims: [usize; 8], base: usize, tied: bool) -> Result<f64> {
-    let [vocab, width, heads, kv_heads, head_width, ff, layers, context] = dims;
+fn check_config(path: &Path, json: &Value, ours: Hyperparameters) -> Result<f64> {
+    let Hyperparameters { vocab, width, heads, kv_heads, head_width, ff, layers, context, base, tied } = ours;
     let kind = json.get("model_type").and_then(Value::as_str).unwrap_or("(none)");
     if kind != "llama" {
         return Err(Error::BadFile {
@@ -217,28 +216,12 @@ fn check_config(path: &Path, json: &Value, dims: [usize; 8], base: usize, tied: 
 /// eps. Every tensor must map onto a parameter (rotary `inv_freq` buffers, and a tied model's
 /// copy of the embedding as `lm_head.weight`, are skipped) and every parameter have its tensor;
 /// on any problem the model is left unchanged.
-pub fn load_hf_llama<
-    const V: usize,
-    const D: usize,
-    const H: usize,
-    const KVH: usize,
-    const HD: usize,
-    const F: usize,
-    const L: usize,
-    const P: usize,
-    const BASE: usize,
-    O: LayoutFlags,
-    E: FloatDtype,
-    Dev: Device<E>,
->(
-    model: &mut Llama<V, D, H, KVH, HD, F, L, P, BASE, O, E, Dev>,
-    dir: &Path,
-) -> Result<()> {
+pub fn load_hf_llama<M: LlamaModel<E, Dev>, E: FloatDtype, Dev: Device<E>>(model: &mut M, dir: &Path) -> Result<()> {
     let config_path = dir.join("config.json");
     let json = read_json(&config_path)?;
-    let eps = check_config(&config_path, &json, [V, D, H, KVH, HD, F, L, P], BASE, O::TIED)?;
+    let eps = check_config(&config_path, &json, Hyperparameters::of::<M, E, Dev>())?;
     let shards = Shards::open(dir)?;
-    let ignore = |name: &str| name.ends_with("rotary_emb.inv_freq") || (O::TIED && name == "lm_head.weight");
+    let ignore = |name: &str| name.ends_with("rotary_emb.inv_freq") || (M::TIED && name == "lm_head.weight");
     restore_from(model, &shards, &HashMap::new(), dir, &hf_llama_source, &ignore)?;
     crate::nn::set_scalar(model, "eps", eps)
 }

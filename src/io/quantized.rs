@@ -1,14 +1,12 @@
 //! [`QuantizedWeights`]: a Llama model's products computed from the GGUF file's own quantized
 //! blocks instead of the model's f32 copy.
 
-use super::checkpoint::Source;
+use super::checkpoint::{unrope_rows, Source};
 use super::{dequantize, gguf_llama_source, GgmlType, Gguf};
 use crate::error::{Error, Result};
 use crate::kernels::{QuantMatrix, QuantRegistry, QuantScope, RowDecoder};
-use crate::models::{LayoutFlags, Llama};
-use dfdx::nn::tensor_collection::{
-    RecursiveWalker, TensorCollection, TensorOptions, TensorVisitor, ViewTensorName, ViewTensorRef,
-};
+use crate::models::LlamaModel;
+use dfdx::nn::tensor_collection::{RecursiveWalker, TensorOptions, TensorVisitor, ViewTensorName, ViewTensorRef};
 use dfdx::prelude::*;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -58,29 +56,15 @@ impl<M> std::fmt::Debug for QuantizedWeights<'_, M> {
     }
 }
 
-impl<
-        'm,
-        const V: usize,
-        const D: usize,
-        const H: usize,
-        const KVH: usize,
-        const HD: usize,
-        const F: usize,
-        const L: usize,
-        const P: usize,
-        const BASE: usize,
-        O: LayoutFlags,
-    > QuantizedWeights<'m, Llama<V, D, H, KVH, HD, F, L, P, BASE, O, f32, Cpu>>
-{
+impl<'m, M: LlamaModel<f32, Cpu>> QuantizedWeights<'m, M> {
     /// The quantized matrices of `file` for `model`, which [`load_gguf_llama`](super::load_gguf_llama)
     /// loaded from it: each projection (and the embedding, as the tied output) gets its
     /// tensor's blocks, rows reordered as the loader reorders them. An error names a tensor
     /// whose shape or bytes do not fit its weight.
-    pub fn from_gguf(model: &'m Llama<V, D, H, KVH, HD, F, L, P, BASE, O, f32, Cpu>, file: &Gguf) -> Result<Self> {
-        let mut collect = Collect { file, heads: (H, KVH), registry: QuantRegistry::default(), error: None };
-        match <Llama<V, D, H, KVH, HD, F, L, P, BASE, O, f32, Cpu> as TensorCollection<f32, Cpu>>::iter_tensors(
-            &mut RecursiveWalker { m: (model, String::new()), f: &mut collect },
-        ) {
+    pub fn from_gguf(model: &'m M, file: &Gguf) -> Result<Self> {
+        let mut collect =
+            Collect { file, heads: (M::HEADS, M::KV_HEADS), registry: QuantRegistry::default(), error: None };
+        match M::iter_tensors(&mut RecursiveWalker { m: (model, String::new()), f: &mut collect }) {
             Ok(_) => {}
             Err(never) => match never {},
         }
@@ -119,12 +103,11 @@ impl Collect<'_> {
         let (_, mut raw) = self.file.read_raw(&theirs)?;
         let row_bytes = raw.len() / n;
         if let Some(heads) = rope_rows {
-            // llama.cpp interleaves the two halves of each head's rows: undo it, as the loader does.
-            let old = raw.clone();
-            for (to, from) in super::checkpoint::rope_row_sources(n, heads).into_iter().enumerate() {
-                raw[to * row_bytes..(to + 1) * row_bytes]
-                    .copy_from_slice(&old[from * row_bytes..(from + 1) * row_bytes]);
+            if heads == 0 || !n.is_multiple_of(2 * heads) {
+                return Err(bad(format!("{n} rows are not {heads} heads of an even number of rows")));
             }
+            // llama.cpp interleaves the two halves of each head's rows: undo it, as the loader does.
+            raw = unrope_rows(&raw, n, heads);
         }
         let q = match tensor.kind {
             GgmlType::Q4_0 => QuantMatrix::nibbles(n, k, &raw, false),

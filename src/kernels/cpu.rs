@@ -350,7 +350,7 @@ impl<E: num_traits::Float + 'static> Operands<E> {
 
     /// Rows `rows` by columns `cols` of the destination set to `tile` (row-major, `rows.len()`
     /// by `cols.len()`), added to what they hold when accumulating, to the bias of a fresh one.
-    fn write_tile(&self, rows: Range<usize>, cols: Range<usize>, tile: &[E]) {
+    fn write_tile(&self, rows: Range<usize>, cols: Range<usize>, tile: &[f32]) {
         let d = self.dst_layout;
         assert!(
             rows.end <= d.rows && cols.end <= d.cols && tile.len() == rows.len() * cols.len(),
@@ -358,7 +358,8 @@ impl<E: num_traits::Float + 'static> Operands<E> {
         );
         for (i, r) in rows.enumerate() {
             for (c, col) in cols.clone().enumerate() {
-                let v = tile[i * cols.len() + c];
+                // (`lookup` finds matrices for f32 products only: this conversion is a copy.)
+                let v = E::from(tile[i * cols.len() + c]).unwrap_or(E::nan());
                 let at = self.dst.offset(r * d.strides[0] + col * d.strides[1]);
                 // SAFETY: `r` and `col` are inside the destination (checked above): a unique
                 // borrow whose layout `Product::valid` checked, or a fresh dense row-major buffer
@@ -663,10 +664,8 @@ impl<E: num_traits::Float + 'static> Task<E> {
                 });
             }
             Task::Quantized { operands, q, rows, cols } => {
-                // (`lookup` finds matrices for f32 products only: these conversions are copies.)
                 let mut tile = vec![0f32; rows.len() * cols.len()];
                 quantized::fused_tile(&q, rows.clone(), cols.clone(), |r, buf| operands.lhs_row(r, buf), &mut tile);
-                let tile: Vec<E> = tile.into_iter().map(|v| E::from(v).unwrap_or(E::nan())).collect();
                 operands.write_tile(rows, cols, &tile);
             }
             Task::Packed { operands, packed, rows, blocks } => {

@@ -11,6 +11,7 @@ use crate::nn::{
 };
 use crate::shape::{Logits, Tokens, TrainLogits};
 use crate::FloatDtype;
+use dfdx::nn::tensor_collection::TensorCollection;
 use dfdx::prelude::*;
 
 /// A decoder-only language model made of named parts: token embeddings of `V` tokens and width
@@ -132,6 +133,70 @@ pub type Llama<
     E,
     Dev,
 >;
+
+/// A [`Llama`] model type, for code generic over any of them (the loaders: a function of
+/// `M: LlamaModel<E, Dev>` rather than of twelve parameters): its hyperparameters as numbers,
+/// which a loader checks a file's against.
+///
+/// ```
+/// use typeformer::prelude::*;
+/// use typeformer::models::{LlamaModel, SmolLm2_135M};
+/// fn describe<M: LlamaModel<f32, Cpu>>() -> String {
+///     format!("{} layers, {} of {} heads share keys", M::LAYERS, M::HEADS / M::KV_HEADS, M::HEADS)
+/// }
+/// assert_eq!(describe::<SmolLm2_135M>(), "30 layers, 3 of 9 heads share keys");
+/// ```
+pub trait LlamaModel<E: FloatDtype, Dev: Device<E>>: TensorCollection<E, Dev> + Clone {
+    /// Vocabulary size.
+    const VOCAB: usize;
+    /// Model width.
+    const WIDTH: usize;
+    /// Query heads.
+    const HEADS: usize;
+    /// Key/value heads (grouped-query attention).
+    const KV_HEADS: usize;
+    /// Width of one head.
+    const HEAD_WIDTH: usize;
+    /// Hidden width of the SwiGLU feed-forward.
+    const FEED_FORWARD: usize;
+    /// Blocks.
+    const LAYERS: usize;
+    /// Longest sequence (the rotary tables' length).
+    const CONTEXT: usize;
+    /// Angle base of the rotary positions.
+    const ROPE_BASE: usize;
+    /// Whether the output projection is the embedding, transposed.
+    const TIED: bool;
+}
+
+impl<
+        const V: usize,
+        const D: usize,
+        const H: usize,
+        const KVH: usize,
+        const HD: usize,
+        const F: usize,
+        const L: usize,
+        const P: usize,
+        const BASE: usize,
+        O: LayoutFlags,
+        E: FloatDtype,
+        Dev: Device<E>,
+    > LlamaModel<E, Dev> for Llama<V, D, H, KVH, HD, F, L, P, BASE, O, E, Dev>
+where
+    Self: TensorCollection<E, Dev> + Clone,
+{
+    const VOCAB: usize = V;
+    const WIDTH: usize = D;
+    const HEADS: usize = H;
+    const KV_HEADS: usize = KVH;
+    const HEAD_WIDTH: usize = HD;
+    const FEED_FORWARD: usize = F;
+    const LAYERS: usize = L;
+    const CONTEXT: usize = P;
+    const ROPE_BASE: usize = BASE;
+    const TIED: bool = O::TIED;
+}
 
 /// What a language model with `L` blocks keeps between generation steps: each block's cache
 /// `C` (keys and values, typed with the block's width and heads). A state of another model's

@@ -431,15 +431,7 @@ where
 {
     let (b, _, sq, _) = *q.shape();
     let sk = k.shape().2;
-    if let Some(lengths) = mask.key_lengths {
-        if lengths.len() != b.size() {
-            return Err(Error::DimMismatch {
-                what: "key lengths in the mask (one per batch item)",
-                expected: b.size(),
-                found: lengths.len(),
-            });
-        }
-    }
+    mask.check_batch(b.size())?;
     Ok(mask.bias::<B, Sq, Sk, E, Dev>(q.device(), (b, sq, sk)))
 }
 

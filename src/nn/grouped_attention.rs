@@ -4,7 +4,7 @@
 //! is `KVH = 1`; `KVH = H` is multi-head attention.
 
 use super::{scaled_dot_product_attention, HeadMerge, HeadProjection, KvCache, MaskSpec, NoBias, RotaryEmbedding};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::shape::{Heads, Hidden};
 use crate::FloatDtype;
 use dfdx::prelude::*;
@@ -94,15 +94,7 @@ impl<const D: usize, const H: usize, const KVH: usize, const HD: usize, E: Float
     ) -> Result<Hidden<B, Sq, D, E, Dev, T>> {
         let (b, _, sq, _) = *q.shape();
         let sk = k.shape().2;
-        if let Some(lengths) = mask.key_lengths {
-            if lengths.len() != b.size() {
-                return Err(Error::DimMismatch {
-                    what: "key lengths in the mask (one per batch item)",
-                    expected: b.size(),
-                    found: lengths.len(),
-                });
-            }
-        }
+        mask.check_batch(b.size())?;
         let group = Self::GROUP;
         let stacked = q.contiguous().reshape_like(&(b, Const::<KVH>, group * sq.size(), Const::<HD>));
         let bias = mask.grouped_bias::<B, Sk, E, Dev>(stacked.device(), (b, sq.size(), sk), group);

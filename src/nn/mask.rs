@@ -3,6 +3,8 @@
 
 use dfdx::prelude::*;
 
+use crate::error::{Error, Result};
+
 /// The bias added to masked scores. Finite, so that a query whose keys are all masked gets
 /// uniform (finite) weights instead of `0/0 = NaN`; `exp(-1e9)` is exactly 0 in f32 and f64, so a
 /// masked key whose row has any unmasked key gets exactly zero weight.
@@ -31,6 +33,18 @@ impl<'a> MaskSpec<'a> {
     /// Future keys are masked, and padded ones if `key_lengths` is given.
     pub fn causal(key_lengths: Option<&'a [usize]>) -> Self {
         Self { causal: true, key_lengths, ..Self::default() }
+    }
+
+    /// Checks that the mask gives one key length per batch item (of `batch`), if it gives any.
+    pub fn check_batch(&self, batch: usize) -> Result<()> {
+        match self.key_lengths {
+            Some(lengths) if lengths.len() != batch => Err(Error::DimMismatch {
+                what: "key lengths in the mask (one per batch item)",
+                expected: batch,
+                found: lengths.len(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// The additive bias `(B, Sq, Sk)`, or `None` when nothing is masked (saves the addition).

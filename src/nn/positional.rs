@@ -93,9 +93,7 @@ impl<const P: usize, const D: usize, K: PositionKind, E: FloatDtype, Dev: Device
     ) -> Result<Hidden<B, S, D, E, Dev, T>> {
         let (b, s, _) = *x.shape();
         let len = s.size();
-        if offset + len > P {
-            return Err(Error::SequenceTooLong { len, offset, max: P });
-        }
+        Error::check_positions(len, offset, P)?;
         let rows = self.table.retaped::<T>().slice((offset..offset + len, ..)); // (S, D)
         let rows = rows.reshape_like(&(s, Const::<D>)).broadcast_like(&(b, s, Const::<D>));
         Ok(x + rows)

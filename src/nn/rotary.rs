@@ -84,9 +84,7 @@ impl<const HD: usize, E: FloatDtype, Dev: Device<E>> RotaryEmbedding<HD, E, Dev>
     ) -> Result<Heads<B, H, S, HD, E, Dev, T>> {
         let shape = *x.shape();
         let len = shape.2.size();
-        if offset + len > self.positions() {
-            return Err(Error::SequenceTooLong { len, offset, max: self.positions() });
-        }
+        Error::check_positions(len, offset, self.positions())?;
         let rows = |table: &Tensor<(usize, Const<HD>), E, Dev>| {
             let part = table.clone().slice((offset..offset + len, ..)); // (S, HD)
             part.reshape_like(&(shape.2, Const::<HD>)).broadcast_like(&shape)
@@ -157,10 +155,9 @@ impl<const P: usize, const D: usize, const HD: usize, const BASE: usize, E: Floa
         x: crate::shape::Hidden<B, S, D, E, Dev, T>,
         offset: usize,
     ) -> Result<crate::shape::Hidden<B, S, D, E, Dev, T>> {
-        let len = x.shape().1.size();
-        if offset + len > P {
-            return Err(Error::SequenceTooLong { len, offset, max: P });
-        }
+        // The rotation itself happens in each block's attention; checked here too so that a
+        // sequence too long fails before any block runs.
+        Error::check_positions(x.shape().1.size(), offset, P)?;
         Ok(x)
     }
 }

@@ -265,7 +265,7 @@ impl<'m, M: LanguageModel<V, E, Dev>, const V: usize, E: FloatDtype, Dev: Device
         let mut reply_ids = Vec::new();
         let mut shown = Streamed::default();
         let mut failed = None;
-        let stop = self.stop_tokens.clone();
+        let stop = &cfg.stop_tokens;
         let tokenizer = self.tokenizer;
         let result = self.session.generate_while(&ids[start..], &cfg, sampler, |t| {
             if stop.contains(&t) {
