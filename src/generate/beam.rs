@@ -83,9 +83,7 @@ where
             "bos {bos} and eos {eos} must be below the target vocabulary of {TV}"
         )));
     }
-    if cfg.max_len + 1 > M::MAX_LEN {
-        return Err(Error::SequenceTooLong { len: cfg.max_len + 1, offset: 0, max: M::MAX_LEN });
-    }
+    Error::check_positions(cfg.max_len + 1, 0, M::MAX_LEN)?;
     (0..src.batch())
         .map(|item| {
             let one = Tokens::<SV>::from_sequences(&[src.sequence(item).to_vec()])?;

@@ -28,9 +28,7 @@ where
             "bos {bos} and eos {eos} must be below the target vocabulary of {TV}"
         )));
     }
-    if max_len + 1 > M::MAX_LEN {
-        return Err(Error::SequenceTooLong { len: max_len + 1, offset: 0, max: M::MAX_LEN });
-    }
+    Error::check_positions(max_len + 1, 0, M::MAX_LEN)?;
     let batch = src.batch();
     let memory = model.encode_source(src)?;
     let mut state = model.start_decoding(&memory, src.lengths())?;

@@ -323,7 +323,7 @@ impl Source {
     ) -> std::result::Result<(Vec<E>, Vec<usize>), String> {
         if let Some(heads) = self.rope_rows {
             let rows = shape.first().copied().unwrap_or(0);
-            if heads == 0 || shape.len() != 2 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) {
+            if shape.len() != 2 || !rope_rows_fit(rows, heads) {
                 return Err(format!(
                     "wrong shape: {} is {shape:?} in the file, expected {heads} heads of an even number of rows",
                     self.name
@@ -413,6 +413,12 @@ fn same_layout(ours: &[usize], theirs: &[usize]) -> bool {
 fn rope_row_sources(rows: usize, heads: usize) -> impl Iterator<Item = usize> {
     let hd = rows / heads;
     (0..rows).map(move |to| (to / hd) * hd + 2 * (to % hd % (hd / 2)) + (to % hd) / (hd / 2))
+}
+
+/// Whether `rows` rows are `heads` heads of an even number of rows each: what
+/// [`unrope_rows`] needs.
+pub(crate) fn rope_rows_fit(rows: usize, heads: usize) -> bool {
+    heads > 0 && rows.is_multiple_of(2 * heads)
 }
 
 /// `data`, `rows` equal rows of any element (values, or a quantized row's bytes), reordered

@@ -1,7 +1,7 @@
 //! [`QuantizedWeights`]: a Llama model's products computed from the GGUF file's own quantized
 //! blocks instead of the model's f32 copy.
 
-use super::checkpoint::{unrope_rows, Source};
+use super::checkpoint::{rope_rows_fit, unrope_rows, Source};
 use super::{dequantize, gguf_llama_source, GgmlType, Gguf};
 use crate::error::{Error, Result};
 use crate::kernels::{QuantMatrix, QuantRegistry, QuantScope, RowDecoder};
@@ -103,7 +103,7 @@ impl Collect<'_> {
         let (_, mut raw) = self.file.read_raw(&theirs)?;
         let row_bytes = raw.len() / n;
         if let Some(heads) = rope_rows {
-            if heads == 0 || !n.is_multiple_of(2 * heads) {
+            if !rope_rows_fit(n, heads) {
                 return Err(bad(format!("{n} rows are not {heads} heads of an even number of rows")));
             }
             // llama.cpp interleaves the two halves of each head's rows: undo it, as the loader does.
