@@ -70,6 +70,15 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// Another rank of a data-parallel run failed (or left), so this one stops too instead of
+    /// waiting for it: that rank's own error says why.
+    #[error("rank {rank} of the {ranks} data-parallel ranks failed or left (its own error says why); this rank stops with it")]
+    RankFailed {
+        /// The rank that failed.
+        rank: usize,
+        /// Ranks in the run.
+        ranks: usize,
+    },
     /// Training stopped by a signal (Ctrl-C) after `step` steps.
     #[error("interrupted after step {step}")]
     Interrupted {

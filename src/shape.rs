@@ -134,6 +134,19 @@ impl<const V: usize> Tokens<V> {
     pub fn to_tensor<Dev: TensorFromVec<usize>>(&self, dev: &Dev) -> Tensor<(usize, usize), usize, Dev> {
         dev.tensor_from_vec(self.ids.clone(), (self.batch, self.seq))
     }
+    /// Sequences `rows` of the batch with the batch's padded length: one replica's share of a
+    /// global batch in data-parallel training computes exactly what those rows compute in the
+    /// whole batch. An error when `rows` is empty or reaches past the batch.
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> Result<Self> {
+        if rows.is_empty() || rows.end > self.batch {
+            return Err(Error::InvalidConfig(format!(
+                "rows {}..{} of a batch of {} sequences: expected a non-empty range within it",
+                rows.start, rows.end, self.batch
+            )));
+        }
+        let ids = self.ids[rows.start * self.seq..rows.end * self.seq].to_vec();
+        Ok(Self { ids, batch: rows.len(), seq: self.seq, lengths: self.lengths[rows].to_vec() })
+    }
     /// Sequence `item` without its padding.
     pub fn sequence(&self, item: usize) -> &[usize] {
         &self.ids[item * self.seq..item * self.seq + self.lengths[item]]

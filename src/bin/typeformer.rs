@@ -28,13 +28,53 @@ use typeformer::models::{LlamaSmall, LlamaSmallSpec, SmolLm2_135M, SmolLm2_135MS
 use typeformer::nn::PackedWeights;
 use typeformer::pipelines::{turn_end_tokens, Chat, ChatTemplate, SentenceEncoder, Streamed};
 use typeformer::train::{
-    addition_accuracy, evaluate_checkpoint, label_smoothing_floor, load_lm_checkpoint, load_lm_model, plot_attention,
-    run_task, train_language_model, validation_loss, AdamConfig, AttentionKind, AttentionSelection, LmRun, LmStop,
-    LmTrainConfig, StepLog, TaskCheckpoint, TaskEvaluation, TaskReport, TaskRun, TrainConfig,
+    addition_accuracy, evaluate_checkpoint, label_smoothing_floor, launched_by_mpi, load_lm_checkpoint, load_lm_model,
+    plot_attention, run_task_on, train_language_model_on, validation_loss, AdamConfig, AttentionKind,
+    AttentionSelection, GradientExchange, LmRun, LmStop, LmTrainConfig, Metered, SingleProcess, StepLog,
+    TaskCheckpoint, TaskEvaluation, TaskReport, TaskRun, TrainConfig,
 };
 
 const LM_NAME: &str = "lm-small";
 const LLAMA_LM_NAME: &str = "llama-small";
+
+/// The replicas this process trains with: the MPI job it was started in by `mpirun` (with the
+/// `mpi` feature), or itself alone.
+fn data_parallel_exchange() -> typeformer::Result<Box<dyn GradientExchange>> {
+    if !launched_by_mpi() {
+        return Ok(Box::new(SingleProcess));
+    }
+    #[cfg(feature = "mpi")]
+    {
+        Ok(Box::new(typeformer::train::MpiExchange::init()?))
+    }
+    #[cfg(not(feature = "mpi"))]
+    {
+        let size = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"].iter().find_map(|v| std::env::var(v).ok());
+        match size.as_deref() {
+            Some("1") => Ok(Box::new(SingleProcess)),
+            _ => Err(typeformer::Error::InvalidConfig(
+                "this typeformer was built without MPI, but it was started by an MPI launcher: each process would                  train alone. Rebuild it with `cargo build --release --features mpi` (needs an MPI library and                  libclang), or run it without mpirun"
+                    .into(),
+            )),
+        }
+    }
+}
+
+/// One line on a data-parallel run's exchange, for rank 0 to print at the end.
+fn exchange_summary(exchange: &Metered, steps: usize, seconds: f64) -> Option<String> {
+    let stats = exchange.stats();
+    (exchange.ranks() > 1 && steps > 0).then(|| {
+        format!(
+            "data-parallel: {} ranks; gradient exchange {:.2} MB per step in {} all-reduces, {:.1} ms per step \
+             ({:.0}% of the training time)",
+            exchange.ranks(),
+            stats.bytes as f64 / steps as f64 / 1e6,
+            stats.calls,
+            1e3 * stats.seconds / steps as f64,
+            100.0 * stats.seconds / seconds.max(1e-9)
+        )
+    })
+}
 
 /// A flag that Ctrl-C (SIGINT) and SIGTERM set: training stops after the current step.
 fn interrupt_flag() -> typeformer::Result<Arc<AtomicBool>> {
@@ -611,24 +651,42 @@ fn train_on<Dev: Device<f32>>(dev: &Dev, args: &TrainArgs) -> typeformer::Result
     // Fail on a bad configuration before printing anything else.
     run.spec.validate(TASK_VOCAB, typeformer::models::TASK_POSITIONS)?;
     run.train.validate()?;
-    introduce(&run, args.model);
-    let progress = Progress::new(args.steps, 0);
+    let replicas = data_parallel_exchange()?;
+    let exchange = Metered::new(&*replicas);
+    let root = exchange.rank() == 0;
+    if root {
+        introduce(&run, args.model);
+    }
+    let progress = root.then(|| Progress::new(args.steps, 0));
     let mut smoothed = None::<f64>;
     let on_step = |log: &StepLog| {
         let s = smoothed.map_or(log.loss, |s| 0.9 * s + 0.1 * log.loss);
         smoothed = Some(s);
-        progress.step(log.step, format!("loss {s:.4} | {:.0} tok/s | lr {:.2e}", log.tokens_per_sec, log.lr));
+        if let Some(progress) = &progress {
+            progress.step(log.step, format!("loss {s:.4} | {:.0} tok/s | lr {:.2e}", log.tokens_per_sec, log.lr));
+        }
     };
     let report = match args.model {
-        ModelArg::Small => run_task::<TaskSmall<f32, Dev>, TASK_VOCAB, f32, Dev>(&run, dev, on_step).map(|r| r.1),
-        ModelArg::Medium => run_task::<TaskMedium<f32, Dev>, TASK_VOCAB, f32, Dev>(&run, dev, on_step).map(|r| r.1),
+        ModelArg::Small => {
+            run_task_on::<TaskSmall<f32, Dev>, TASK_VOCAB, f32, Dev>(&exchange, &run, dev, on_step).map(|r| r.1)
+        }
+        ModelArg::Medium => {
+            run_task_on::<TaskMedium<f32, Dev>, TASK_VOCAB, f32, Dev>(&exchange, &run, dev, on_step).map(|r| r.1)
+        }
     };
-    progress.finish();
+    if let Some(progress) = &progress {
+        progress.finish();
+    }
     match report {
+        Ok(_) if !root => Ok(ExitCode::SUCCESS),
         Ok(report) => {
+            if let Some(line) = exchange_summary(&exchange, report.logs.len(), report.train_seconds) {
+                note!("{line}");
+            }
             print_report(&run, &report, args.show);
             Ok(ExitCode::SUCCESS)
         }
+        Err(typeformer::Error::Interrupted { .. }) if !root => Ok(ExitCode::from(INTERRUPTED as u8)),
         Err(typeformer::Error::Interrupted { step }) => {
             say!("interrupted after step {step}: nothing was saved (a task run saves its model when it ends)");
             Ok(ExitCode::from(INTERRUPTED as u8))
@@ -1095,76 +1153,27 @@ fn train_lm_on<Dev: Device<f32>>(dev: &Dev, args: &TrainLmArgs) -> typeformer::R
     }
 }
 
-fn train_lm_as<M, Dev>(dev: &Dev, args: &TrainLmArgs, name: &str, blocks: &str) -> typeformer::Result<ExitCode>
+/// Rank 0's run of train-lm: the checkpoint in `lock`'s directory to resume (checked against
+/// this command), or a fresh model where no run is to be replaced unasked.
+fn root_lm_run<M, Dev>(
+    dev: &Dev,
+    args: &TrainLmArgs,
+    cfg: &LmTrainConfig,
+    name: &str,
+    lock: &RunLock,
+    metadata: &std::collections::HashMap<String, String>,
+) -> typeformer::Result<LmRun<M, f32, Dev>>
 where
     M: LanguageModel<BYTE_VOCAB, f32, Dev> + TensorCollection<f32, Dev, To<f32, Dev> = M> + BuildModule<Dev, f32>,
     Dev: Device<f32>,
 {
-    if args.task.is_some() && args.eval_size == 0 {
-        return Err(typeformer::Error::InvalidConfig(
-            "--eval-size 0: the addition task needs at least one held-out problem to measure accuracy on".into(),
-        ));
-    }
-    let cfg = LmTrainConfig {
-        steps: args.steps,
-        batch_size: args.batch_size,
-        context: args.context,
-        warmup: args.warmup,
-        lr_factor: args.lr_factor,
-        adam: AdamConfig::default(),
-        seed: args.seed,
-        eval_every: args.eval_every,
-        checkpoint_every: args.checkpoint_every,
-        model_name: name.into(),
-    };
-    cfg.validate(M::CONTEXT)?;
-    // Ctrl-C (or SIGTERM) while training stops after the step, with a checkpoint; once the last
-    // checkpoint is written, it ends the evaluation at once. Installed before the run directory
-    // is taken, so that a signal while the data is read still lets the run clean up.
-    let stop = Arc::new(AtomicBool::new(false));
-    let evaluating = Arc::new(AtomicBool::new(false));
-    let (flag, done) = (stop.clone(), evaluating.clone());
-    ctrlc::set_handler(move || {
-        if done.load(Ordering::SeqCst) {
-            note!("\ninterrupted during the final evaluation; the checkpoint is complete");
-            std::process::exit(INTERRUPTED);
-        }
-        flag.store(true, Ordering::SeqCst);
-    })
-    .map_err(|e| typeformer::Error::Training(format!("cannot install the Ctrl-C handler: {e}")))?;
-    // Owned before anything is read or trained: a second run (or a --resume beside a running
-    // one) stops here.
-    let lock = RunLock::acquire(&args.out)?;
-    let source = match (&args.data, args.task) {
-        (Some(path), _) => LmSource::Text(ByteCorpus::from_file(path)?),
-        (None, Some(LmTaskArg::Addition)) => {
-            check_memory("--eval-size", args.eval_size, 64)?;
-            LmSource::Addition(AdditionTask::new(args.digits, args.eval_size, args.seed)?)
-        }
-        (None, None) => unreachable!("clap requires --data or --task"),
-    };
-    let mut metadata = std::collections::HashMap::from([
-        ("format".to_string(), "typeformer".to_string()),
-        ("model".to_string(), name.to_string()),
-        ("data".to_string(), source.describe()),
-        ("seed".to_string(), args.seed.to_string()),
-        ("batch_size".to_string(), args.batch_size.to_string()),
-        ("context".to_string(), args.context.to_string()),
-        ("warmup".to_string(), args.warmup.to_string()),
-        ("lr_factor".to_string(), args.lr_factor.to_string()),
-        ("dropout".to_string(), args.dropout.to_string()),
-    ]);
-    if let LmSource::Addition(task) = &source {
-        // The held-out problems are kept out of training: another count is other data.
-        metadata.insert("held_out".to_string(), task.held_out().len().to_string());
-    }
     // With --force, even a run directory whose record cannot be read is replaced.
     let existing = match Checkpoint::latest(lock.dir()) {
         Err(_) if args.force => None,
         other => other?,
     };
     let occupants = Occupants::of(lock.dir())?;
-    let mut run = if args.resume {
+    let run = if args.resume {
         if existing.is_none() {
             return Err(match occupants.refusal(lock.dir()).filter(|_| !occupants.unrecorded_steps.is_empty()) {
                 Some(refusal) => refusal,
@@ -1235,24 +1244,136 @@ where
         typeformer::nn::set_dropout(&mut model, args.dropout)?;
         LmRun { model, opt: typeformer::train::Adam::new(cfg.adam)?, logs: Vec::new() }
     };
-    note!(
-        "training a byte-level language model ({blocks}, d 128, 4 blocks, context {}) on {}",
-        args.context,
-        source.describe()
-    );
-    if stop.load(Ordering::SeqCst) {
+    Ok(run)
+}
+
+fn train_lm_as<M, Dev>(dev: &Dev, args: &TrainLmArgs, name: &str, blocks: &str) -> typeformer::Result<ExitCode>
+where
+    M: LanguageModel<BYTE_VOCAB, f32, Dev> + TensorCollection<f32, Dev, To<f32, Dev> = M> + BuildModule<Dev, f32>,
+    Dev: Device<f32>,
+{
+    if args.task.is_some() && args.eval_size == 0 {
+        return Err(typeformer::Error::InvalidConfig(
+            "--eval-size 0: the addition task needs at least one held-out problem to measure accuracy on".into(),
+        ));
+    }
+    let cfg = LmTrainConfig {
+        steps: args.steps,
+        batch_size: args.batch_size,
+        context: args.context,
+        warmup: args.warmup,
+        lr_factor: args.lr_factor,
+        adam: AdamConfig::default(),
+        seed: args.seed,
+        eval_every: args.eval_every,
+        checkpoint_every: args.checkpoint_every,
+        model_name: name.into(),
+    };
+    cfg.validate(M::CONTEXT)?;
+    let replicas = data_parallel_exchange()?;
+    let exchange = Metered::new(&*replicas);
+    let root = exchange.rank() == 0;
+    // Ctrl-C (or SIGTERM) while training stops after the step, with a checkpoint; once the last
+    // checkpoint is written, it ends the evaluation at once. Installed before the run directory
+    // is taken, so that a signal while the data is read still lets the run clean up.
+    let stop = Arc::new(AtomicBool::new(false));
+    let evaluating = Arc::new(AtomicBool::new(false));
+    let (flag, done) = (stop.clone(), evaluating.clone());
+    ctrlc::set_handler(move || {
+        if done.load(Ordering::SeqCst) {
+            note!("\ninterrupted during the final evaluation; the checkpoint is complete");
+            std::process::exit(INTERRUPTED);
+        }
+        flag.store(true, Ordering::SeqCst);
+    })
+    .map_err(|e| typeformer::Error::Training(format!("cannot install the Ctrl-C handler: {e}")))?;
+    let prepared = (|| {
+        // Owned before anything is read or trained: a second run (or a --resume beside a
+        // running one) stops here. Only rank 0 reads or writes the run directory.
+        let lock = root.then(|| RunLock::acquire(&args.out)).transpose()?;
+        let source = match (&args.data, args.task) {
+            (Some(path), _) => LmSource::Text(ByteCorpus::from_file(path)?),
+            (None, Some(LmTaskArg::Addition)) => {
+                check_memory("--eval-size", args.eval_size, 64)?;
+                LmSource::Addition(AdditionTask::new(args.digits, args.eval_size, args.seed)?)
+            }
+            (None, None) => unreachable!("clap requires --data or --task"),
+        };
+        let mut metadata = std::collections::HashMap::from([
+            ("format".to_string(), "typeformer".to_string()),
+            ("model".to_string(), name.to_string()),
+            ("data".to_string(), source.describe()),
+            ("seed".to_string(), args.seed.to_string()),
+            ("batch_size".to_string(), args.batch_size.to_string()),
+            ("context".to_string(), args.context.to_string()),
+            ("warmup".to_string(), args.warmup.to_string()),
+            ("lr_factor".to_string(), args.lr_factor.to_string()),
+            ("dropout".to_string(), args.dropout.to_string()),
+        ]);
+        if let LmSource::Addition(task) = &source {
+            // The held-out problems are kept out of training: another count is other data.
+            metadata.insert("held_out".to_string(), task.held_out().len().to_string());
+        }
+        let run = match &lock {
+            Some(lock) => root_lm_run::<M, Dev>(dev, args, &cfg, name, lock, &metadata)?,
+            // Rank 0's model and optimizer reach the other ranks before the first step.
+            None => LmRun {
+                model: M::try_build(dev)
+                    .map_err(|e| typeformer::Error::Device(format!("cannot build the model: {e:?}")))?,
+                opt: typeformer::train::Adam::new(cfg.adam)?,
+                logs: Vec::new(),
+            },
+        };
+        Ok((lock, source, metadata, run))
+    })();
+    let (lock, source, metadata, mut run) = typeformer::train::agree(&exchange, prepared)?;
+    if root {
+        let parallel = match exchange.ranks() {
+            1 => String::new(),
+            n => format!(", {n} data-parallel ranks of {} sequences", args.batch_size / n.max(1)),
+        };
+        note!(
+            "training a byte-level language model ({blocks}, d 128, 4 blocks, context {}) on {}{parallel}",
+            args.context,
+            source.describe()
+        );
+    }
+    if exchange.ranks() == 1 && stop.load(Ordering::SeqCst) {
         say!("interrupted before training began: nothing was written");
         return Ok(ExitCode::from(INTERRUPTED as u8));
     }
-    let progress = Progress::new(args.steps, run.opt.step);
+    let progress = root.then(|| Progress::new(args.steps, run.opt.step));
     let mut last_val = None;
-    let outcome = train_language_model(&mut run, &source, &cfg, &lock, metadata, &stop, |log: &StepLog| {
-        last_val = log.val_loss.or(last_val);
-        let val = last_val.map_or(String::new(), |v: f64| format!(" | val {v:.3} (ppl {:.2})", v.exp()));
-        progress
-            .step(log.step, format!("loss {:.3}{val} | {:.0} tok/s | lr {:.2e}", log.loss, log.tokens_per_sec, log.lr));
-    })?;
-    progress.finish();
+    let (first_step, start) = (run.opt.step, std::time::Instant::now());
+    let outcome = train_language_model_on(
+        &exchange,
+        &mut run,
+        &source,
+        &cfg,
+        lock.as_ref(),
+        metadata,
+        &stop,
+        |log: &StepLog| {
+            last_val = log.val_loss.or(last_val);
+            let val = last_val.map_or(String::new(), |v: f64| format!(" | val {v:.3} (ppl {:.2})", v.exp()));
+            if let Some(progress) = &progress {
+                progress.step(
+                    log.step,
+                    format!("loss {:.3}{val} | {:.0} tok/s | lr {:.2e}", log.loss, log.tokens_per_sec, log.lr),
+                );
+            }
+        },
+    )?;
+    let Some(lock) = lock else {
+        // The other ranks end here: rank 0 reports and evaluates.
+        return Ok(if outcome == LmStop::Interrupted { ExitCode::from(INTERRUPTED as u8) } else { ExitCode::SUCCESS });
+    };
+    if let Some(progress) = &progress {
+        progress.finish();
+    }
+    if let Some(line) = exchange_summary(&exchange, run.opt.step - first_step, start.elapsed().as_secs_f64()) {
+        note!("{line}");
+    }
     // The plot is a view of the run: a failure to draw it is reported, not fatal.
     if !run.logs.is_empty() {
         let png = lock.dir().join("loss.png");

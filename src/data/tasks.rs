@@ -226,6 +226,8 @@ pub struct TaskData {
     /// The task.
     pub spec: TaskSpec,
     rng: StdRng,
+    /// Seeds each step's dropout masks, apart from the examples' stream.
+    dropout_rng: StdRng,
     held_out: Vec<Example>,
     held_out_sources: HashSet<Vec<usize>>,
 }
@@ -256,7 +258,13 @@ impl TaskData {
                 examples.push(e);
             }
         }
-        Ok(Self { spec, rng: StdRng::seed_from_u64(seed), held_out: examples, held_out_sources: seen })
+        Ok(Self {
+            spec,
+            rng: StdRng::seed_from_u64(seed),
+            dropout_rng: StdRng::seed_from_u64(seed ^ 0xd509_0a75_0000_0002),
+            held_out: examples,
+            held_out_sources: seen,
+        })
     }
 
     /// Bytes one held-out example takes at most (its source and target, and the source again in
@@ -284,6 +292,13 @@ impl TaskData {
             }
         }
         format!("{hash:016x}")
+    }
+
+    /// A seed for the dropout masks of the next training step (see
+    /// [`seed_dropout_per_example`](crate::nn::seed_dropout_per_example)), from a stream of its
+    /// own: the examples drawn do not depend on whether a run uses dropout.
+    pub fn dropout_seed(&mut self) -> u64 {
+        self.dropout_rng.gen()
     }
 
     /// `n` fresh training examples.

@@ -5,21 +5,71 @@ use dfdx::prelude::*;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::cell::RefCell;
 
-thread_local! {
-    /// Where this thread's dropout masks come from, once [`seed_dropout`] has been called.
-    static MASK_RNG: RefCell<Option<StdRng>> = const { RefCell::new(None) };
+/// Where this thread's dropout masks come from, once [`seed_dropout`] has been called.
+#[derive(Debug, Clone, Copy)]
+struct MaskStream {
+    seed: u64,
+    /// Global index of the batch's first example.
+    first_example: usize,
+    /// Examples in the batch this thread computes.
+    examples: usize,
+    /// Dropout layers applied since the stream was seeded.
+    calls: u64,
 }
 
-/// Draws this thread's dropout masks from an RNG seeded with `seed` from now on, instead of the
-/// device's RNG. A training loop that reseeds every step from `(seed, step)` makes the masks a
-/// function of the step, so a run resumed from a checkpoint draws the masks the uninterrupted
-/// run would have drawn.
+thread_local! {
+    static MASKS: RefCell<Option<MaskStream>> = const { RefCell::new(None) };
+}
+
+/// Draws this thread's dropout masks from `seed` from now on, instead of the device's RNG. A
+/// training loop that reseeds every step from `(seed, step)` makes the masks a function of the
+/// step, so a run resumed from a checkpoint draws the masks the uninterrupted run would have
+/// drawn. The batch is one example here; see [`seed_dropout_per_example`].
 pub fn seed_dropout(seed: u64) {
-    MASK_RNG.with(|rng| *rng.borrow_mut() = Some(StdRng::seed_from_u64(seed)));
+    seed_dropout_per_example(seed, 0, 1);
+}
+
+/// Like [`seed_dropout`], for a batch of `examples` examples that are examples
+/// `first_example..first_example + examples` of a larger global batch: each example's mask is
+/// drawn from `(seed, layer, global example)` alone, so a replica computing rows 8..16 of a
+/// global batch draws the masks that one process computing all of it draws for those rows (as
+/// data-parallel training needs). Every tensor dropout is applied to must have the batch as its
+/// outermost dimension (as every activation of the models here has); one whose elements do not
+/// split evenly into `examples` is masked as one example.
+pub fn seed_dropout_per_example(seed: u64, first_example: usize, examples: usize) {
+    let stream = MaskStream { seed, first_example, examples: examples.max(1), calls: 0 };
+    MASKS.with(|masks| *masks.borrow_mut() = Some(stream));
+}
+
+/// A mask of `n` elements (`keep` or zero, zero with probability `p`) from this thread's stream,
+/// or `None` when no stream is seeded.
+fn next_mask<E: Dtype>(n: usize, p: f64, keep: E) -> Option<Vec<E>> {
+    let stream = MASKS.with(|masks| {
+        let mut masks = masks.borrow_mut();
+        let stream = masks.as_mut()?;
+        let now = *stream;
+        stream.calls += 1;
+        Some(now)
+    })?;
+    let (examples, first) = match n % stream.examples {
+        0 => (stream.examples, stream.first_example),
+        _ => (1, 0),
+    };
+    let per_example = n / examples;
+    let mut mask = Vec::with_capacity(n);
+    for example in first..first + examples {
+        // SplitMix-style mixing keeps nearby (layer, example) pairs on unrelated streams.
+        let key = stream.seed
+            ^ stream.calls.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            ^ (example as u64).wrapping_add(1).wrapping_mul(0xd1b5_4a32_d192_ed03);
+        let mut rng = StdRng::seed_from_u64(key);
+        mask.extend((0..per_example).map(|_| if rng.gen::<f64>() < p { E::default() } else { keep }));
+    }
+    Some(mask)
 }
 
 /// Applies dropout with probability `p` when `x` is traced (training), and is the identity
-/// otherwise (inference). Masks come from the RNG of [`seed_dropout`] if set, else from the
+/// otherwise (inference). Masks come from the stream of [`seed_dropout`] if set, else from the
 /// device's seeded RNG; either way runs are reproducible.
 pub fn dropout_when_training<S: Shape, E: Dtype, Dev: Device<E>, T: Tape<E, Dev>>(
     x: Tensor<S, E, Dev, T>,
@@ -29,14 +79,7 @@ pub fn dropout_when_training<S: Shape, E: Dtype, Dev: Device<E>, T: Tape<E, Dev>
         return x;
     }
     let keep = E::from_f64(1.0 / (1.0 - p)).expect("a dtype holds 1 / (1 - p)");
-    let mask = MASK_RNG.with(|rng| {
-        rng.borrow_mut().as_mut().map(|rng| {
-            (0..x.shape().num_elements())
-                .map(|_| if rng.gen::<f64>() < p { E::default() } else { keep })
-                .collect::<Vec<E>>()
-        })
-    });
-    match mask {
+    match next_mask(x.shape().num_elements(), p, keep) {
         Some(mask) => {
             let shape = *x.shape();
             let mask = x.device().tensor_from_vec(mask, shape);

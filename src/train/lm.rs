@@ -7,6 +7,7 @@
 //! data of step `s` is drawn from an RNG seeded by `(seed, s)`, so a resumed run sees exactly the
 //! batches the uninterrupted run would have seen.
 
+use super::{agree, all_reduce_gradients, fingerprint, sync_replicas, GradientExchange, Shard, SingleProcess};
 use super::{label_smoothed_cross_entropy, Adam, AdamConfig, StepLog, WarmupSchedule};
 use super::{read_curve_csv, write_curve_csv};
 use crate::data::{AdditionTask, LmSource, BYTE_VOCAB};
@@ -264,6 +265,34 @@ pub fn train_language_model<M, E, Dev>(
     lock: &RunLock,
     metadata: HashMap<String, String>,
     stop: &AtomicBool,
+    on_step: impl FnMut(&StepLog),
+) -> Result<LmStop>
+where
+    M: LanguageModel<BYTE_VOCAB, E, Dev>,
+    E: FloatDtype,
+    Dev: Device<E>,
+{
+    train_language_model_on(&SingleProcess, run, source, cfg, Some(lock), metadata, stop, on_step)
+}
+
+/// [`train_language_model`] as one replica of a data-parallel run over `exchange` (see
+/// [`data_parallel`](super::GradientExchange)): `cfg.batch_size` is the global batch, split
+/// evenly over the ranks, so the run is the same whatever their number, and a checkpoint
+/// written with one number of ranks resumes with any other. Rank 0 alone needs `lock` (the
+/// others are given `None`: rank 0 reads and writes the run directory, measures the validation
+/// loss and calls `on_step`); its model and optimizer are copied to every rank before the first
+/// step, so only rank 0 loads a checkpoint to resume. A stop request on any rank stops every
+/// rank after the step, and an error on any rank stops every rank (the others with
+/// [`Error::RankFailed`]).
+#[allow(clippy::too_many_arguments)]
+pub fn train_language_model_on<M, E, Dev>(
+    exchange: &dyn GradientExchange,
+    run: &mut LmRun<M, E, Dev>,
+    source: &LmSource,
+    cfg: &LmTrainConfig,
+    lock: Option<&RunLock>,
+    metadata: HashMap<String, String>,
+    stop: &AtomicBool,
     mut on_step: impl FnMut(&StepLog),
 ) -> Result<LmStop>
 where
@@ -271,44 +300,108 @@ where
     E: FloatDtype,
     Dev: Device<E>,
 {
-    cfg.validate(M::CONTEXT)?;
-    check_memory("--steps", cfg.steps, std::mem::size_of::<StepLog>() as u64)?;
-    check_memory("--batch-size", cfg.batch_size, cfg.context as u64 * M::TRAIN_BYTES_PER_TOKEN)?;
-    let schedule = WarmupSchedule { d_model: M::D_MODEL, warmup: cfg.warmup, factor: cfg.lr_factor };
-    schedule.validate()?;
-    let mut grads = run.model.alloc_grads();
-    while run.opt.step < cfg.steps {
+    let root = exchange.rank() == 0;
+    let prepared = (|| {
+        cfg.validate(M::CONTEXT)?;
+        check_memory("--steps", cfg.steps, std::mem::size_of::<StepLog>() as u64)?;
+        let shard = Shard::of(cfg.batch_size, exchange)?;
+        check_memory("--batch-size", shard.per_rank, cfg.context as u64 * M::TRAIN_BYTES_PER_TOKEN)?;
+        let schedule = WarmupSchedule { d_model: M::D_MODEL, warmup: cfg.warmup, factor: cfg.lr_factor };
+        schedule.validate()?;
+        match (root, lock) {
+            (true, None) => {
+                Err(Error::InvalidConfig("rank 0 writes the checkpoints: it needs the run directory".into()))
+            }
+            (_, lock) => Ok((shard, schedule, lock.filter(|_| root))),
+        }
+    })();
+    let (shard, schedule, lock) = agree(exchange, prepared)?;
+    let settings = format!("{cfg:?} {} {}", source.describe(), parameter_shapes(&run.model)?.len());
+    sync_replicas(exchange, &mut run.model, &mut run.opt, fingerprint(&settings))?;
+    let mut grads = Some(run.model.alloc_grads());
+    // An error of this rank between exchanges (rank 0's checkpoint), told to the others at the next.
+    let mut pending: Option<Error> = None;
+    let mut interrupted = false;
+    while run.opt.step < cfg.steps && !interrupted {
         let step = run.opt.step + 1;
         let start = Instant::now();
-        let mut rng = batch_rng(cfg.seed, step);
-        let (inputs, labels) = source.train_batch(&mut rng, cfg.batch_size, cfg.context)?;
-        crate::nn::seed_dropout(rng.gen());
-        let logits = run.model.logits_train(&inputs, grads)?;
-        let loss = label_smoothed_cross_entropy(logits, &labels, 0.0)?;
-        let loss_value = loss.as_vec()[0].to_f64().unwrap_or(f64::NAN);
-        if !loss_value.is_finite() {
-            return Err(Error::Training(format!("loss is {loss_value} at step {step}; lower --lr-factor")));
-        }
-        grads = super::backward(loss)?;
-        let lr = schedule.lr(step);
-        let stats = run.opt.update(&mut run.model, &grads, lr)?;
-        run.model.zero_grads(&mut grads);
-        let tokens_per_sec = labels.num_tokens() as f64 / start.elapsed().as_secs_f64();
-        let val_loss = if step.is_multiple_of(cfg.eval_every) || step == cfg.steps {
-            Some(validation_loss(&run.model, source, cfg.batch_size, cfg.context)?)
-        } else {
-            None
+        let local = match pending.take() {
+            Some(e) => Err(e),
+            None => {
+                let slot = grads.take().unwrap_or_else(|| run.model.alloc_grads());
+                lm_local_step(&run.model, source, cfg, &shard, step, slot)
+            }
         };
-        let log = StepLog { step, loss: loss_value, lr, grad_norm: stats.grad_norm, tokens_per_sec, val_loss };
-        run.logs.push(log);
-        on_step(&log);
-        let interrupted = stop.load(Ordering::SeqCst);
-        if step.is_multiple_of(cfg.checkpoint_every) || step == cfg.steps || interrupted {
-            save_lm_checkpoint(run, lock, metadata.clone())?;
-        }
-        if interrupted {
-            return Ok(LmStop::Interrupted);
-        }
+        let reduced = all_reduce_gradients(
+            exchange,
+            &run.model,
+            local.as_ref().ok().map(|(g, loss, tokens)| (g, *loss, *tokens)),
+            stop.load(Ordering::SeqCst),
+        );
+        let (mut local_grads, _, _) = local?;
+        let reduced = reduced?;
+        let lr = schedule.lr(step);
+        let stats = match &reduced.gradients {
+            Some(gradients) => run.opt.update_from(&mut run.model, gradients, lr)?,
+            None => run.opt.update(&mut run.model, &local_grads, lr)?,
+        };
+        run.model.zero_grads(&mut local_grads);
+        grads = Some(local_grads);
+        interrupted = reduced.interrupted;
+        let tokens_per_sec = reduced.tokens as f64 / start.elapsed().as_secs_f64();
+        let Some(lock) = lock else {
+            let log =
+                StepLog { step, loss: reduced.loss, lr, grad_norm: stats.grad_norm, tokens_per_sec, val_loss: None };
+            run.logs.push(log);
+            continue;
+        };
+        let mut finish_step = || -> Result<()> {
+            let val_loss = if step.is_multiple_of(cfg.eval_every) || step == cfg.steps {
+                Some(validation_loss(&run.model, source, cfg.batch_size, cfg.context)?)
+            } else {
+                None
+            };
+            let log = StepLog { step, loss: reduced.loss, lr, grad_norm: stats.grad_norm, tokens_per_sec, val_loss };
+            run.logs.push(log);
+            on_step(&log);
+            if step.is_multiple_of(cfg.checkpoint_every) || step == cfg.steps || interrupted {
+                save_lm_checkpoint(run, lock, metadata.clone())?;
+            }
+            Ok(())
+        };
+        pending = finish_step().err();
     }
-    Ok(LmStop::Finished)
+    let end = if interrupted { LmStop::Interrupted } else { LmStop::Finished };
+    agree(exchange, pending.map_or(Ok(end), Err))
+}
+
+/// This rank's share of step `step`: the gradients of the mean loss over its real tokens (in
+/// `grads`), the loss and the number of tokens.
+fn lm_local_step<M, E, Dev>(
+    model: &M,
+    source: &LmSource,
+    cfg: &LmTrainConfig,
+    shard: &Shard,
+    step: usize,
+    grads: Gradients<E, Dev>,
+) -> Result<(Gradients<E, Dev>, f64, usize)>
+where
+    M: LanguageModel<BYTE_VOCAB, E, Dev>,
+    E: FloatDtype,
+    Dev: Device<E>,
+{
+    let mut rng = batch_rng(cfg.seed, step);
+    // Every rank draws the whole global batch and keeps its rows, padded like the whole batch.
+    let (inputs, labels) = source.train_batch(&mut rng, cfg.batch_size, cfg.context)?;
+    let rows = shard.rows();
+    let (inputs, labels) =
+        if shard.ranks == 1 { (inputs, labels) } else { (inputs.rows(rows.clone())?, labels.rows(rows.clone())?) };
+    crate::nn::seed_dropout_per_example(rng.gen(), rows.start, rows.len());
+    let logits = model.logits_train(&inputs, grads)?;
+    let loss = label_smoothed_cross_entropy(logits, &labels, 0.0)?;
+    let loss_value = loss.as_vec()[0].to_f64().unwrap_or(f64::NAN);
+    if !loss_value.is_finite() {
+        return Err(Error::Training(format!("loss is {loss_value} at step {step}; lower --lr-factor")));
+    }
+    Ok((super::backward(loss)?, loss_value, labels.num_tokens()))
 }

@@ -4,6 +4,7 @@
 #[cfg(feature = "plots")]
 mod attention_plot;
 mod curve;
+mod data_parallel;
 mod loss;
 mod optimizer;
 mod schedule;
@@ -12,6 +13,7 @@ mod seq2seq;
 #[cfg(feature = "plots")]
 pub use attention_plot::*;
 pub use curve::*;
+pub use data_parallel::*;
 pub use loss::*;
 pub use optimizer::*;
 pub use schedule::*;

@@ -73,10 +73,22 @@ impl<E: FloatDtype, Dev: Device<E>> Adam<E, Dev> {
         grads: &Gradients<E, Dev>,
         lr: f64,
     ) -> Result<UpdateStats> {
+        self.update_from(model, grads, lr)
+    }
+
+    /// [`Adam::update`] reading the gradients from `grads`, tensor by tensor in visiting order:
+    /// dfdx's [`Gradients`], or one flat tensor per trainable tensor (the all-reduced gradients
+    /// of [`all_reduce_gradients`](super::all_reduce_gradients)).
+    pub fn update_from<M: TensorCollection<E, Dev>, G: GradientSource<E, Dev>>(
+        &mut self,
+        model: &mut M,
+        grads: &G,
+        lr: f64,
+    ) -> Result<UpdateStats> {
         if !lr.is_finite() || lr < 0.0 {
             return Err(Error::InvalidConfig(format!("learning rate must be finite and >= 0, got {lr}")));
         }
-        let mut norm = GradNorm { grads, sum_sq: 0.0 };
+        let mut norm = GradNorm { grads, sum_sq: 0.0, index: 0 };
         M::iter_tensors(&mut RecursiveWalker { m: &*model, f: &mut norm }).map_err(device)?;
         let grad_norm = norm.sum_sq.sqrt();
         if !grad_norm.is_finite() {
@@ -94,6 +106,12 @@ impl<E: FloatDtype, Dev: Device<E>> Adam<E, Dev> {
 }
 
 impl<E: FloatDtype, Dev: Device<E>> Adam<E, Dev> {
+    /// The moments, one pair per trainable tensor in visiting order (empty before the first
+    /// update): what replicas of a data-parallel run copy from rank 0.
+    pub(crate) fn moments_mut(&mut self) -> &mut Vec<Moments<E, Dev>> {
+        &mut self.moments
+    }
+
     /// Saves the step count and moments to `path` (safetensors, written atomically), so that a
     /// resumed run continues exactly.
     pub fn save(&self, path: &std::path::Path) -> Result<()> {
@@ -172,12 +190,34 @@ fn device<X: std::fmt::Debug>(e: X) -> Error {
     Error::Device(format!("{e:?}"))
 }
 
-struct GradNorm<'a, E: Dtype, Dev: Storage<E>> {
-    grads: &'a Gradients<E, Dev>,
-    sum_sq: f64,
+/// Where an update reads the gradient of each trainable tensor: dfdx's [`Gradients`], or values
+/// combined elsewhere (the all-reduced gradients of data-parallel training), found by the
+/// tensor's place in the model's visiting order.
+pub trait GradientSource<E: Dtype, Dev: Storage<E>> {
+    /// The gradient of `t`, the `index`-th trainable tensor.
+    fn gradient<S: Shape>(&self, index: usize, t: &Tensor<S, E, Dev>) -> Tensor<S, E, Dev>;
 }
 
-impl<E: FloatDtype, Dev: Device<E>> TensorVisitor<E, Dev> for GradNorm<'_, E, Dev> {
+impl<E: Dtype, Dev: Device<E>> GradientSource<E, Dev> for Gradients<E, Dev> {
+    fn gradient<S: Shape>(&self, _: usize, t: &Tensor<S, E, Dev>) -> Tensor<S, E, Dev> {
+        self.get(t)
+    }
+}
+
+/// Gradients as flat tensors, one per trainable tensor in visiting order.
+impl<E: Dtype, Dev: Device<E>> GradientSource<E, Dev> for Vec<Tensor<(usize,), E, Dev>> {
+    fn gradient<S: Shape>(&self, index: usize, t: &Tensor<S, E, Dev>) -> Tensor<S, E, Dev> {
+        self[index].clone().reshape_like(t.shape())
+    }
+}
+
+struct GradNorm<'a, G> {
+    grads: &'a G,
+    sum_sq: f64,
+    index: usize,
+}
+
+impl<E: FloatDtype, Dev: Device<E>, G: GradientSource<E, Dev>> TensorVisitor<E, Dev> for GradNorm<'_, G> {
     type Viewer = ViewTensorRef;
     type Err = Dev::Err;
     type E2 = E;
@@ -189,22 +229,23 @@ impl<E: FloatDtype, Dev: Device<E>> TensorVisitor<E, Dev> for GradNorm<'_, E, De
         t: &Tensor<S, E, Dev>,
     ) -> Result<Option<Tensor<S, E, Dev>>, Self::Err> {
         if opts.do_gradient_update {
-            let g = self.grads.get(t);
+            let g = self.grads.gradient(self.index, t);
+            self.index += 1;
             self.sum_sq += g.square().sum::<Rank0, _>().as_vec()[0].to_f64().unwrap_or(f64::NAN);
         }
         Ok(None)
     }
 }
 
-struct AdamStep<'a, E: Dtype, Dev: Storage<E>> {
+struct AdamStep<'a, E: Dtype, Dev: Storage<E>, G> {
     adam: &'a mut Adam<E, Dev>,
-    grads: &'a Gradients<E, Dev>,
+    grads: &'a G,
     scale: f64,
     lr: f64,
     index: usize,
 }
 
-impl<E: FloatDtype, Dev: Device<E>> TensorVisitor<E, Dev> for AdamStep<'_, E, Dev> {
+impl<E: FloatDtype, Dev: Device<E>, G: GradientSource<E, Dev>> TensorVisitor<E, Dev> for AdamStep<'_, E, Dev, G> {
     type Viewer = ViewTensorMut;
     type Err = Dev::Err;
     type E2 = E;
@@ -220,7 +261,7 @@ impl<E: FloatDtype, Dev: Device<E>> TensorVisitor<E, Dev> for AdamStep<'_, E, De
         }
         let cfg = self.adam.cfg;
         let n = t.shape().num_elements();
-        let g = self.grads.get(t).reshape_like(&(n,)) * scalar::<E>(self.scale); // (N,)
+        let g = self.grads.gradient(self.index, t).reshape_like(&(n,)) * scalar::<E>(self.scale); // (N,)
         if self.index == self.adam.moments.len() {
             let dev = t.device();
             self.adam.moments.push((dev.zeros_like(&(n,)), dev.zeros_like(&(n,))));

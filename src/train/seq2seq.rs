@@ -1,5 +1,6 @@
 //! The training loop for sequence-to-sequence tasks, and exact-match evaluation.
 
+use super::{agree, all_reduce_gradients, fingerprint, sync_replicas, GradientExchange, Shard, SingleProcess};
 use super::{label_smoothed_cross_entropy, Adam, AdamConfig, Cooldown, WarmupSchedule};
 use crate::data::{Example, Seq2SeqBatch, TaskData, BOS, EOS};
 use crate::error::{Error, Result};
@@ -119,6 +120,29 @@ pub fn train_seq2seq_until<M, const SV: usize, const TV: usize, E, Dev>(
     data: &mut TaskData,
     cfg: &TrainConfig,
     stop: &AtomicBool,
+    on_step: impl FnMut(&StepLog),
+) -> Result<Vec<StepLog>>
+where
+    M: Seq2Seq<SV, TV, E, Dev>,
+    E: FloatDtype,
+    Dev: Device<E>,
+{
+    let mut opt = Adam::<E, Dev>::new(cfg.adam)?;
+    train_seq2seq_on::<M, SV, TV, E, Dev>(&SingleProcess, model, &mut opt, data, cfg, stop, on_step)
+}
+
+/// [`train_seq2seq_until`] as one replica of a data-parallel run over `exchange` (see
+/// [`GradientExchange`]), continuing `opt`: every rank draws the same global batch of
+/// `cfg.batch_size` examples from `data` (built from the same seed on every rank) and computes
+/// its share; rank 0's model and optimizer are copied to every rank first. `on_step` is called
+/// on rank 0 only. A stop request on any rank stops every rank, an error on any rank every rank.
+pub fn train_seq2seq_on<M, const SV: usize, const TV: usize, E, Dev>(
+    exchange: &dyn GradientExchange,
+    model: &mut M,
+    opt: &mut Adam<E, Dev>,
+    data: &mut TaskData,
+    cfg: &TrainConfig,
+    stop: &AtomicBool,
     mut on_step: impl FnMut(&StepLog),
 ) -> Result<Vec<StepLog>>
 where
@@ -126,46 +150,99 @@ where
     E: FloatDtype,
     Dev: Device<E>,
 {
-    cfg.validate()?;
-    check_memory("--steps", cfg.steps, std::mem::size_of::<StepLog>() as u64)?;
-    // The longest batch: sources and targets (with BOS/EOS) of the longest examples.
-    let longest = 2 * (data.spec.max_len + 1);
-    check_memory("--batch-size", cfg.batch_size, longest as u64 * M::TRAIN_BYTES_PER_TOKEN)?;
-    let schedule = WarmupSchedule { d_model: M::D_MODEL, warmup: cfg.warmup, factor: cfg.lr_factor };
-    schedule.validate()?;
+    let prepared = (|| {
+        cfg.validate()?;
+        check_memory("--steps", cfg.steps, std::mem::size_of::<StepLog>() as u64)?;
+        let shard = Shard::of(cfg.batch_size, exchange)?;
+        // The longest batch: sources and targets (with BOS/EOS) of the longest examples.
+        let longest = 2 * (data.spec.max_len + 1);
+        check_memory("--batch-size", shard.per_rank, longest as u64 * M::TRAIN_BYTES_PER_TOKEN)?;
+        let schedule = WarmupSchedule { d_model: M::D_MODEL, warmup: cfg.warmup, factor: cfg.lr_factor };
+        schedule.validate()?;
+        Ok((shard, schedule))
+    })();
+    let (shard, schedule) = agree(exchange, prepared)?;
+    let settings = format!("{cfg:?} {:?} {}", data.spec, crate::io::parameter_shapes(model)?.len());
+    sync_replicas(exchange, model, opt, fingerprint(&settings))?;
     let cooldown = Cooldown::fraction(cfg.steps, cfg.cooldown);
-    let mut opt = Adam::<E, Dev>::new(cfg.adam)?;
-    let mut grads = model.alloc_grads();
+    let mut grads = Some(model.alloc_grads());
     let mut logs = Vec::new();
     for step in 1..=cfg.steps {
         let start = Instant::now();
-        let batch = Seq2SeqBatch::<SV, TV>::new(&data.train_examples(cfg.batch_size))?;
-        let logits = model.forward_train(&batch.src, &batch.tgt_in, grads)?;
-        let loss = label_smoothed_cross_entropy(logits, &batch.labels, cfg.label_smoothing)?;
-        let loss_value = loss.as_vec()[0].to_f64().unwrap_or(f64::NAN);
-        if !loss_value.is_finite() {
-            return Err(Error::Training(format!("loss is {loss_value} at step {step}; lower --lr-factor")));
-        }
-        grads = super::backward(loss)?;
+        // Every rank draws the whole global batch and keeps its rows, padded like the whole batch.
+        let examples = data.train_examples(cfg.batch_size);
+        let dropout_seed = data.dropout_seed();
+        let slot = grads.take().unwrap_or_else(|| model.alloc_grads());
+        let local = seq2seq_local_step::<M, SV, TV, E, Dev>(model, &examples, cfg, &shard, dropout_seed, slot);
+        let reduced = all_reduce_gradients(
+            exchange,
+            &*model,
+            local.as_ref().ok().map(|(g, loss, tokens, _)| (g, *loss, *tokens)),
+            stop.load(Ordering::SeqCst),
+        );
+        let (mut local_grads, _, _, global_tokens) = local?;
+        let reduced = reduced?;
         let lr = schedule.lr(step) * cooldown.scale(step);
-        let stats = opt.update(model, &grads, lr)?;
-        model.zero_grads(&mut grads);
-        let tokens = batch.src.num_tokens() + batch.labels.num_tokens();
+        let stats = match &reduced.gradients {
+            Some(gradients) => opt.update_from(model, gradients, lr)?,
+            None => opt.update(model, &local_grads, lr)?,
+        };
+        model.zero_grads(&mut local_grads);
+        grads = Some(local_grads);
         let log = StepLog {
             step,
-            loss: loss_value,
+            loss: reduced.loss,
             lr,
             grad_norm: stats.grad_norm,
-            tokens_per_sec: tokens as f64 / start.elapsed().as_secs_f64(),
+            tokens_per_sec: global_tokens as f64 / start.elapsed().as_secs_f64(),
             val_loss: None,
         };
-        on_step(&log);
+        if exchange.rank() == 0 {
+            on_step(&log);
+        }
         logs.push(log);
-        if stop.load(Ordering::SeqCst) {
+        if reduced.interrupted {
             return Err(Error::Interrupted { step });
         }
     }
     Ok(logs)
+}
+
+/// This rank's share of a step on the global batch `examples`: the gradients of its mean loss
+/// (in `grads`), the loss, its label tokens (what the loss averages over), and the global
+/// batch's source and label tokens (what the training speed counts).
+fn seq2seq_local_step<M, const SV: usize, const TV: usize, E, Dev>(
+    model: &M,
+    examples: &[Example],
+    cfg: &TrainConfig,
+    shard: &Shard,
+    dropout_seed: u64,
+    grads: Gradients<E, Dev>,
+) -> Result<(Gradients<E, Dev>, f64, usize, usize)>
+where
+    M: Seq2Seq<SV, TV, E, Dev>,
+    E: FloatDtype,
+    Dev: Device<E>,
+{
+    let batch = Seq2SeqBatch::<SV, TV>::new(examples)?;
+    let global_tokens = batch.src.num_tokens() + batch.labels.num_tokens();
+    let rows = shard.rows();
+    let batch = match shard.ranks {
+        1 => batch,
+        _ => Seq2SeqBatch {
+            src: batch.src.rows(rows.clone())?,
+            tgt_in: batch.tgt_in.rows(rows.clone())?,
+            labels: batch.labels.rows(rows.clone())?,
+        },
+    };
+    crate::nn::seed_dropout_per_example(dropout_seed, rows.start, rows.len());
+    let logits = model.forward_train(&batch.src, &batch.tgt_in, grads)?;
+    let loss = label_smoothed_cross_entropy(logits, &batch.labels, cfg.label_smoothing)?;
+    let loss_value = loss.as_vec()[0].to_f64().unwrap_or(f64::NAN);
+    if !loss_value.is_finite() {
+        return Err(Error::Training(format!("loss is {loss_value}; lower --lr-factor")));
+    }
+    Ok((super::backward(loss)?, loss_value, batch.labels.num_tokens(), global_tokens))
 }
 
 /// How held-out sequences are decoded for evaluation.

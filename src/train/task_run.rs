@@ -2,7 +2,8 @@
 //! is a thin layer over [`run_task`].
 
 use super::{
-    exact_match, train_seq2seq_until, write_curve_csv, Decoding, StepLog, TrainConfig, CURVE_FILE, MODEL_FILE,
+    agree, exact_match, train_seq2seq_on, write_curve_csv, Adam, Decoding, GradientExchange, SingleProcess, StepLog,
+    TrainConfig, CURVE_FILE, MODEL_FILE,
 };
 use crate::data::{Example, TaskData, TaskSpec};
 use crate::error::{Error, Result};
@@ -73,34 +74,57 @@ where
     E: FloatDtype,
     Dev: Device<E>,
 {
-    run.spec.validate(V, M::MAX_LEN)?;
-    run.train.validate()?;
-    if let Some(beam) = &run.beam {
-        check_beam_config::<M, V, V, E, Dev>(beam)?;
-    }
-    if run.eval_size == 0 {
-        return Err(Error::InvalidConfig("--eval-size must be at least 1".into()));
-    }
-    // Owned before any work, so that a second run on the directory stops at once.
-    let lock = run.out_dir.as_deref().map(RunLock::acquire).transpose()?;
-    if let (Some(lock), false) = (&lock, run.overwrite) {
-        match Checkpoint::latest(lock.dir()) {
-            Ok(None) => {
-                if let Some(refusal) = Occupants::of(lock.dir())?.refusal(lock.dir()) {
-                    return Err(refusal);
-                }
-            }
-            Ok(Some(existing)) => {
-                return Err(Error::InvalidConfig(format!(
-                    "{} already holds a trained model ({}): pass --force to replace it, or choose another --out",
-                    lock.dir().display(),
-                    existing.path(MODEL_FILE).display()
-                )))
-            }
-            Err(e) => return Err(Error::InvalidConfig(format!("{e}; pass --force to replace that run"))),
+    run_task_on::<M, V, E, Dev>(&SingleProcess, run, dev, on_step)
+}
+
+/// [`run_task`] as one replica of a data-parallel run over `exchange` ([`train_seq2seq_on`]):
+/// `run.train.batch_size` is the global batch; rank 0 alone owns `run.out_dir`, writes the
+/// files and calls `on_step`; every rank evaluates its (identical) model and returns it.
+pub fn run_task_on<M, const V: usize, E, Dev>(
+    exchange: &dyn GradientExchange,
+    run: &TaskRun,
+    dev: &Dev,
+    on_step: impl FnMut(&StepLog),
+) -> Result<(M, TaskReport)>
+where
+    M: Seq2Seq<V, V, E, Dev> + TensorCollection<E, Dev, To<E, Dev> = M>,
+    M::State: Clone,
+    E: FloatDtype,
+    Dev: Device<E>,
+{
+    let root = exchange.rank() == 0;
+    let prepared = (|| {
+        run.spec.validate(V, M::MAX_LEN)?;
+        run.train.validate()?;
+        if let Some(beam) = &run.beam {
+            check_beam_config::<M, V, V, E, Dev>(beam)?;
         }
-    }
-    check_memory("--eval-size", run.eval_size, TaskData::bytes_per_held_out(&run.spec))?;
+        if run.eval_size == 0 {
+            return Err(Error::InvalidConfig("--eval-size must be at least 1".into()));
+        }
+        // Owned before any work, so that a second run on the directory stops at once.
+        let lock = run.out_dir.as_deref().filter(|_| root).map(RunLock::acquire).transpose()?;
+        if let (Some(lock), false) = (&lock, run.overwrite) {
+            match Checkpoint::latest(lock.dir()) {
+                Ok(None) => {
+                    if let Some(refusal) = Occupants::of(lock.dir())?.refusal(lock.dir()) {
+                        return Err(refusal);
+                    }
+                }
+                Ok(Some(existing)) => {
+                    return Err(Error::InvalidConfig(format!(
+                        "{} already holds a trained model ({}): pass --force to replace it, or choose another --out",
+                        lock.dir().display(),
+                        existing.path(MODEL_FILE).display()
+                    )))
+                }
+                Err(e) => return Err(Error::InvalidConfig(format!("{e}; pass --force to replace that run"))),
+            }
+        }
+        check_memory("--eval-size", run.eval_size, TaskData::bytes_per_held_out(&run.spec))?;
+        Ok(lock)
+    })();
+    let lock = agree(exchange, prepared)?;
     let mut data = TaskData::new(run.spec, run.eval_size, run.seed)?;
     let mut model = M::try_build(dev).map_err(|e| Error::Device(format!("cannot build the model: {e:?}")))?;
     set_dropout(&mut model, run.dropout)?;
@@ -108,7 +132,9 @@ where
     let start = Instant::now();
     let never = std::sync::atomic::AtomicBool::new(false);
     let stop = run.stop.as_deref().unwrap_or(&never);
-    let logs = train_seq2seq_until::<M, V, V, E, Dev>(&mut model, &mut data, &run.train, stop, on_step)?;
+    let mut opt = Adam::new(run.train.adam)?;
+    let logs =
+        train_seq2seq_on::<M, V, V, E, Dev>(exchange, &mut model, &mut opt, &mut data, &run.train, stop, on_step)?;
     let train_seconds = start.elapsed().as_secs_f64();
 
     #[cfg_attr(not(feature = "plots"), allow(unused_mut))]
@@ -119,36 +145,40 @@ where
         Ok(()) => files.push(png),
         Err(e) => warnings.push(format!("no plot: {e}")),
     };
-    if let Some(lock) = &lock {
-        // A task run always starts afresh: no plot of an earlier run survives its commit.
-        lock.start_new_run();
-        let metadata = HashMap::from([
-            ("format".to_string(), "typeformer".to_string()),
-            ("model".to_string(), run.model_name.clone()),
-            ("task".to_string(), run.spec.task.to_string()),
-            ("symbols".to_string(), run.spec.symbols.to_string()),
-            ("min_len".to_string(), run.spec.min_len.to_string()),
-            ("max_len".to_string(), run.spec.max_len.to_string()),
-            ("steps".to_string(), run.train.steps.to_string()),
-            ("seed".to_string(), run.seed.to_string()),
-            ("eval_size".to_string(), run.eval_size.to_string()),
-            ("held_out_digest".to_string(), data.held_out_digest()),
-        ]);
-        let checkpoint = lock.commit(
-            run.train.steps,
-            &[
-                (MODEL_FILE, &|path: &Path| save_checkpoint(&model, path, metadata.clone())),
-                (CURVE_FILE, &|path: &Path| write_curve_csv(path, &logs)),
-            ],
-        )?;
-        files.extend([checkpoint.path(MODEL_FILE), checkpoint.path(CURVE_FILE)]);
-        #[cfg(feature = "plots")]
-        {
-            let png = lock.dir().join("loss.png");
-            let title = format!("{} task, {}: training loss", run.spec.task, run.model_name);
-            plot(&mut files, &mut warnings, png.clone(), super::write_curve_png(&png, &logs, &title));
+    let committed = (|| -> Result<()> {
+        if let Some(lock) = &lock {
+            // A task run always starts afresh: no plot of an earlier run survives its commit.
+            lock.start_new_run();
+            let metadata = HashMap::from([
+                ("format".to_string(), "typeformer".to_string()),
+                ("model".to_string(), run.model_name.clone()),
+                ("task".to_string(), run.spec.task.to_string()),
+                ("symbols".to_string(), run.spec.symbols.to_string()),
+                ("min_len".to_string(), run.spec.min_len.to_string()),
+                ("max_len".to_string(), run.spec.max_len.to_string()),
+                ("steps".to_string(), run.train.steps.to_string()),
+                ("seed".to_string(), run.seed.to_string()),
+                ("eval_size".to_string(), run.eval_size.to_string()),
+                ("held_out_digest".to_string(), data.held_out_digest()),
+            ]);
+            let checkpoint = lock.commit(
+                run.train.steps,
+                &[
+                    (MODEL_FILE, &|path: &Path| save_checkpoint(&model, path, metadata.clone())),
+                    (CURVE_FILE, &|path: &Path| write_curve_csv(path, &logs)),
+                ],
+            )?;
+            files.extend([checkpoint.path(MODEL_FILE), checkpoint.path(CURVE_FILE)]);
+            #[cfg(feature = "plots")]
+            {
+                let png = lock.dir().join("loss.png");
+                let title = format!("{} task, {}: training loss", run.spec.task, run.model_name);
+                plot(&mut files, &mut warnings, png.clone(), super::write_curve_png(&png, &logs, &title));
+            }
         }
-    }
+        Ok(())
+    })();
+    agree(exchange, committed)?;
 
     let evaluation = evaluate_task::<M, V, E, Dev>(&model, data.held_out(), run.beam)?;
     #[cfg(feature = "plots")]
