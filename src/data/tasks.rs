@@ -220,6 +220,11 @@ impl TaskSpec {
     }
 }
 
+/// FNV-1a of `bytes`: a cheap fingerprint for telling that two runs were built alike.
+pub(crate) fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
+}
+
 /// An endless stream of training examples that never repeats a held-out source.
 #[derive(Debug, Clone)]
 pub struct TaskData {
@@ -283,14 +288,11 @@ impl TaskData {
     /// rebuilt: edited metadata (another task, lengths, symbols, seed), or a typeformer that
     /// draws held-out sets differently, would give another.
     pub fn held_out_digest(&self) -> String {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for e in &self.held_out {
-            for &id in e.source.iter().chain([&usize::MAX]).chain(&e.target).chain([&usize::MAX]) {
-                for byte in (id as u64).to_le_bytes() {
-                    hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
-                }
-            }
-        }
+        let ids = self
+            .held_out
+            .iter()
+            .flat_map(|e| e.source.iter().chain([&usize::MAX]).chain(&e.target).chain([&usize::MAX]).copied());
+        let hash = fnv1a(ids.flat_map(|id| (id as u64).to_le_bytes()));
         format!("{hash:016x}")
     }
 

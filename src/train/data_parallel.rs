@@ -22,6 +22,7 @@
 //! all-reduce: failures travel in the next exchange ([`agree`]) and every rank stops with an
 //! error; a rank that dies is the MPI launcher's to report (`mpirun` ends the job).
 
+use super::optimizer::device;
 use crate::error::{Error, Result};
 use crate::FloatDtype;
 use dfdx::nn::tensor_collection::{
@@ -418,23 +419,15 @@ where
     // Header: tokens, loss * tokens, stop requests, then one failure flag per rank.
     let mut header = vec![0.0; 3 + ranks];
     let mut parts = Vec::new();
-    let mut dev = None;
-    let weight = match &local {
-        Some((grads, loss, tokens)) => {
-            header[0] = *tokens as f64;
-            header[1] = loss * *tokens as f64;
-            let mut collect = CollectGradients { grads: Some(*grads), parts: &mut parts, dev: None };
-            M::iter_tensors(&mut RecursiveWalker { m: model, f: &mut collect }).map_err(device)?;
-            dev = collect.dev;
-            *tokens as f64
-        }
-        None => {
-            header[3 + exchange.rank()] = 1.0;
-            let mut collect = CollectGradients::<E, Dev> { grads: None, parts: &mut parts, dev: None };
-            M::iter_tensors(&mut RecursiveWalker { m: model, f: &mut collect }).map_err(device)?;
-            0.0
-        }
-    };
+    match &local {
+        Some((_, loss, tokens)) => (header[0], header[1]) = (*tokens as f64, loss * *tokens as f64),
+        None => header[3 + exchange.rank()] = 1.0,
+    }
+    // A rank that failed contributes zeros of the same sizes.
+    let mut collect = CollectGradients { grads: local.map(|(grads, _, _)| grads), parts: &mut parts, dev: None };
+    M::iter_tensors(&mut RecursiveWalker { m: model, f: &mut collect }).map_err(device)?;
+    let dev = collect.dev;
+    let weight = header[0];
     header[2] = f64::from(u8::from(interrupted));
     let exchanged = exchange.all_reduce_sum(&mut header);
     let failed = header[3..].iter().position(|&f| f > 0.0);
@@ -550,11 +543,7 @@ where
 
 /// FNV-1a of `text`: a run's description reduced to what [`sync_replicas`] compares across ranks.
 pub fn fingerprint(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash: u64, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
-}
-
-fn device<X: std::fmt::Debug>(e: X) -> Error {
-    Error::Device(format!("{e:?}"))
+    crate::data::fnv1a(text.bytes())
 }
 
 /// The gradient of every trainable tensor (zeros without gradients), in visiting order.

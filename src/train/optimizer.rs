@@ -186,7 +186,8 @@ fn transpose<E: Copy>(values: &[E], rows: usize, cols: usize) -> Vec<E> {
     (0..cols).flat_map(|c| (0..rows).map(move |r| values[r * cols + c])).collect()
 }
 
-fn device<X: std::fmt::Debug>(e: X) -> Error {
+/// A device failure reported by a tensor visitor.
+pub(super) fn device<X: std::fmt::Debug>(e: X) -> Error {
     Error::Device(format!("{e:?}"))
 }
 
