@@ -7,8 +7,10 @@ const D: usize = 8;
 const H: usize = 2;
 const HD: usize = 4;
 
+/// 24 cases per property in the suite; `PROPTEST_CASES=N` runs a deeper search.
 fn cases() -> ProptestConfig {
-    ProptestConfig { cases: 24, ..ProptestConfig::default() }
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(24);
+    ProptestConfig { cases, ..ProptestConfig::default() }
 }
 
 fn normal(dev: &Cpu, shape: (usize, usize, usize)) -> Tensor<(usize, usize, Const<D>), f64, Cpu> {
@@ -530,13 +532,16 @@ fn a_llama_trains_through_the_shared_pipeline() {
 proptest! {
     #![proptest_config(cases())]
 
-    /// With its weight at ones, every position comes out with a root mean square of 1 (up to
-    /// eps), and scaling a position by any c > 0 does not change it.
+    /// With its weight at ones, every position comes out with a root mean square of 1, and
+    /// scaling a position by any c > 0 does not change it. Both hold exactly only without eps
+    /// (with eps, a position scaled by 0.01 moves by about eps / (c^2 * mean square), which
+    /// 1e-12 makes larger than the 1e-9 tolerance), so eps is 0 here; the rows are random
+    /// normals, never all zero.
     #[test]
     fn rms_norm_gives_unit_rms_and_ignores_scale(seed in any::<u64>(), b in 1usize..3, s in 1usize..5, c in 0.01f64..100.0) {
         let dev = Cpu::seed_from_u64(seed);
         let mut norm = dev.build_module::<RmsNorm<D, f64, Cpu>, f64>();
-        norm.eps = 1e-12;
+        norm.eps = 0.0;
         let x = normal(&dev, (b, s, 0));
         let y = norm.forward(x.clone()).as_vec();
         for row in y.chunks(D) {
