@@ -12,6 +12,9 @@ use tokenizers::{Tokenizer, TruncationParams};
 pub struct TextTokenizer {
     inner: Tokenizer,
     max_len: usize,
+    /// `inner.get_vocab_size(true)`, kept: `tokenizers` computes it by copying the whole
+    /// vocabulary, which every decoded token would pay for (a fifth of a generation's time).
+    vocab_size: usize,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -35,7 +38,8 @@ impl TextTokenizer {
         inner
             .with_truncation(Some(TruncationParams { max_length: max_len, ..Default::default() }))
             .map_err(|e| bad(format!("cannot truncate to {max_len} tokens ({e})")))?;
-        Ok(Self { inner, max_len })
+        let vocab_size = inner.get_vocab_size(true);
+        Ok(Self { inner, max_len, vocab_size })
     }
 
     /// The byte-level BPE tokenizer (GPT-2's kind, `tokenizer.ggml.model = "gpt2"`) that a GGUF
@@ -104,7 +108,8 @@ impl TextTokenizer {
         });
         let inner: Tokenizer =
             spec.to_string().parse().map_err(|e| bad(format!("its tokenizer does not build ({e})")))?;
-        Ok(Self { inner, max_len: usize::MAX })
+        let vocab_size = inner.get_vocab_size(true);
+        Ok(Self { inner, max_len: usize::MAX, vocab_size })
     }
 
     /// The text of `ids` (control tokens included as written).
@@ -140,7 +145,7 @@ impl TextTokenizer {
 
     /// Number of ids, added tokens included.
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.vocab_size
     }
 
     /// The most ids one text becomes (`usize::MAX`: no limit).
