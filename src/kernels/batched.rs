@@ -127,8 +127,13 @@ fn matrices<B: Dim, H: Dim, R: Dim, C: Dim, E: FloatDtype>(t: &Batch<B, H, R, C,
 /// Whether no two elements of the 4-d view share an address (its gradient is written through it).
 fn injective<B: Dim, H: Dim, R: Dim, C: Dim, E: FloatDtype>(t: &Batch<B, H, R, C, E, Cpu>) -> bool {
     let (Some((_, strides)), (b, h, r, c)) = (cpu::buffer(t), *t.shape()) else { return true };
-    let mut axes: Vec<(usize, usize)> =
-        [b.size(), h.size(), r.size(), c.size()].into_iter().zip(strides).filter(|&(n, _)| n > 1).collect();
+    injective_view([b.size(), h.size(), r.size(), c.size()], strides)
+}
+
+/// [`injective`] for the view's sizes and strides; not generic, so compiled once here rather
+/// than for every shape in every crate that runs a model.
+fn injective_view(sizes: [usize; 4], strides: [usize; 4]) -> bool {
+    let mut axes: Vec<(usize, usize)> = sizes.into_iter().zip(strides).filter(|&(n, _)| n > 1).collect();
     axes.sort_by_key(|&(_, s)| s);
     let mut span = 1; // each axis's stride must step past everything the smaller axes reach
     for (n, s) in axes {
