@@ -517,6 +517,38 @@ fn generate_continues_a_prompt_with_a_gguf_model() {
 }
 
 #[test]
+fn a_prompts_file_is_continued_together_as_each_prompt_alone() {
+    let Some(model) = smollm2() else { return };
+    let dir = std::env::temp_dir().join(format!("typeformer-prompts-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let list = dir.join("prompts.txt");
+    let prompts = ["The capital of France is", "def fibonacci(n):\n    if n <", "Hello"];
+    // The second prompt as a JSON string (it holds a newline); a blank line is skipped.
+    std::fs::write(&list, format!("{}\n\n{}\n{}\n", prompts[0], serde_json::json!(prompts[1]), prompts[2])).unwrap();
+    let common = ["generate", "--model", &model, "--temperature", "0", "--max-new-tokens", "8"];
+    let (ok, out, err) = typeformer(&[&common[..], &["--prompts-file", list.to_str().unwrap()]].concat());
+    assert!(ok, "{err}");
+    assert!(err.contains("3 sequences") && err.contains("tokens/s"), "{err}");
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    for (line, prompt) in lines.iter().zip(prompts) {
+        assert_eq!(line["prompt"], prompt);
+        let (ok, alone, err) = typeformer(&[&common[..], &["--prompt", prompt]].concat());
+        assert!(ok, "{err}");
+        let completion = line["completion"].as_str().unwrap();
+        assert_eq!(format!("{prompt}{completion}"), alone.trim_end_matches('\n'), "{prompt:?} alone and in the batch");
+    }
+    let empty = dir.join("empty.txt");
+    std::fs::write(&empty, "\n\n").unwrap();
+    let (ok, _, err) = typeformer(&[&common[..], &["--prompts-file", empty.to_str().unwrap()]].concat());
+    assert!(!ok && err.contains("has no prompts"), "{err}");
+    std::fs::write(&empty, "\"unterminated\n").unwrap();
+    let (ok, _, err) = typeformer(&[&common[..], &["--prompts-file", empty.to_str().unwrap()]].concat());
+    assert!(!ok && err.contains(":1: a line in double quotes"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn chat_answers_one_turn_per_line_keeps_the_conversation_and_resets() {
     use std::io::Write;
     let Some(model) = smollm2() else { return };

@@ -30,7 +30,7 @@ proptest! {
             let encoder = dev.build_module::<Enc, f32>();
             let x: Tensor<(usize, usize, Const<96>), f32, Cpu> = dev.sample_normal_like(&(b, s, Const));
             let lens: Vec<usize> = (0..b).map(|i| s - (seed as usize + i) % s).collect();
-            let mask = MaskSpec { causal: false, query_offset: 0, key_lengths: pad.then_some(lens.as_slice()) };
+            let mask = MaskSpec { causal: false, query_offset: 0, key_lengths: pad.then_some(lens.as_slice()), key_starts: None };
             let plain = encoder.forward(x.clone(), &mask).unwrap().as_vec();
             let packed = PackedWeights::of(&encoder);
             let fast = packed.run(|| encoder.forward(x, &mask)).unwrap().as_vec();

@@ -36,7 +36,7 @@ proptest! {
         let q: Tensor<(usize, Const<H>, usize, Const<HD>), f64, _> = dev.sample_normal_like(&(b, Const, sq, Const));
         let k: Tensor<(usize, Const<H>, usize, Const<HD>), f64, _> = dev.sample_normal_like(&(b, Const, sk, Const));
         let lens: Vec<usize> = (0..b).map(|i| 1 + (seed as usize + i) % sk).collect();
-        let spec = MaskSpec { causal, query_offset: 0, key_lengths: pad.then_some(lens.as_slice()) };
+        let spec = MaskSpec { causal, query_offset: 0, key_lengths: pad.then_some(lens.as_slice()), key_starts: None };
         let bias = spec.bias::<usize, usize, usize, f64, Cpu>(&dev, (b, sq, sk));
         let w = attention_weights(q, k, bias.as_ref()).as_vec();
         for row in w.chunks(sk) {
@@ -270,7 +270,7 @@ proptest! {
         let x = normal(&dev, (2, s, 0));
         let probe = normal(&dev, (2, s, 0));
         let lens = [s, 1.max(s / 2)];
-        let mask = MaskSpec { causal, query_offset: 0, key_lengths: Some(&lens) };
+        let mask = MaskSpec { causal, query_offset: 0, key_lengths: Some(&lens), key_starts: None };
         let loss_of = |mha: &MultiHeadAttention<D, H, HD, f64, Cpu>, x: Tensor<(usize, usize, Const<D>), f64, Cpu>| {
             (mha.self_attention(x, &mask).unwrap() * probe.clone()).sum::<Rank0, _>().as_vec()[0]
         };
@@ -757,7 +757,7 @@ proptest! {
         let full = ungrouped(&dev, &shared);
         let x = normal(&dev, (2, s, 0));
         let lens = [s, 1.max(s / 2)];
-        let mask = MaskSpec { causal: true, query_offset: 0, key_lengths: Some(&lens) };
+        let mask = MaskSpec { causal: true, query_offset: 0, key_lengths: Some(&lens), key_starts: None };
         let a = shared.forward(x.clone(), &rope, offset, &mask).unwrap().as_vec();
         let b = full.forward(x, &rope, offset, &mask).unwrap().as_vec();
         prop_assert!(max_abs_diff(&a, &b) < 1e-12);

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use typeformer::data::TextTokenizer;
 use typeformer::data::{parse_symbols, symbol_text, Example, Task, TaskSpec, FIRST_SYMBOL, SYMBOL_ALPHABET};
 use typeformer::data::{AdditionTask, ByteCorpus, LmSource, BYTE_VOCAB};
-use typeformer::generate::{generate_while, BeamConfig, GenerateConfig, Sampler, SamplingConfig};
+use typeformer::generate::{generate_batch, generate_while, BeamConfig, GenerateConfig, Sampler, SamplingConfig};
 use typeformer::io::{latest_checkpoint, Checkpoint, Occupants, RunLock};
 use typeformer::io::{read_gguf_llama, Gguf, QuantizedWeights};
 use typeformer::memory::{check_memory, training_bytes_per_token};
@@ -384,8 +384,13 @@ struct GenerateArgs {
     #[arg(long, requires = "model")]
     dequantized: bool,
     /// The text to continue.
-    #[arg(long)]
-    prompt: String,
+    #[arg(long, required_unless_present = "prompts_file", conflicts_with = "prompts_file")]
+    prompt: Option<String>,
+    /// With --model: continue every prompt of this file together, one batch through the model
+    /// per step: one prompt per line (blank lines skipped; a line in double quotes is a JSON
+    /// string, for prompts with newlines). Prints one JSON object per prompt, in file order.
+    #[arg(long, requires = "model")]
+    prompts_file: Option<PathBuf>,
     /// Most new tokens (bytes).
     #[arg(long, default_value_t = 100)]
     max_new_tokens: usize,
@@ -1450,7 +1455,8 @@ where
         top_p: args.top_p,
         seed: args.seed,
     })?;
-    let prompt: Vec<usize> = args.prompt.bytes().map(usize::from).collect();
+    let text = args.prompt.as_deref().expect("clap requires --prompt without --prompts-file");
+    let prompt: Vec<usize> = text.bytes().map(usize::from).collect();
     let start = std::time::Instant::now();
     let mut stdout = std::io::stdout().lock();
     // The prompt is printed with the first token, once generation has passed its checks; a
@@ -1458,7 +1464,7 @@ where
     let mut started = false;
     let mut failed = None;
     let out = generate_while::<M, BYTE_VOCAB, f32, Dev>(&model, &prompt, &cfg, &mut sampler, |t| {
-        let prompt_text = if std::mem::replace(&mut started, true) { &[][..] } else { args.prompt.as_bytes() };
+        let prompt_text = if std::mem::replace(&mut started, true) { &[][..] } else { text.as_bytes() };
         match stdout.write_all(prompt_text).and_then(|()| stdout.write_all(&[t as u8])).and_then(|()| stdout.flush()) {
             Ok(()) => std::ops::ControlFlow::Continue(()),
             Err(e) => {
@@ -1470,7 +1476,7 @@ where
     if let Some(e) = failed {
         stdout_failed(e);
     }
-    let ended = if started { writeln!(stdout) } else { writeln!(stdout, "{}", args.prompt) };
+    let ended = if started { writeln!(stdout) } else { writeln!(stdout, "{text}") };
     ended.unwrap_or_else(|e| stdout_failed(e));
     let secs = start.elapsed().as_secs_f64();
     note!("{} tokens in {secs:.2} s ({:.1} tokens/s)", out.len(), out.len() as f64 / secs);
@@ -1536,13 +1542,11 @@ fn generate_llama<Dev: Device<f32>>(dev: &Dev, args: &GenerateArgs) -> typeforme
     };
     let cfg = GenerateConfig { max_new_tokens: args.max_new_tokens, stop_tokens };
     let mut sampler = sampler_of(args.temperature, args.top_k, args.top_p, args.seed)?;
-    let mut prompt = tokenizer.encode_plain(&args.prompt)?;
-    // As llama.cpp does: a file that asks for a BOS token gets one before the prompt.
-    if file.get("tokenizer.ggml.add_bos_token").and_then(typeformer::io::GgufValue::as_bool) == Some(true) {
-        if let Some(bos) = file.get("tokenizer.ggml.bos_token_id").and_then(typeformer::io::GgufValue::as_u64) {
-            prompt.insert(0, bos as usize);
-        }
+    if let Some(list) = &args.prompts_file {
+        return generate_llama_batch(&model, &tokenizer, &file, list, args.dequantized, &cfg, &mut sampler);
     }
+    let text = args.prompt.as_deref().expect("clap requires --prompt without --prompts-file");
+    let prompt = llama_prompt(&tokenizer, &file, text)?;
     if prompt.is_empty() {
         return Err(typeformer::Error::InvalidConfig(
             "the prompt is empty: generation needs at least one token".into(),
@@ -1556,7 +1560,7 @@ fn generate_llama<Dev: Device<f32>>(dev: &Dev, args: &GenerateArgs) -> typeforme
         start = std::time::Instant::now(); // the clock starts once the weights are ready
         generate_while::<SmolLm2_135M<f32, Dev>, 49_152, f32, Dev>(&model, &prompt, &cfg, &mut sampler, |t| {
             if !std::mem::replace(&mut started, true) {
-                let _ = write!(stdout, "{}", args.prompt);
+                let _ = write!(stdout, "{text}");
             }
             if cfg.stop_tokens.contains(&t) {
                 return std::ops::ControlFlow::Continue(());
@@ -1578,6 +1582,96 @@ fn generate_llama<Dev: Device<f32>>(dev: &Dev, args: &GenerateArgs) -> typeforme
         out.len(),
         out.len() as f64 / secs,
         prompt.len()
+    );
+    Ok(())
+}
+
+/// The ids of `text` for the Llama `file`: as llama.cpp does, a file that asks for a BOS token
+/// gets one before the prompt.
+fn llama_prompt(tokenizer: &TextTokenizer, file: &Gguf, text: &str) -> typeformer::Result<Vec<usize>> {
+    let mut prompt = tokenizer.encode_plain(text)?;
+    if file.get("tokenizer.ggml.add_bos_token").and_then(typeformer::io::GgufValue::as_bool) == Some(true) {
+        if let Some(bos) = file.get("tokenizer.ggml.bos_token_id").and_then(typeformer::io::GgufValue::as_u64) {
+            prompt.insert(0, bos as usize);
+        }
+    }
+    Ok(prompt)
+}
+
+/// The prompts of a `--prompts-file`: one per line, blank lines skipped, a line in double
+/// quotes read as a JSON string.
+fn read_prompts(path: &std::path::Path) -> typeformer::Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| typeformer::Error::Io { path: path.to_path_buf(), source: e })?;
+    let mut prompts = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() {
+            continue;
+        }
+        if line.trim_start().starts_with('"') {
+            let prompt: String = serde_json::from_str(line.trim()).map_err(|e| {
+                typeformer::Error::InvalidConfig(format!(
+                    "{}:{}: a line in double quotes must be one JSON string ({e})",
+                    path.display(),
+                    n + 1
+                ))
+            })?;
+            prompts.push(prompt);
+        } else {
+            prompts.push(line.to_string());
+        }
+    }
+    if prompts.is_empty() {
+        return Err(typeformer::Error::InvalidConfig(format!("{} has no prompts: write one per line", path.display())));
+    }
+    Ok(prompts)
+}
+
+/// `generate --prompts-file`: every prompt continued together; one JSON object per prompt.
+fn generate_llama_batch<Dev: Device<f32>>(
+    model: &SmolLm2_135M<f32, Dev>,
+    tokenizer: &TextTokenizer,
+    file: &Gguf,
+    list: &std::path::Path,
+    dequantized: bool,
+    cfg: &GenerateConfig,
+    sampler: &mut Sampler,
+) -> typeformer::Result<()> {
+    let texts = read_prompts(list)?;
+    let prompts = texts.iter().map(|t| llama_prompt(tokenizer, file, t)).collect::<typeformer::Result<Vec<_>>>()?;
+    if let Some(i) = prompts.iter().position(Vec::is_empty) {
+        return Err(typeformer::Error::InvalidConfig(format!(
+            "prompt {} of {} is empty after tokenizing: generation needs at least one token",
+            i + 1,
+            list.display()
+        )));
+    }
+    let mut start = std::time::Instant::now();
+    let out = maybe_quantized(model, file, dequantized, || {
+        start = std::time::Instant::now(); // the clock starts once the weights are ready
+        generate_batch::<SmolLm2_135M<f32, Dev>, 49_152, f32, Dev>(model, &prompts, cfg, sampler, |_, _| {})
+    })??;
+    let secs = start.elapsed().as_secs_f64();
+    let mut stdout = std::io::stdout().lock();
+    for (text, tokens) in texts.iter().zip(&out) {
+        let shown: Vec<usize> = tokens.iter().copied().filter(|t| !cfg.stop_tokens.contains(t)).collect();
+        let line = serde_json::json!({
+            "prompt": text,
+            "completion": tokenizer.decode(&shown)?,
+            "tokens": tokens.len(),
+            "stopped": tokens.last().is_some_and(|t| cfg.stop_tokens.contains(t)),
+        });
+        writeln!(stdout, "{line}").unwrap_or_else(|e| stdout_failed(e));
+    }
+    let new: usize = out.iter().map(Vec::len).sum();
+    let lengths = prompts.iter().map(Vec::len);
+    note!(
+        "{} sequences, {new} new tokens in {secs:.2} s ({:.1} tokens/s, prompts of {}..{} tokens included)",
+        prompts.len(),
+        new as f64 / secs,
+        lengths.clone().min().unwrap_or(0),
+        lengths.max().unwrap_or(0)
     );
     Ok(())
 }

@@ -155,3 +155,78 @@ impl<'m, M: LanguageModel<V, E, Dev>, const V: usize, E: FloatDtype, Dev: Device
         Ok(out)
     }
 }
+
+/// Continues several prompts together, one batch through the model per step (its weights read
+/// once per step for every sequence, rather than once per sequence), and returns each prompt's
+/// new tokens. Prompts of different lengths are padded on the left, so that every row's next
+/// token is at the same position, and the padding is masked out of attention; that needs a
+/// model whose attention depends on relative positions only (rotary, as the Llama family's):
+/// others refuse prompts of different lengths (equal lengths work with any model).
+///
+/// Each sequence stops on its own, after `cfg.max_new_tokens` tokens or on one of
+/// `cfg.stop_tokens` (included); a stopped row is fed padding until the others are done.
+/// `on_token(i, token)` is called as prompt `i` gets each token. `sampler` draws for every
+/// row in turn, so with temperature the tokens differ from separate runs with the same seed;
+/// greedy tokens are those of [`generate`] on each prompt alone (up to rounding: near-ties can
+/// flip).
+///
+/// Errors: no prompts, an empty prompt, a token outside the vocabulary, or the longest prompt
+/// plus `max_new_tokens` longer than the model's context.
+pub fn generate_batch<M, const V: usize, E, Dev>(
+    model: &M,
+    prompts: &[Vec<usize>],
+    cfg: &GenerateConfig,
+    sampler: &mut Sampler,
+    mut on_token: impl FnMut(usize, usize),
+) -> Result<Vec<Vec<usize>>>
+where
+    M: LanguageModel<V, E, Dev>,
+    E: FloatDtype,
+    Dev: Device<E>,
+{
+    if prompts.is_empty() {
+        return Err(Error::InvalidConfig("no prompts: batched generation needs at least one".into()));
+    }
+    if let Some(i) = prompts.iter().position(Vec::is_empty) {
+        return Err(Error::InvalidConfig(format!("prompt {i} is empty: generation needs at least one token")));
+    }
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let context = M::CONTEXT;
+    if longest >= context || cfg.max_new_tokens > context - longest {
+        return Err(Error::InvalidConfig(format!(
+            "the longest prompt has {longest} tokens; with {} new tokens it needs {} positions, but the model's \
+             context is {context}: ask for at most {} new tokens or shorten the prompt",
+            cfg.max_new_tokens,
+            longest as u128 + cfg.max_new_tokens as u128,
+            context.saturating_sub(longest)
+        )));
+    }
+    let left_padding: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+    // Padding ids are masked out; they only need to index the embedding table.
+    let rows: Vec<Vec<usize>> = prompts
+        .iter()
+        .zip(&left_padding)
+        .map(|(p, &pad)| std::iter::repeat_n(0, pad).chain(p.iter().copied()).collect())
+        .collect();
+    let mut feed = Tokens::<V>::from_sequences(&rows)?;
+    let mut state = model.start_padded(left_padding)?;
+    let mut out: Vec<Vec<usize>> = vec![Vec::with_capacity(cfg.max_new_tokens); prompts.len()];
+    let mut done = vec![cfg.max_new_tokens == 0; prompts.len()];
+    while !done.iter().all(|&d| d) {
+        let logits = model.step(&mut state, &feed)?.as_vec(); // (B, S, V)
+        let per_row = logits.len() / prompts.len();
+        let mut next = vec![0; prompts.len()];
+        for (i, row) in logits.chunks(per_row).enumerate() {
+            if done[i] {
+                continue;
+            }
+            let token = sampler.sample(&row[row.len() - V..]);
+            out[i].push(token);
+            on_token(i, token);
+            done[i] = out[i].len() == cfg.max_new_tokens || cfg.stop_tokens.contains(&token);
+            next[i] = token;
+        }
+        feed = Tokens::from_sequences(&next.into_iter().map(|t| vec![t]).collect::<Vec<_>>())?;
+    }
+    Ok(out)
+}

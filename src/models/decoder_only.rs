@@ -207,6 +207,9 @@ pub struct LmState<C, const L: usize> {
     pub layers: [Option<C>; L],
     /// Positions processed so far.
     pub position: usize,
+    /// Each row's left padding, the positions its queries never see (empty: none), for prompts
+    /// of different lengths generated together; see [`CausalLm::start_padded`].
+    pub left_padding: Vec<usize>,
 }
 
 impl<const V: usize, const D: usize, const L: usize, Pos, Block, Norm, O, E, Dev>
@@ -273,12 +276,30 @@ where
 
     /// An empty generation state.
     pub fn start(&self) -> LmState<Block::Cache, L> {
-        LmState { layers: std::array::from_fn(|_| None), position: 0 }
+        LmState { layers: std::array::from_fn(|_| None), position: 0, left_padding: Vec::new() }
+    }
+
+    /// An empty generation state for a batch whose row `b` starts with `left_padding[b]`
+    /// padding positions (prompts of different lengths, aligned on the right so that every row
+    /// has its next token at the same position): those positions are masked out of every
+    /// query's keys. Each row then computes what it computes alone, as long as attention depends
+    /// on relative positions only ([`CausalBlock::LEFT_PADDING`]: rotary positions); a model
+    /// with absolute position embeddings refuses a padded row.
+    pub fn start_padded(&self, left_padding: Vec<usize>) -> Result<LmState<Block::Cache, L>> {
+        if !Block::LEFT_PADDING && left_padding.iter().any(|&p| p > 0) {
+            return Err(Error::InvalidConfig(format!(
+                "this model's position embeddings are absolute ({}), so rows of different lengths cannot \
+                 be left-padded into one batch: generate prompts of equal length together, or one at a time",
+                Pos::describe()
+            )));
+        }
+        Ok(LmState { left_padding, ..self.start() })
     }
 
     /// Feeds the next tokens `(B, Snew)` (a prompt, then one token per step) and returns their
     /// logits `(B, Snew, V)`, reusing the keys and values of earlier positions. Sequences must
-    /// be unpadded: every row of `tokens` is full.
+    /// be unpadded on the right: every row of `tokens` is full (rows padded on the left are
+    /// declared by [`Self::start_padded`]).
     pub fn step(
         &self,
         state: &mut LmState<Block::Cache, L>,
@@ -289,10 +310,20 @@ where
                 "incremental steps take unpadded tokens: every sequence needs the same length".into(),
             ));
         }
+        let starts = (!state.left_padding.is_empty()).then_some(state.left_padding.as_slice());
+        if let Some(starts) = starts {
+            if starts.len() != tokens.batch() {
+                return Err(Error::DimMismatch {
+                    what: "rows of the tokens vs the left paddings the state was started with",
+                    expected: starts.len(),
+                    found: tokens.batch(),
+                });
+            }
+        }
         let ids = tokens.to_tensor(self.embed.weight.device());
         let mut x = self.pos.embed(self.embed.lookup(ids), state.position)?;
         for (block, cache) in self.blocks.modules.iter().zip(&mut state.layers) {
-            x = block.forward_cached(x, &self.pos, cache)?;
+            x = block.forward_cached(x, &self.pos, cache, starts)?;
         }
         state.position += tokens.seq_len();
         Ok(self.head.logits(self.norm.normalize(x), &self.embed))

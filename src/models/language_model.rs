@@ -24,6 +24,9 @@ pub trait LanguageModel<const V: usize, E: FloatDtype, Dev: Device<E>>: TensorCo
     fn logits_train(&self, tokens: &Tokens<V>, grads: Gradients<E, Dev>) -> Result<TrainLogits<V, E, Dev>>;
     /// An empty generation state.
     fn start(&self) -> Self::State;
+    /// An empty generation state for a batch of rows left-padded by `left_padding` positions
+    /// each (see [`CausalLm::start_padded`]); an error where the model cannot mask them.
+    fn start_padded(&self, left_padding: Vec<usize>) -> Result<Self::State>;
     /// Logits of the next tokens, reusing earlier positions.
     fn step(&self, state: &mut Self::State, tokens: &Tokens<V>) -> Result<Logits<usize, usize, V, E, Dev>>;
 }
@@ -59,6 +62,9 @@ where
     }
     fn start(&self) -> Self::State {
         CausalLm::start(self)
+    }
+    fn start_padded(&self, left_padding: Vec<usize>) -> Result<Self::State> {
+        CausalLm::start_padded(self, left_padding)
     }
     fn step(&self, state: &mut Self::State, tokens: &Tokens<V>) -> Result<Logits<usize, usize, V, E, Dev>> {
         CausalLm::step(self, state, tokens)

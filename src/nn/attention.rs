@@ -342,18 +342,19 @@ impl<const D: usize, const H: usize, const HD: usize, E: FloatDtype, Dev: Device
 
     /// Causal self-attention of new positions `x: (B, Snew, D)` over the cached ones and
     /// themselves, appending their keys and values to `cache`. Equals [`Self::self_attention`]
-    /// with a causal mask over the whole sequence, at the new positions.
+    /// with a causal mask over the whole sequence, at the new positions. `key_starts` gives each
+    /// row's left padding, the positions its queries never see (see [`MaskSpec::key_starts`]).
     pub fn self_attention_cached(
         &self,
         x: Hidden<usize, usize, D, E, Dev>,
         cache: &mut Option<KvCache<D, H, HD, E, Dev>>,
-        key_lengths: Option<&[usize]>,
+        key_starts: Option<&[usize]>,
     ) -> Result<Hidden<usize, usize, D, E, Dev>> {
         let past = KvCache::positions(cache, x.shape().0)?;
         // (B, H, Snew, HD) each.
         let [q, k_new, v_new] = HeadProjection::forward_shared([&self.w_q, &self.w_k, &self.w_v], x);
         let all = KvCache::append(cache, k_new, v_new);
-        let mask = MaskSpec { causal: true, query_offset: past, key_lengths };
+        let mask = MaskSpec { causal: true, query_offset: past, key_lengths: None, key_starts };
         self.attend_heads(q, all.keys, all.values, &mask)
     }
 

@@ -87,13 +87,20 @@ pub trait CausalBlock<const D: usize, Pos, E: Dtype, Dev: Device<E>>:
         positions: &Pos,
         mask: &MaskSpec,
     ) -> Result<Hidden<B, S, D, E, Dev, T>>;
+    /// Whether rows of a batch may start at different positions, left-padded (see
+    /// [`MaskSpec::key_starts`]): true where attention depends on relative positions only
+    /// (rotary), so that a row shifted right by its padding computes what it computes alone.
+    /// Absolute position embeddings would see shifted positions.
+    const LEFT_PADDING: bool;
     /// New positions `x: (B, Snew, D)` after the ones in `cache`, attending to those and to
-    /// themselves, and appending their keys and values to `cache`.
+    /// themselves, and appending their keys and values to `cache`. `key_starts` gives each
+    /// row's left padding (only where [`Self::LEFT_PADDING`]).
     fn forward_cached(
         &self,
         x: Hidden<usize, usize, D, E, Dev>,
         positions: &Pos,
         cache: &mut Option<Self::Cache>,
+        key_starts: Option<&[usize]>,
     ) -> Result<Hidden<usize, usize, D, E, Dev>>;
 }
 
@@ -121,13 +128,15 @@ where
     ) -> Result<Hidden<B, S, D, E, Dev, T>> {
         EncoderLayer::forward(self, x, mask)
     }
+    const LEFT_PADDING: bool = false;
     fn forward_cached(
         &self,
         x: Hidden<usize, usize, D, E, Dev>,
         _: &Pos,
         cache: &mut Option<Self::Cache>,
+        key_starts: Option<&[usize]>,
     ) -> Result<Hidden<usize, usize, D, E, Dev>> {
-        EncoderLayer::forward_cached(self, x, cache)
+        EncoderLayer::forward_cached(self, x, cache, key_starts)
     }
 }
 

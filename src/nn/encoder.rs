@@ -93,13 +93,15 @@ impl<
     > EncoderLayer<D, H, HD, F, N, A, E, Dev>
 {
     /// The layer as a causal (GPT-style) block over new positions `x: (B, Snew, D)`, attending
-    /// to the positions in `cache` and to themselves, and appending their keys and values.
+    /// to the positions in `cache` and to themselves, and appending their keys and values;
+    /// `key_starts` gives each row's left padding (see [`MaskSpec::key_starts`]).
     pub fn forward_cached(
         &self,
         x: Hidden<usize, usize, D, E, Dev>,
         cache: &mut Option<KvCache<D, H, HD, E, Dev>>,
+        key_starts: Option<&[usize]>,
     ) -> Result<Hidden<usize, usize, D, E, Dev>> {
-        let x = self.norm1.around(x, |x| self.self_attn.self_attention_cached(x, cache, None))?;
+        let x = self.norm1.around(x, |x| self.self_attn.self_attention_cached(x, cache, key_starts))?;
         self.norm2.around(x, |x| Ok(self.ffn.forward(x)))
     }
 }

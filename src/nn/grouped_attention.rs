@@ -66,18 +66,20 @@ impl<const D: usize, const H: usize, const KVH: usize, const HD: usize, E: Float
     /// Self-attention of new positions `x: (B, Snew, D)` after the `cache`d ones, over those and
     /// themselves, appending their keys and values to `cache`: only the `KVH` key/value heads
     /// are stored. Equals [`Self::forward`] over the whole sequence, at the new positions.
+    /// `key_starts` gives each row's left padding (see [`MaskSpec::key_starts`]).
     pub fn forward_cached(
         &self,
         x: Hidden<usize, usize, D, E, Dev>,
         rope: &RotaryEmbedding<HD, E, Dev>,
         cache: &mut Option<KvCache<D, KVH, HD, E, Dev>>,
+        key_starts: Option<&[usize]>,
     ) -> Result<Hidden<usize, usize, D, E, Dev>> {
         let _ = Self::GROUP;
         let past = KvCache::positions(cache, x.shape().0)?;
         let q = rope.apply(self.w_q.forward(x.clone()), past)?;
         let [k_new, v_new] = HeadProjection::forward_shared([&self.w_k, &self.w_v], x);
         let all = KvCache::append(cache, rope.apply(k_new, past)?, v_new);
-        let mask = MaskSpec { causal: true, query_offset: past, key_lengths: None };
+        let mask = MaskSpec { causal: true, query_offset: past, key_lengths: None, key_starts };
         self.attend(q, all.keys, all.values, &mask)
     }
 

@@ -78,14 +78,16 @@ impl<
         skip_connection(x, |x| Ok(self.ffn.forward(self.ffn_norm.forward(x))))
     }
 
+    const LEFT_PADDING: bool = true;
     fn forward_cached(
         &self,
         x: Hidden<usize, usize, D, E, Dev>,
         positions: &RotaryPositions<P, HD, BASE, E, Dev>,
         cache: &mut Option<Self::Cache>,
+        key_starts: Option<&[usize]>,
     ) -> Result<Hidden<usize, usize, D, E, Dev>> {
         let rope = positions.tables(x.device())?;
-        let x = skip_connection(x, |x| self.attn.forward_cached(self.attn_norm.forward(x), rope, cache))?;
+        let x = skip_connection(x, |x| self.attn.forward_cached(self.attn_norm.forward(x), rope, cache, key_starts))?;
         skip_connection(x, |x| Ok(self.ffn.forward(self.ffn_norm.forward(x))))
     }
 }

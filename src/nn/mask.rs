@@ -19,6 +19,10 @@ pub struct MaskSpec<'a> {
     pub query_offset: usize,
     /// Valid key length of each batch item: keys at or past it are padding.
     pub key_lengths: Option<&'a [usize]>,
+    /// First valid key of each batch item: keys before it are padding (the left padding of
+    /// prompts of different lengths generated together, see
+    /// [`generate_batch`](crate::generate::generate_batch)).
+    pub key_starts: Option<&'a [usize]>,
 }
 
 impl<'a> MaskSpec<'a> {
@@ -37,14 +41,19 @@ impl<'a> MaskSpec<'a> {
 
     /// Checks that the mask gives one key length per batch item (of `batch`), if it gives any.
     pub fn check_batch(&self, batch: usize) -> Result<()> {
-        match self.key_lengths {
-            Some(lengths) if lengths.len() != batch => Err(Error::DimMismatch {
-                what: "key lengths in the mask (one per batch item)",
-                expected: batch,
-                found: lengths.len(),
-            }),
-            _ => Ok(()),
+        let per_item = [
+            ("key lengths in the mask (one per batch item)", self.key_lengths),
+            ("key starts in the mask (one per batch item)", self.key_starts),
+        ];
+        for (what, values) in per_item {
+            match values {
+                Some(values) if values.len() != batch => {
+                    return Err(Error::DimMismatch { what, expected: batch, found: values.len() })
+                }
+                _ => {}
+            }
         }
+        Ok(())
     }
 
     /// The additive bias `(B, Sq, Sk)`, or `None` when nothing is masked (saves the addition).
@@ -71,7 +80,8 @@ impl<'a> MaskSpec<'a> {
 
     /// The bias values `(b, groups * sq, sk)`, or `None` when nothing is masked.
     fn values<E: Dtype>(&self, b: usize, sq: usize, sk: usize, groups: usize) -> Option<Vec<E>> {
-        let padded = self.key_lengths.is_some_and(|l| l.iter().any(|&len| len < sk));
+        let padded = self.key_lengths.is_some_and(|l| l.iter().any(|&len| len < sk))
+            || self.key_starts.is_some_and(|s| s.iter().any(|&start| start > 0));
         if !self.causal && !padded {
             return None;
         }
@@ -80,11 +90,12 @@ impl<'a> MaskSpec<'a> {
         let mut bias = vec![E::default(); b * rows * sk];
         for item in 0..b {
             let valid = self.key_lengths.map_or(sk, |l| l[item]);
+            let start = self.key_starts.map_or(0, |s| s[item]);
             for r in 0..rows {
                 let q = r % sq;
                 let row = &mut bias[(item * rows + r) * sk..(item * rows + r + 1) * sk];
                 for (k, v) in row.iter_mut().enumerate() {
-                    if k >= valid || (self.causal && k > self.query_offset + q) {
+                    if k >= valid || k < start || (self.causal && k > self.query_offset + q) {
                         *v = masked;
                     }
                 }
