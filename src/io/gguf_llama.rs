@@ -2,7 +2,7 @@
 //! [`Llama`](crate::models::Llama): the file's hyperparameters are checked against the type,
 //! every difference listed by name, and llama.cpp's names and row order mapped onto ours.
 
-use super::checkpoint::{restore_from, restore_in_place, Read, Source, TensorFile};
+use super::checkpoint::{build_for_restore, restore_from, restore_in_place, Read, Source, TensorFile};
 use super::{Gguf, GgufValue};
 use crate::error::{Error, Result};
 use crate::models::LlamaModel;
@@ -213,15 +213,15 @@ pub fn load_gguf_llama<M: LlamaModel<E, Dev>, E: FloatDtype, Dev: Device<E>>(mod
 /// copy that needs: peak memory is one f32 copy of the weights (and one tensor's bytes).
 pub fn read_gguf_llama<M, E, Dev>(dev: &Dev, file: &Gguf) -> Result<M>
 where
-    M: LlamaModel<E, Dev> + BuildOnDevice<Dev, E, Built = M>,
+    M: LlamaModel<E, Dev> + BuildOnDevice<Dev, E, Built = M> + TensorCollection<E, Dev, To<E, Dev> = M>,
     E: FloatDtype,
     Dev: Device<E>,
 {
     let ours = Hyperparameters::of::<M, E, Dev>();
     let eps = check_hyperparameters(file, ours)?;
-    let mut model = crate::try_build::<M, E, Dev>(dev)?;
-    crate::nn::set_dropout(&mut model, 0.0)?; // Llama trains without
     let map = |name: &str| gguf_llama_source(name, ours.heads, ours.kv_heads);
+    let mut model: M = build_for_restore(dev, &map)?;
+    crate::nn::set_dropout(&mut model, 0.0)?; // Llama trains without
     restore_in_place(&mut model, file, &HashMap::new(), &file.path, &map, &|_| false)?;
     crate::nn::set_scalar(&mut model, "eps", eps)?;
     Ok(model)
