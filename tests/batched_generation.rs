@@ -30,6 +30,17 @@ fn left_padded_rows_give_the_logits_of_each_prompt_alone() {
         prompts.iter().zip(&padding).map(|(p, &pad)| [vec![0; pad], p.clone()].concat()).collect();
     let mut batch = model.start_padded(padding).unwrap();
     let batched = model.step(&mut batch, &Tokens::from_sequences(&rows).unwrap()).unwrap().as_vec();
+    // The same rows fed in two chunks of positions end with the same logits.
+    let mut chunked = model.start_padded(prompts.iter().map(|p| longest - p.len()).collect()).unwrap();
+    let head: Vec<Vec<usize>> = rows.iter().map(|r| r[..2].to_vec()).collect();
+    let tail: Vec<Vec<usize>> = rows.iter().map(|r| r[2..].to_vec()).collect();
+    model.step(&mut chunked, &Tokens::from_sequences(&head).unwrap()).unwrap();
+    let last = model.step(&mut chunked, &Tokens::from_sequences(&tail).unwrap()).unwrap().as_vec();
+    for i in 0..prompts.len() {
+        let (s, t) = (longest - 2, (i * longest + longest - 1) * 64);
+        let row = &last[(i * s + s - 1) * 64..(i * s + s) * 64];
+        assert!(max_abs_diff(row, &batched[t..t + 64]) < 1e-9, "prompt {i} fed in two chunks");
+    }
     let next = [3, 9, 27];
     let batched_next =
         model.step(&mut batch, &Tokens::from_sequences(&next.map(|t| vec![t])).unwrap()).unwrap().as_vec();
@@ -90,7 +101,13 @@ fn bad_batches_are_refused_with_what_was_wrong() {
     };
     assert!(refused(vec![], &cfg).contains("no prompts"));
     assert!(refused(vec![vec![1], vec![]], &cfg).contains("prompt 1 is empty"));
-    assert!(refused(vec![vec![1], vec![64]], &cfg).contains("64"), "a token outside the vocabulary of 64");
+    let err = refused(vec![vec![1, 2, 3], vec![64]], &cfg);
+    assert!(
+        err.contains("64") && err.contains("position 0"),
+        "a token outside the vocabulary of 64, where it is: {err}"
+    );
+    let err = refused(vec![vec![1; 32]], &cfg);
+    assert!(err.contains("prompt 0 has 32 tokens") && err.contains("at most 31"), "{err}");
     let long = GenerateConfig { max_new_tokens: 30, stop_tokens: vec![] };
     let err = refused(vec![vec![1], vec![1, 2, 3]], &long);
     assert!(err.contains("context is 32") && err.contains("at most 29"), "{err}");

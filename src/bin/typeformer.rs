@@ -1527,6 +1527,8 @@ fn maybe_quantized<Dev: Device<f32>, R>(
 
 fn generate_llama<Dev: Device<f32>>(dev: &Dev, args: &GenerateArgs) -> typeformer::Result<()> {
     let path = args.model.as_ref().expect("clap requires --checkpoint or --model");
+    // A bad prompts file is reported before the model loads.
+    let listed = args.prompts_file.as_deref().map(read_prompts).transpose()?;
     let (model, tokenizer, file) = open_llama(dev, path)?;
     let stop_tokens = match &args.stop {
         None => turn_end_tokens(&file, &tokenizer),
@@ -1542,8 +1544,8 @@ fn generate_llama<Dev: Device<f32>>(dev: &Dev, args: &GenerateArgs) -> typeforme
     };
     let cfg = GenerateConfig { max_new_tokens: args.max_new_tokens, stop_tokens };
     let mut sampler = sampler_of(args.temperature, args.top_k, args.top_p, args.seed)?;
-    if let Some(list) = &args.prompts_file {
-        return generate_llama_batch(&model, &tokenizer, &file, list, args.dequantized, &cfg, &mut sampler);
+    if let (Some(list), Some(listed)) = (&args.prompts_file, listed) {
+        return generate_llama_batch(&model, &tokenizer, &file, (list, listed), args.dequantized, &cfg, &mut sampler);
     }
     let text = args.prompt.as_deref().expect("clap requires --prompt without --prompts-file");
     let prompt = llama_prompt(&tokenizer, &file, text)?;
@@ -1598,14 +1600,14 @@ fn llama_prompt(tokenizer: &TextTokenizer, file: &Gguf, text: &str) -> typeforme
     Ok(prompt)
 }
 
-/// The prompts of a `--prompts-file`: one per line, blank lines skipped, a line in double
-/// quotes read as a JSON string.
-fn read_prompts(path: &std::path::Path) -> typeformer::Result<Vec<String>> {
+/// The prompts of a `--prompts-file` with their line numbers: one per line, blank lines
+/// skipped, a line in double quotes read as a JSON string.
+fn read_prompts(path: &std::path::Path) -> typeformer::Result<Vec<(usize, String)>> {
     let text =
         std::fs::read_to_string(path).map_err(|e| typeformer::Error::Io { path: path.to_path_buf(), source: e })?;
     let mut prompts = Vec::new();
     for (n, line) in text.lines().enumerate() {
-        let line = line.trim_end_matches('\r');
+        let line = line.trim_end_matches('\r').trim_start_matches('\u{feff}');
         if line.trim().is_empty() {
             continue;
         }
@@ -1617,9 +1619,9 @@ fn read_prompts(path: &std::path::Path) -> typeformer::Result<Vec<String>> {
                     n + 1
                 ))
             })?;
-            prompts.push(prompt);
+            prompts.push((n + 1, prompt));
         } else {
-            prompts.push(line.to_string());
+            prompts.push((n + 1, line.to_string()));
         }
     }
     if prompts.is_empty() {
@@ -1633,18 +1635,18 @@ fn generate_llama_batch<Dev: Device<f32>>(
     model: &SmolLm2_135M<f32, Dev>,
     tokenizer: &TextTokenizer,
     file: &Gguf,
-    list: &std::path::Path,
+    (list, listed): (&std::path::Path, Vec<(usize, String)>),
     dequantized: bool,
     cfg: &GenerateConfig,
     sampler: &mut Sampler,
 ) -> typeformer::Result<()> {
-    let texts = read_prompts(list)?;
+    let texts: Vec<&str> = listed.iter().map(|(_, t)| t.as_str()).collect();
     let prompts = texts.iter().map(|t| llama_prompt(tokenizer, file, t)).collect::<typeformer::Result<Vec<_>>>()?;
     if let Some(i) = prompts.iter().position(Vec::is_empty) {
         return Err(typeformer::Error::InvalidConfig(format!(
-            "prompt {} of {} is empty after tokenizing: generation needs at least one token",
-            i + 1,
-            list.display()
+            "{}:{}: the prompt is empty after tokenizing: generation needs at least one token",
+            list.display(),
+            listed[i].0
         )));
     }
     let mut start = std::time::Instant::now();
@@ -1653,15 +1655,19 @@ fn generate_llama_batch<Dev: Device<f32>>(
         generate_batch::<SmolLm2_135M<f32, Dev>, 49_152, f32, Dev>(model, &prompts, cfg, sampler, |_, _| {})
     })??;
     let secs = start.elapsed().as_secs_f64();
-    let mut stdout = std::io::stdout().lock();
+    // Every completion decoded before any is printed: an error prints nothing.
+    let mut lines = Vec::with_capacity(out.len());
     for (text, tokens) in texts.iter().zip(&out) {
         let shown: Vec<usize> = tokens.iter().copied().filter(|t| !cfg.stop_tokens.contains(t)).collect();
-        let line = serde_json::json!({
+        lines.push(serde_json::json!({
             "prompt": text,
             "completion": tokenizer.decode(&shown)?,
             "tokens": tokens.len(),
             "stopped": tokens.last().is_some_and(|t| cfg.stop_tokens.contains(t)),
-        });
+        }));
+    }
+    let mut stdout = std::io::stdout().lock();
+    for line in lines {
         writeln!(stdout, "{line}").unwrap_or_else(|e| stdout_failed(e));
     }
     let new: usize = out.iter().map(Vec::len).sum();

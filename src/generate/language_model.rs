@@ -190,15 +190,25 @@ where
     if let Some(i) = prompts.iter().position(Vec::is_empty) {
         return Err(Error::InvalidConfig(format!("prompt {i} is empty: generation needs at least one token")));
     }
+    // Checked unpadded, so that an error names the token's own position in its prompt.
+    Tokens::<V>::from_sequences(prompts)?;
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let context = M::CONTEXT;
-    if longest >= context || cfg.max_new_tokens > context - longest {
+    if longest >= context {
+        let i = prompts.iter().position(|p| p.len() == longest).unwrap_or(0);
+        return Err(Error::InvalidConfig(format!(
+            "prompt {i} has {longest} tokens but the model's context is {context} positions: shorten it to at \
+             most {} tokens",
+            context - 1
+        )));
+    }
+    if cfg.max_new_tokens > context - longest {
         return Err(Error::InvalidConfig(format!(
             "the longest prompt has {longest} tokens; with {} new tokens it needs {} positions, but the model's \
              context is {context}: ask for at most {} new tokens or shorten the prompt",
             cfg.max_new_tokens,
             longest as u128 + cfg.max_new_tokens as u128,
-            context.saturating_sub(longest)
+            context - longest
         )));
     }
     let left_padding: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
@@ -208,12 +218,24 @@ where
         .zip(&left_padding)
         .map(|(p, &pad)| std::iter::repeat_n(0, pad).chain(p.iter().copied()).collect())
         .collect();
-    let mut feed = Tokens::<V>::from_sequences(&rows)?;
     let mut state = model.start_padded(left_padding)?;
     let mut out: Vec<Vec<usize>> = vec![Vec::with_capacity(cfg.max_new_tokens); prompts.len()];
     let mut done = vec![cfg.max_new_tokens == 0; prompts.len()];
-    while !done.iter().all(|&d| d) {
-        let logits = model.step(&mut state, &feed)?.as_vec(); // (B, S, V)
+    if done.iter().all(|&d| d) {
+        return Ok(out);
+    }
+    // The prompts in chunks of positions, so that the logits of a chunk, `(B, chunk, V)`, stay
+    // under 2^24 values (64 MiB in f32) however many prompts there are; only the last
+    // position's are used. Chunked, the cache computes what one pass computes.
+    let chunk = ((1usize << 24) / (prompts.len() * V)).max(1);
+    let mut logits = Vec::new();
+    for first in (0..longest).step_by(chunk) {
+        let end = (first + chunk).min(longest);
+        let part: Vec<Vec<usize>> = rows.iter().map(|r| r[first..end].to_vec()).collect();
+        logits = model.step(&mut state, &Tokens::<V>::from_sequences(&part)?)?.as_vec();
+        // (B, S, V)
+    }
+    loop {
         let per_row = logits.len() / prompts.len();
         let mut next = vec![0; prompts.len()];
         for (i, row) in logits.chunks(per_row).enumerate() {
@@ -226,7 +248,11 @@ where
             done[i] = out[i].len() == cfg.max_new_tokens || cfg.stop_tokens.contains(&token);
             next[i] = token;
         }
-        feed = Tokens::from_sequences(&next.into_iter().map(|t| vec![t]).collect::<Vec<_>>())?;
+        if done.iter().all(|&d| d) {
+            break;
+        }
+        let feed = Tokens::<V>::from_sequences(&next.into_iter().map(|t| vec![t]).collect::<Vec<_>>())?;
+        logits = model.step(&mut state, &feed)?.as_vec();
     }
     Ok(out)
 }

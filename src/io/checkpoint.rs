@@ -570,9 +570,9 @@ pub(crate) fn restore_from<M: TensorCollection<E, Dev> + Clone, E: FloatDtype, D
     Ok(())
 }
 
-/// A model of type `M` on `dev` to restore with `map`: the tensors `map` gives a source are
-/// zeros (the file overwrites them), the others (computed tables such as rotary positions) get
-/// their initialiser. Building with every initialiser costs about a fifth of loading SmolLM2
+/// A model of type `M` on `dev` to restore with `map`: the trainable tensors `map` gives a
+/// source are zeros (the file overwrites them), the others (computed tables such as rotary
+/// positions) get their initialiser. Building with every initialiser costs about a fifth of loading SmolLM2
 /// from its GGUF file (random numbers for 135M weights that are then overwritten).
 pub(crate) fn build_for_restore<M, E, Dev>(dev: &Dev, map: &dyn Fn(&str) -> Option<Source>) -> Result<M>
 where
@@ -604,7 +604,8 @@ impl<E: Dtype, Dev: Device<E>> TensorVisitor<E, Dev> for BuildForRestore<'_, Dev
         name: String,
     ) -> std::result::Result<Option<Tensor<S, E, Dev>>, Self::Err> {
         let mut tensor: Tensor<S, E, Dev> = self.dev.try_zeros_like(&opts.shape)?;
-        if (self.map)(&name).is_none() {
+        // As `Restore` reads them: only trainable tensors come from the file.
+        if !opts.do_gradient_update || (self.map)(&name).is_none() {
             (opts.reset)(&mut tensor)?;
         }
         Ok(Some(tensor))
